@@ -1,0 +1,29 @@
+# The two commands of the README. Both create .venv idempotently and install the project into it.
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat setup.py | sha1sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: install test quickstart clean gpu-check
+
+$(VPY):
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+
+# torch is pinned first so the CPU build on local disk is taken instead of a multi-GB CUDA download.
+$(STAMP): $(VPY) setup.py
+	$(VPY) -m pip install -q "torch==2.13.0" || $(VPY) -m pip install -q "torch>=2.6"
+	$(VPY) -m pip install -q -e ".[test]"
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	TRITON_INTERPRET=1 $(VPY) -m pytest -q $(PYTEST_ARGS) tests
+
+quickstart: install
+	$(VPY) -m megatron_meml.train examples/quickstart/config.yaml
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

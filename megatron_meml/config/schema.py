@@ -1,0 +1,335 @@
+"""The one configuration tree. Every default of the project lives here; YAML files and ``a.b=c`` CLI overrides only
+change values. Each field carries its documentation in the ``metadata={"doc": ...}`` slot (printed by
+``python -m megatron_meml.train --help-config``). Validation happens in ``__post_init__`` and names the field.
+
+Sections: model, parallel, precision, optimizer, data, experts, mef, riel, rollout, eval, checkpoint, logging.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the key (``section.field``)."""
+
+
+def doc(default, text: str, **kw):
+    """A dataclass field with a default and its documentation string."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": text}, **kw)
+    return field(default=default, metadata={"doc": text}, **kw)
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"config key `{key}`: {msg}")
+
+
+@dataclass
+class ModelConfig:
+    """Decoder-only transformer shape (Qwen2/Qwen2.5 and Llama-3/3.2 families).
+
+    ``hf_config`` fills every shape field from a HF ``config.json`` (explicit overrides still win)."""
+
+    arch: str = doc("qwen2", "Architecture family: `qwen2` (qkv bias, ChatML) or `llama` (no qkv bias).")
+    hf_config: Optional[str] = doc(None, "Path to a HF config.json; shape fields are read from it when set.")
+    num_layers: int = doc(2, "Number of transformer layers.")
+    hidden_size: int = doc(64, "Model width H.")
+    ffn_hidden_size: int = doc(176, "SwiGLU intermediate size.")
+    num_attention_heads: int = doc(4, "Query heads.")
+    num_query_groups: int = doc(2, "Key/value heads (GQA groups); equal to heads for MHA.")
+    kv_channels: Optional[int] = doc(None, "Head dim; default hidden_size // num_attention_heads.")
+    vocab_size: int = doc(259, "Tokenizer vocabulary size (unpadded); padded to a TP multiple internally.")
+    make_vocab_size_divisible_by: int = doc(64, "Pad the embedding rows to a multiple of this times TP.")
+    padded_vocab_size: Optional[int] = doc(None, "Exact padded vocab (e.g. 151936 for Qwen2.5); overrides padding rule.")
+    max_position_embeddings: int = doc(512, "Maximum sequence length for RoPE tables.")
+    rotary_base: float = doc(10000.0, "RoPE theta.")
+    rope_scaling: Optional[str] = doc(None, "`llama3` for Llama-3.1/3.2 frequency scaling, or null.")
+    rope_scaling_factor: float = doc(8.0, "llama3 rope scaling `factor`.")
+    rope_low_freq_factor: float = doc(1.0, "llama3 rope scaling `low_freq_factor`.")
+    rope_high_freq_factor: float = doc(4.0, "llama3 rope scaling `high_freq_factor`.")
+    rope_original_max_position: int = doc(8192, "llama3 rope scaling `original_max_position_embeddings`.")
+    norm_epsilon: float = doc(1e-6, "RMSNorm epsilon.")
+    add_qkv_bias: bool = doc(True, "Bias on the fused QKV projection (Qwen2 yes, Llama no).")
+    tie_word_embeddings: bool = doc(True, "Share input embedding and output projection.")
+    init_method_std: float = doc(0.02, "Std of the normal init of weights.")
+    init_from: Optional[str] = doc(None, "Checkpoint directory (our format) to load weights from at start.")
+    init_from_hf: Optional[str] = doc(None, "HF model directory (safetensors + config.json) converted on the fly.")
+    recompute_activations: bool = doc(False, "Full activation recomputation per layer (saves memory, +~33% flops).")
+
+    def __post_init__(self):
+        _check(self.arch in ("qwen2", "llama"), "model.arch", f"must be `qwen2` or `llama`, got {self.arch!r}")
+        for k in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+                  "vocab_size", "max_position_embeddings", "make_vocab_size_divisible_by"):
+            _check(getattr(self, k) > 0, f"model.{k}", f"must be positive, got {getattr(self, k)}")
+        if self.hf_config is None:
+            self.validate_shape()
+        _check(self.rope_scaling in (None, "llama3"), "model.rope_scaling", "must be null or `llama3`")
+        _check(not (self.init_from and self.init_from_hf), "model.init_from",
+               "set at most one of model.init_from and model.init_from_hf")
+
+    def validate_shape(self) -> None:
+        _check(self.num_attention_heads % self.num_query_groups == 0, "model.num_query_groups",
+               f"{self.num_query_groups} does not divide model.num_attention_heads={self.num_attention_heads}")
+        if self.kv_channels is None:
+            _check(self.hidden_size % self.num_attention_heads == 0, "model.hidden_size",
+                   f"{self.hidden_size} is not divisible by model.num_attention_heads={self.num_attention_heads}")
+
+
+@dataclass
+class ParallelConfig:
+    """Megatron parallel layout. DP is world_size / (TP * PP)."""
+
+    tensor_model_parallel_size: int = doc(1, "TP degree: splits heads, FFN and vocab.")
+    pipeline_model_parallel_size: int = doc(1, "PP degree: splits layers into stages.")
+    use_distributed_optimizer: bool = doc(True, "Shard optimizer state over DP (ZeRO-1).")
+    overlap_grad_reduce: bool = doc(False, "Overlap DP grad reduce-scatter with backward.")
+    sequence_parallel: bool = doc(False, "Megatron sequence parallelism (needs TE or apex norms; GPU only).")
+    backend: Optional[str] = doc(None, "torch.distributed backend; default nccl with CUDA, gloo without.")
+    timeout_minutes: int = doc(30, "Process-group timeout.")
+
+    def __post_init__(self):
+        _check(self.tensor_model_parallel_size >= 1, "parallel.tensor_model_parallel_size", "must be >= 1")
+        _check(self.pipeline_model_parallel_size >= 1, "parallel.pipeline_model_parallel_size", "must be >= 1")
+        _check(self.backend in (None, "gloo", "nccl"), "parallel.backend", "must be null, `gloo` or `nccl`")
+
+
+@dataclass
+class PrecisionConfig:
+    """Numeric formats."""
+
+    dtype: str = doc("fp32", "Parameter/compute dtype: fp32 | bf16 | fp16.")
+    fp8: Optional[str] = doc(None, "FP8 recipe through Transformer Engine: `hybrid` | `e4m3` | null (off).")
+    fp8_margin: int = doc(0, "TE delayed-scaling margin.")
+    fp8_amax_history_len: int = doc(1024, "TE amax history length.")
+    fp8_amax_compute_algo: str = doc("max", "TE amax reduction: `max` | `most_recent`.")
+    grad_reduce_in_fp32: bool = doc(True, "Accumulate and all-reduce grads in fp32.")
+
+    def __post_init__(self):
+        _check(self.dtype in ("fp32", "bf16", "fp16"), "precision.dtype", f"must be fp32|bf16|fp16, got {self.dtype!r}")
+        _check(self.fp8 in (None, "hybrid", "e4m3"), "precision.fp8", f"must be hybrid|e4m3|null, got {self.fp8!r}")
+        _check(self.fp8_amax_compute_algo in ("max", "most_recent"), "precision.fp8_amax_compute_algo",
+               "must be `max` or `most_recent`")
+
+
+@dataclass
+class OptimizerConfig:
+    """Adam with warmup + decay, through megatron-core's optimizer."""
+
+    lr: float = doc(1e-3, "Peak learning rate (stages may override: mef.lr, riel.lr).")
+    min_lr: float = doc(0.0, "Final learning rate of the decay.")
+    weight_decay: float = doc(0.0, "Decoupled weight decay.")
+    adam_beta1: float = doc(0.9, "Adam beta1.")
+    adam_beta2: float = doc(0.95, "Adam beta2.")
+    adam_eps: float = doc(1e-8, "Adam epsilon.")
+    clip_grad: float = doc(1.0, "Global grad-norm clip; 0 disables.")
+    lr_warmup_steps: int = doc(0, "Linear warmup steps.")
+    lr_decay_style: str = doc("constant", "constant | linear | cosine.")
+
+    def __post_init__(self):
+        _check(self.lr > 0, "optimizer.lr", "must be positive")
+        _check(self.lr_decay_style in ("constant", "linear", "cosine"), "optimizer.lr_decay_style",
+               "must be constant|linear|cosine")
+        _check(self.lr_warmup_steps >= 0, "optimizer.lr_warmup_steps", "must be >= 0")
+
+
+@dataclass
+class SyntheticConfig:
+    """The embedded arithmetic word-problem task (no downloads)."""
+
+    num_train: int = doc(2000, "Training problems generated.")
+    num_test: int = doc(200, "Held-out problems generated (disjoint from train).")
+    max_operand: int = doc(20, "Operands are drawn from [1, max_operand].")
+    min_steps: int = doc(1, "Fewest arithmetic operations per problem.")
+    max_steps: int = doc(2, "Most arithmetic operations per problem.")
+
+
+@dataclass
+class DataConfig:
+    """Datasets and tokenization."""
+
+    name: str = doc("synthetic", "Dataset: synthetic | gsm8k | mathqa | strategyqa.")
+    path: str = doc("../shared/data", "Root folder of the offline datasets (not used by `synthetic`).")
+    train_split: str = doc("train", "Split used for training.")
+    eval_split: str = doc("test", "Held-out split used for evaluation.")
+    tokenizer: str = doc("byte", "byte | qwen2.5 | llama3 | a path to a HF tokenizer.json.")
+    tokenizer_path: Optional[str] = doc(None, "Tokenizer file; default derived from data.path for qwen2.5/llama3.")
+    chat_template: Optional[str] = doc(None, "chatml | llama3 | plain; default follows the tokenizer.")
+    seq_length: int = doc(128, "Maximum tokens per training sequence (prompt + response).")
+    micro_batch_size: int = doc(8, "Sequences per microbatch on one DP rank.")
+    global_batch_size: int = doc(32, "Sequences per optimizer step over all DP ranks (SFT stages).")
+    seed: int = doc(1234, "Seed of splits, shuffling and synthetic generation.")
+    on_bad_record: str = doc("error", "error | skip: what a malformed record does (skips are counted).")
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self):
+        _check(self.name in ("synthetic", "gsm8k", "mathqa", "strategyqa"), "data.name",
+               f"unknown dataset {self.name!r}")
+        _check(self.on_bad_record in ("error", "skip"), "data.on_bad_record", "must be `error` or `skip`")
+        _check(self.seq_length > 0, "data.seq_length", "must be positive")
+        _check(self.micro_batch_size > 0, "data.micro_batch_size", "must be positive")
+        _check(self.global_batch_size % self.micro_batch_size == 0, "data.global_batch_size",
+               f"{self.global_batch_size} is not a multiple of data.micro_batch_size={self.micro_batch_size}")
+
+
+@dataclass
+class ExpertsConfig:
+    """The N experts: one model under N system prompts. Expert 0 answers in the dataset's own rationale style."""
+
+    prompts: List[str] = doc(
+        ["You solve problems the way the reference solutions do.",
+         "You think step by step and show every intermediate result.",
+         "You split the problem into parts, solve each, then combine."],
+        "System prompt of each expert, inline text or `@path/to/file.txt`. len(prompts) = N.")
+    single_expert: bool = doc(False, "Ablation: only expert 0 is used (plain GRPO / plain SFT).")
+
+    def __post_init__(self):
+        _check(len(self.prompts) >= 1, "experts.prompts", "needs at least one prompt")
+
+    @property
+    def num_experts(self) -> int:
+        return 1 if self.single_expert else len(self.prompts)
+
+
+@dataclass
+class MEFConfig:
+    """Stage 1: multi-expert fine-tuning on teacher traces."""
+
+    enabled: bool = doc(True, "Run the MEF stage.")
+    traces: Optional[str] = doc(None, "MEF JSONL {id, question, expert, response, answer}; null = build from data.")
+    epochs: float = doc(1.0, "Passes over the MEF data (paper: 1).")
+    max_steps: Optional[int] = doc(None, "Stop after this many optimizer steps (overrides epochs when smaller).")
+    lr: float = doc(1e-5, "Peak LR of MEF (paper: 1e-5).")
+    drop_unverified: bool = doc(True, "Drop teacher traces whose final answer fails the verifier.")
+
+    def __post_init__(self):
+        _check(self.epochs > 0, "mef.epochs", "must be positive")
+        _check(self.lr > 0, "mef.lr", "must be positive")
+
+
+@dataclass
+class RIELConfig:
+    """Stage 2: reinforced inter-expert learning (GRPO + inter-expert KL + hard-example buffer)."""
+
+    enabled: bool = doc(True, "Run the RIEL stage.")
+    steps: int = doc(10, "RIEL optimizer steps.")
+    lr: float = doc(1e-6, "Peak LR of RIEL (paper: 1e-6).")
+    questions_per_step: int = doc(8, "Questions per RIEL step (each gets N experts x G rollouts).")
+    group_size: int = doc(8, "G: rollouts per (question, expert).")
+    eps_low: float = doc(0.2, "PPO clip lower epsilon.")
+    eps_high: float = doc(0.2, "PPO clip upper epsilon (clip-higher when > eps_low).")
+    aggregation: str = doc("token_mean", "token_mean | seq_mean_token_mean | constant (Dr.GRPO normaliser).")
+    constant_normalizer: Optional[float] = doc(None, "Normaliser for aggregation=constant; default max tokens.")
+    adv_std_norm: bool = doc(False, "Divide advantages by the group std + eps.")
+    adv_pooled: bool = doc(False, "Ablation: one group per question over all N*G samples.")
+    adv_positive_only: bool = doc(False, "A <- max(A, 0).")
+    beta_ref: float = doc(0.0, "Coefficient of the KL to a frozen reference (0 = off, no reference model).")
+    ref_kl_estimator: str = doc("k3", "k1 | k2 | k3 estimator for the reference KL.")
+    inter_expert_kl: bool = doc(True, "Ablation switch for the inter-expert KL term.")
+    lambda_kl: float = doc(1.0, "lambda1: weight of the inter-expert KL.")
+    kl_estimator: str = doc("k1", "k1 | k3 sample estimate of KL(pi(.|P+) || pi(.|P-)).")
+    max_kl_responses: int = doc(4, "Cap on |O+| per question.")
+    hard_example_buffer: bool = doc(True, "Ablation switch for the hard-example buffer.")
+    buffer_k: int = doc(6, "K: a (q, e) group with more than K wrong answers of G is a hard example.")
+    admit_prob: Optional[float] = doc(None, "Admission probability; default K/G.")
+    buffer_capacity: int = doc(64, "B: SFT microbatches fire when the buffer holds B examples.")
+    lambda_sft: float = doc(1.0, "lambda2: weight of the SFT term.")
+    max_nonfinite_steps: int = doc(3, "Abort after this many consecutive NaN/inf steps (each is skipped).")
+
+    def __post_init__(self):
+        _check(self.group_size >= 1, "riel.group_size", "must be >= 1")
+        _check(0 <= self.eps_low < 1 and self.eps_high >= 0, "riel.eps_low", "clip epsilons out of range")
+        _check(self.aggregation in ("token_mean", "seq_mean_token_mean", "constant"), "riel.aggregation",
+               "must be token_mean|seq_mean_token_mean|constant")
+        _check(self.kl_estimator in ("k1", "k3"), "riel.kl_estimator", "must be k1 or k3")
+        _check(self.ref_kl_estimator in ("k1", "k2", "k3"), "riel.ref_kl_estimator", "must be k1|k2|k3")
+        _check(0 <= self.buffer_k <= self.group_size, "riel.buffer_k", f"must be in [0, riel.group_size]")
+        _check(self.buffer_capacity >= 1, "riel.buffer_capacity", "must be >= 1")
+        _check(self.admit_prob is None or 0 <= self.admit_prob <= 1, "riel.admit_prob", "must be in [0, 1]")
+
+
+@dataclass
+class RolloutConfig:
+    """Generation on the training weights."""
+
+    max_new_tokens: int = doc(48, "Generated tokens per request at most.")
+    temperature: float = doc(1.0, "Sampling temperature (also applied in the training log-prob forward).")
+    top_p: float = doc(1.0, "Nucleus sampling threshold (1 = off).")
+    top_k: int = doc(0, "Top-k sampling (0 = off).")
+    token_budget: int = doc(8192, "Max prompt+generated tokens in one generation batch.")
+    stop_strings: List[str] = doc([], "Extra stop strings besides EOS.")
+    engine: str = doc("static", "static (KV cache, CPU+GPU) | dynamic (megatron dynamic engine, GPU only).")
+    seed: int = doc(0, "Base seed; request i of step s uses hash(seed, step, i).")
+
+    def __post_init__(self):
+        _check(self.temperature > 0, "rollout.temperature", "must be positive (use top_k=1 for greedy)")
+        _check(0 < self.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
+        _check(self.engine in ("static", "dynamic"), "rollout.engine", "must be static|dynamic")
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation: greedy accuracy per expert and majority vote."""
+
+    num_examples: int = doc(100, "Held-out questions evaluated (0 = all).")
+    max_new_tokens: int = doc(48, "Greedy tokens per answer.")
+
+
+@dataclass
+class CheckpointConfig:
+    """Saving and resuming."""
+
+    dir: Optional[str] = doc(None, "Checkpoint root; default <logging.run_dir>/checkpoints.")
+    save_interval: int = doc(0, "Save every N steps (0 = only at the end and on SIGTERM/SIGUSR1).")
+    resume: bool = doc(True, "Resume from the latest complete checkpoint in `dir` if there is one.")
+    keep_last: int = doc(2, "Checkpoints kept (older ones deleted after a successful save).")
+
+
+@dataclass
+class LoggingConfig:
+    """Where results go."""
+
+    run_dir: str = doc("runs/default", "Run directory: resolved config, metrics.jsonl, events, plots, eval.")
+    log_interval: int = doc(1, "Log every N steps.")
+    tensorboard: bool = doc(True, "Write TensorBoard events when tensorboard is installed.")
+    wandb_project: Optional[str] = doc(None, "W&B project (off when null).")
+    progress_bar: bool = doc(True, "Console progress bar.")
+
+
+@dataclass
+class Config:
+    """Root of the configuration tree."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    experts: ExpertsConfig = field(default_factory=ExpertsConfig)
+    mef: MEFConfig = field(default_factory=MEFConfig)
+    riel: RIELConfig = field(default_factory=RIELConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    seed: int = doc(1234, "Global seed (model init, sampling, dropout-free so fully deterministic on CPU).")
+
+    def __post_init__(self):
+        self.validate_layout()
+
+    def validate_layout(self, world_size: Optional[int] = None) -> None:
+        """Cross-section checks: TP must divide heads and query groups, PP must divide layers, TP*PP the world."""
+        tp, pp = self.parallel.tensor_model_parallel_size, self.parallel.pipeline_model_parallel_size
+        m = self.model
+        _check(m.num_attention_heads % tp == 0, "parallel.tensor_model_parallel_size",
+               f"TP={tp} does not divide model.num_attention_heads={m.num_attention_heads}")
+        _check(m.num_query_groups % tp == 0, "parallel.tensor_model_parallel_size",
+               f"TP={tp} does not divide model.num_query_groups={m.num_query_groups}")
+        _check(m.ffn_hidden_size % tp == 0, "parallel.tensor_model_parallel_size",
+               f"TP={tp} does not divide model.ffn_hidden_size={m.ffn_hidden_size}")
+        _check(m.num_layers % pp == 0, "parallel.pipeline_model_parallel_size",
+               f"PP={pp} does not divide model.num_layers={m.num_layers}")
+        if world_size is not None:
+            _check(world_size % (tp * pp) == 0, "parallel.tensor_model_parallel_size",
+                   f"TP*PP={tp * pp} does not divide the world size {world_size}")
