@@ -1,0 +1,51 @@
+"""megatron-core optimizer (Adam; the distributed optimizer shards its state over DP) and the LR schedule
+(linear warmup, then constant / linear / cosine decay)."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+
+from ..config.schema import Config
+from . import compat
+from .model import params_dtype
+
+
+def build_optimizer(cfg: Config, chunks: List[torch.nn.Module], lr: Optional[float] = None,
+                    total_steps: int = 1):
+    """(optimizer, scheduler) for the model chunks. ``lr`` overrides ``optimizer.lr`` (stages have their own LR);
+    ``total_steps`` is the decay horizon."""
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    o = cfg.optimizer
+    peak = lr if lr is not None else o.lr
+    dtype = params_dtype(cfg)
+    ocfg = OptimizerConfig(
+        optimizer="adam", lr=peak, min_lr=min(o.min_lr, peak), weight_decay=o.weight_decay,
+        adam_beta1=o.adam_beta1, adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad,
+        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, params_dtype=dtype,
+        use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
+        **compat.filter_kwargs(OptimizerConfig, fp8_recipe="delayed" if cfg.precision.fp8 else None))
+    optimizer = get_megatron_optimizer(ocfg, chunks)
+    warm = min(o.lr_warmup_steps, max(total_steps - 1, 0))
+    scheduler = OptimizerParamScheduler(
+        optimizer, init_lr=0.0 if warm else peak, max_lr=peak, min_lr=min(o.min_lr, peak),
+        lr_warmup_steps=warm, lr_decay_steps=max(total_steps, warm + 1),
+        lr_decay_style=o.lr_decay_style, start_wd=o.weight_decay, end_wd=o.weight_decay,
+        wd_incr_steps=max(total_steps, 1), wd_incr_style="constant")
+    return optimizer, scheduler
+
+
+def zero_grads(chunks: List[torch.nn.Module], optimizer) -> None:
+    for c in chunks:
+        c.zero_grad_buffer()
+    optimizer.zero_grad()
+
+
+def optimizer_step(optimizer, scheduler):
+    """One update. Returns (updated: bool, grad_norm: float | None). A non-finite grad norm skips the update."""
+    updated, grad_norm, _ = optimizer.step()
+    if updated:
+        scheduler.step(increment=1)
+    return bool(updated), (None if grad_norm is None else float(grad_norm))

@@ -1,0 +1,116 @@
+"""Process groups: torch.distributed from the torchrun/SLURM environment (or a single-process default), then
+megatron-core's tensor/pipeline/data parallel groups and its model-parallel RNG seeds.
+
+Backend: nccl with CUDA, gloo without (then :mod:`.cpu_runtime` is activated first).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from . import cpu_runtime
+
+
+@dataclass
+class ParallelInfo:
+    """Ranks and sizes of this process in every megatron group."""
+
+    rank: int
+    world_size: int
+    tp_rank: int
+    tp_size: int
+    pp_rank: int
+    pp_size: int
+    dp_rank: int
+    dp_size: int
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp_rank == self.pp_size - 1
+
+    @property
+    def is_logging_rank(self) -> bool:
+        """Rank that prints and writes metrics: DP rank 0, TP rank 0, last pipeline stage."""
+        return self.dp_rank == 0 and self.tp_rank == 0 and self.is_last_stage
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env_rank_world():
+    """(rank, world_size, local_rank) from torchrun or SLURM variables; (0, 1, 0) when neither is set."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    if "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ and "MASTER_ADDR" in os.environ:
+        return int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"]), int(os.environ.get("SLURM_LOCALID", 0))
+    return 0, 1, 0
+
+
+def initialize(tp: int = 1, pp: int = 1, seed: int = 1234, backend: Optional[str] = None,
+               timeout_minutes: int = 30) -> ParallelInfo:
+    """Initialise torch.distributed (if needed) and megatron's parallel state; seed every RNG.
+
+    Raises ValueError naming ``parallel.tensor_model_parallel_size`` when TP*PP does not divide the world size.
+    """
+    from megatron.core import parallel_state, tensor_parallel
+
+    use_cuda = torch.cuda.is_available()
+    if not use_cuda:
+        cpu_runtime.activate()
+    backend = backend or ("nccl" if use_cuda else "gloo")
+    rank, world, local_rank = _env_rank_world()
+    if world % (tp * pp) != 0:
+        raise ValueError(f"config key `parallel.tensor_model_parallel_size`: TP*PP={tp * pp} "
+                         f"does not divide the world size {world}")
+    if use_cuda:
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    if not dist.is_initialized():
+        if "MASTER_ADDR" not in os.environ:
+            os.environ["MASTER_ADDR"] = "127.0.0.1"
+            os.environ["MASTER_PORT"] = str(_free_port())
+        dist.init_process_group(backend=backend, rank=rank, world_size=world,
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                             distributed_timeout_minutes=timeout_minutes)
+    torch.manual_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    return info()
+
+
+def info() -> ParallelInfo:
+    from megatron.core import parallel_state as ps
+
+    return ParallelInfo(
+        rank=dist.get_rank(), world_size=dist.get_world_size(),
+        tp_rank=ps.get_tensor_model_parallel_rank(), tp_size=ps.get_tensor_model_parallel_world_size(),
+        pp_rank=ps.get_pipeline_model_parallel_rank(), pp_size=ps.get_pipeline_model_parallel_world_size(),
+        dp_rank=ps.get_data_parallel_rank(), dp_size=ps.get_data_parallel_world_size())
+
+
+def destroy() -> None:
+    """Tear down megatron's groups and the default process group (tests call this between runs)."""
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
