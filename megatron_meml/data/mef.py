@@ -1,0 +1,154 @@
+"""MEF (multi-expert fine-tuning) data: one row per (question, expert, trace).
+
+File format (JSONL, one object per line)::
+
+    {"id": str, "question": str, "expert": int, "response": str, "answer": str}
+
+``expert`` 0 is the dataset's own rationale (``record.solution``); experts >= 1 are teacher traces collected by
+tools/collect_teacher_traces.py, whose output rows carry at least ``id``, ``expert`` and ``response`` (other
+fields are ignored; ``question`` and ``answer`` are taken from the dataset record).
+
+:func:`build_mef_data` merges both: for every record, expert 0's row, then each expert's trace in file order. A
+teacher trace whose final answer fails the verifier is dropped when ``drop_unverified`` (the default; counted per
+expert in the summary). A second trace for the same (id, expert) is dropped as a duplicate, a trace whose id is not
+in ``records`` is counted as ``unknown_id``, and a malformed line is a bad record (``DataError`` naming file and
+line, or skipped and counted with ``on_bad_record="skip"``).
+:func:`synthetic_mef_rows` gives the synthetic task its "heterogeneous teachers" offline: expert e's trace is
+``synthetic.solution(steps, style=e)``.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+from ..rewards import verify
+from ..types import Record
+from .errors import LoadSummary, RecordError
+from .jsonio import iter_jsonl, read_items, write_jsonl
+from .synthetic import solution as synthetic_solution
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MEFRow:
+    id: str
+    question: str
+    expert: int
+    response: str
+    answer: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class MEFSummary:
+    """Counts of a build, per expert id where a dict: ``kept`` rows; ``unverified`` traces (dropped when
+    ``drop_unverified``, kept otherwise); ``missing`` records with no trace of that expert in any file."""
+
+    records: int = 0
+    rows: int = 0
+    drop_unverified: bool = True
+    kept: Counter = field(default_factory=Counter)
+    unverified: Counter = field(default_factory=Counter)
+    missing: Dict[int, int] = field(default_factory=dict)
+    duplicates: int = 0
+    unknown_id: int = 0
+    bad_lines: int = 0
+    files: List[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["kept"], d["unverified"] = dict(self.kept), dict(self.unverified)
+        return d
+
+
+def _trace(obj: dict, index: int) -> Tuple[str, int, str]:
+    for key, tp in (("id", str), ("expert", int), ("response", str)):
+        if key not in obj:
+            raise RecordError(f"missing field {key!r}")
+        if not isinstance(obj[key], tp) or isinstance(obj[key], bool):
+            raise RecordError(f"field {key!r} must be {tp.__name__}, got {type(obj[key]).__name__}")
+    if obj["expert"] < 1:
+        raise RecordError(f"field 'expert' is {obj['expert']}: teacher traces use experts >= 1 (expert 0 is the "
+                          f"dataset rationale)")
+    return obj["id"], obj["expert"], obj["response"]
+
+
+def read_traces(path: str, on_bad_record: str = "error") -> Tuple[List[Tuple[str, int, str]], LoadSummary]:
+    """``[(id, expert, response), ...]`` of a teacher-trace JSONL file, in file order."""
+    return read_items(path, iter_jsonl(path), _trace, on_bad_record)
+
+
+def build_mef_data(records: Sequence[Record], trace_files: Iterable[str], verifier_name: str,
+                   drop_unverified: bool = True, on_bad_record: str = "error") -> Tuple[List[MEFRow], MEFSummary]:
+    """MEF rows from the gold rationales (expert 0) and teacher trace files (see module docstring)."""
+    by_id = {r.id: r for r in records}
+    summary = MEFSummary(records=len(records), drop_unverified=drop_unverified)
+    traces: Dict[str, List[Tuple[int, str]]] = {r.id: [] for r in records}
+    seen = set()
+    for path in trace_files:
+        items, file_summary = read_traces(path, on_bad_record)
+        file_summary.log(log)
+        summary.bad_lines += file_summary.skipped
+        summary.files.append(file_summary.to_dict())
+        for rid, expert, response in items:
+            if rid not in by_id:
+                summary.unknown_id += 1
+                continue
+            if (rid, expert) in seen:
+                summary.duplicates += 1
+                continue
+            seen.add((rid, expert))
+            if verify(verifier_name, response, by_id[rid]) < 1.0:
+                summary.unverified[expert] += 1
+                if drop_unverified:
+                    continue
+            traces[rid].append((expert, response))
+    rows: List[MEFRow] = []
+    experts = sorted({e for _, e in seen})
+    for r in records:
+        rows.append(MEFRow(r.id, r.question, 0, r.solution, r.answer))
+        for expert, response in sorted(traces[r.id], key=lambda t: t[0]):
+            rows.append(MEFRow(r.id, r.question, expert, response, r.answer))
+    summary.kept = Counter(row.expert for row in rows)
+    summary.missing = {e: sum((r.id, e) not in seen for r in records) for e in experts}
+    summary.rows = len(rows)
+    return rows, summary
+
+
+def synthetic_mef_rows(records: Sequence[Record], num_experts: int) -> List[MEFRow]:
+    """Expert e's trace of a synthetic record is its solution in style e (``meta["steps"]`` is required)."""
+    rows = []
+    for r in records:
+        if "steps" not in r.meta:
+            raise ValueError(f"record {r.id}: synthetic_mef_rows needs meta['steps'] (a synthetic-task record)")
+        for e in range(num_experts):
+            rows.append(MEFRow(r.id, r.question, e, synthetic_solution(r.meta["steps"], style=e), r.answer))
+    return rows
+
+
+def _row(obj: dict, index: int) -> MEFRow:
+    for key, tp in (("id", str), ("question", str), ("expert", int), ("response", str), ("answer", str)):
+        if key not in obj:
+            raise RecordError(f"missing field {key!r}")
+        if not isinstance(obj[key], tp) or isinstance(obj[key], bool):
+            raise RecordError(f"field {key!r} must be {tp.__name__}, got {type(obj[key]).__name__}")
+    if obj["expert"] < 0:
+        raise RecordError(f"field 'expert' must be >= 0, got {obj['expert']}")
+    return MEFRow(obj["id"], obj["question"], obj["expert"], obj["response"], obj["answer"])
+
+
+def read_mef(path: str, on_bad_record: str = "error") -> List[MEFRow]:
+    """Rows of a MEF JSONL file; bad lines raise ``DataError`` or are skipped, counted and logged."""
+    rows, summary = read_items(path, iter_jsonl(path), _row, on_bad_record)
+    summary.log(log)
+    return rows
+
+
+def write_mef(path: str, rows: Iterable[MEFRow]) -> None:
+    """Write MEF rows as JSONL, atomically."""
+    write_jsonl(path, (r.to_dict() for r in rows))
