@@ -5,7 +5,7 @@ response (see answers.py). Fast path: when the candidate is one plain number (``
 ``-5.``) it is compared exactly as a Fraction; a candidate holding ``=`` is read after its last ``=``; for "the
 answer is ..." sentences the first number is taken. Only a
 candidate that is not a plain number (``\\frac{36}{2}``, ``2 \\cdot 9``) goes to math-verify (symbolic.py, with a
-per-call timeout); a timeout scores 0 with reason ``timeout``.
+per-call timeout ``symbolic.TIMEOUT_S``); a timeout scores 0 with reason ``timeout``.
 """
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ import re
 from ..types import Record
 from .answers import candidates, first_number, last_number, plain_number, to_fraction
 from .registry import NO_ANSWER, TIMEOUT, Verdict, judge, register_verifier
-from .symbolic import DEFAULT_TIMEOUT_S, symbolic_equal
+from .symbolic import symbolic_equal
 
 _DIGIT = re.compile(r"\d")
 
 
 @register_verifier("gsm8k")
-def verify_gsm8k(response: str, record: Record, timeout_s: int = DEFAULT_TIMEOUT_S) -> Verdict:
+def verify_gsm8k(response: str, record: Record) -> Verdict:
     gold = to_fraction(record.answer.replace(",", "").strip())
     if gold is None:
         raise ValueError(f"record {record.id}: gold answer {record.answer!r} is not a number")
@@ -34,7 +34,7 @@ def verify_gsm8k(response: str, record: Record, timeout_s: int = DEFAULT_TIMEOUT
             return judge(value == gold)
         if not _DIGIT.search(cand):
             continue
-        same = symbolic_equal(record.answer, cand, timeout_s)
+        same = symbolic_equal(record.answer, cand)
         return Verdict(0.0, TIMEOUT) if same is None else judge(same)
     value = last_number(response)
     return Verdict(0.0, NO_ANSWER) if value is None else judge(value == gold)

@@ -21,7 +21,7 @@ from typing import Optional
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_S = 5
+TIMEOUT_S = 5  # process-wide default of the per-call timeout (seconds, whole)
 _GRACE_S = 2.0
 _STARTUP_S = 120.0
 
@@ -109,8 +109,10 @@ def _signals_usable() -> bool:
             and signal.getitimer(signal.ITIMER_REAL)[0] == 0)
 
 
-def symbolic_equal(gold: str, pred: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> Optional[bool]:
-    """Whether ``pred`` (LaTeX or a plain expression) equals ``gold`` per math-verify; None on timeout."""
+def symbolic_equal(gold: str, pred: str, timeout_s: Optional[int] = None) -> Optional[bool]:
+    """Whether ``pred`` (LaTeX or a plain expression) equals ``gold`` per math-verify; None on timeout.
+    ``timeout_s`` defaults to the module's ``TIMEOUT_S``."""
+    timeout_s = TIMEOUT_S if timeout_s is None else timeout_s
     if _signals_usable():
         return _compare(gold, pred, timeout_s)
     return _HELPER.compare(gold, pred, timeout_s)
