@@ -77,7 +77,7 @@ def _linear_stats_kernel(h_ptr, w_ptr, targets_ptr, stats_ptr, T, V, H, stride_h
         z = _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_ht, stride_hh, stride_wv, stride_wh,
                          DOT_FP32, PRECISION, BLOCK_T, BLOCK_V, BLOCK_H) * inv_temp
         z = tl.where(col_ok[None, :], z, float("-inf"))
-        tgt += tl.sum(tl.where(cols[None, :] == local[:, None], z, 0.0), 1)
+        tgt += tl.sum(tl.where((cols[None, :] == local[:, None]) & col_ok[None, :], z, 0.0), 1)
         m_new = tl.maximum(m, tl.max(z, 1))
         zm = z - m_new[:, None]
         e = tl.exp(zm)
@@ -112,7 +112,7 @@ def _linear_dz_kernel(h_ptr, w_ptr, targets_ptr, valid_ptr, lse_ptr, ent_ptr, g_
     logq = z - lse[:, None]
     p = tl.exp(logq)
     local = tl.load(targets_ptr + rows, mask=row_ok, other=-1).to(tl.int64) - vocab_start - v_start
-    dz = tl.where(ccols[None, :] == local[:, None], g[:, None], 0.0) - g[:, None] * p
+    dz = tl.where((ccols[None, :] == local[:, None]) & col_ok[None, :], g[:, None], 0.0) - g[:, None] * p
     if ENT_GRAD:
         hg = tl.where(valid, tl.load(hg_ptr + rows, mask=row_ok, other=0.0), 0.0)
         ent = tl.load(ent_ptr + rows, mask=row_ok, other=0.0)

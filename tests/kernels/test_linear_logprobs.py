@@ -105,3 +105,20 @@ def test_shape_and_dtype_errors():
         linear_token_logprobs(h, torch.randn(10, 8, dtype=torch.bfloat16), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="H"):
         linear_token_logprobs(h, torch.randn(10, 9), torch.zeros(4, dtype=torch.long))
+
+
+def test_vocab_shard_stats_with_targets_outside_the_shard():
+    """A shard [vocab_start, vocab_start + V_local): targets elsewhere contribute no target logit (Triton ==
+    twin), including ids that fall in the padded columns of the shard's last tile."""
+    from meml_kernels.linear_logprobs import triton_impl
+    gen = torch.Generator().manual_seed(8)
+    hidden, weight, _ = _inputs(gen, 19, 16, 140, torch.float32)
+    targets = torch.arange(19) * 7                          # 0 .. 126: inside and outside the shard
+    valid = torch.ones(19, dtype=torch.bool)
+    for start in (0, 70):
+        shard = weight[start:start + 70]
+        partial_tgt = triton_impl.row_stats(hidden, shard, targets, valid, 1.0, start, True).tgt   # [splits, T]
+        want = reference.row_stats(hidden, shard, targets, valid, 1.0, start, True)
+        torch.testing.assert_close(partial_tgt.sum(0), want.tgt)
+        inside = (targets >= start) & (targets < start + 70)
+        assert torch.all(want.tgt[~inside] == 0) and torch.all(want.tgt[inside] != 0)

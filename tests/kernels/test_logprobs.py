@@ -96,3 +96,18 @@ def test_leading_dims_and_impl_errors():
         token_logprobs(logits, targets, impl="cuda")
     with pytest.raises(ValueError, match="temperature"):
         token_logprobs(logits, targets, temperature=0.0)
+
+
+def test_vocab_shard_stats_with_targets_outside_the_shard():
+    from meml_kernels.logprobs import triton_impl
+    gen = torch.Generator().manual_seed(8)
+    logits = torch.randn(19, 70, generator=gen)
+    targets = torch.arange(19) * 7
+    valid = torch.ones(19, dtype=torch.bool)
+    for start in (0, 70):
+        got = triton_impl.row_stats(logits, targets, valid, 1.0, start, True)
+        want = reference.row_stats(logits, targets, valid, 1.0, start, True)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b)
+        inside = (targets >= start) & (targets < start + 70)
+        assert torch.all(want.tgt[~inside] == 0) and torch.all(want.tgt[inside] != 0)
