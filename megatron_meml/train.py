@@ -1,0 +1,52 @@
+"""Entry point: ``python -m megatron_meml.train CONFIG.yaml [section.key=value ...]``.
+
+Runs MEF then RIEL as the config enables them. Launch one process per GPU (torchrun / srun); without a launcher it
+runs single-process. ``--help-config`` lists every config key with its default and documentation.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+USAGE = "usage: python -m megatron_meml.train CONFIG.yaml [section.key=value ...] | --help-config"
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from .config import ConfigError, describe, load_config
+
+    if argv[:1] in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
+    if argv[:1] == ["--help-config"]:
+        print("\n".join(describe()))
+        return 0
+    path = argv.pop(0) if argv and "=" not in argv[0] else None
+    try:
+        cfg = load_config(path, argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    from . import trainer
+
+    try:
+        run = trainer.setup(cfg, config_dir=os.path.dirname(os.path.abspath(path)) if path else None)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary = {}
+    if cfg.mef.enabled:
+        summary.update(trainer.run_mef(run))
+    if cfg.riel.enabled and hasattr(trainer, "run_riel"):
+        summary.update(trainer.run_riel(run))
+    if run.info.is_logging_rank:
+        with open(os.path.join(cfg.logging.run_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    trainer.finish(run)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Module-level functions run in a fresh process (the CPU runtime changes process-global torch state)."""
+from __future__ import annotations
+
+import os
+
+
+def cpu_runtime_changes():
+    """Activate the CPU runtime and report what each listed change does."""
+    import torch
+
+    from megatron_meml.backend import cpu_runtime
+
+    before_type = torch.zeros(1).type()
+    assert cpu_runtime.activate() is True
+    out = {"changes": list(cpu_runtime.CHANGES), "before_type": before_type}
+    out["factory_cuda"] = str(torch.zeros(2, device="cuda").device)
+    out["factory_cuda_index"] = str(torch.ones(2, device=torch.device("cuda", 0)).device)
+    out["factory_int"] = str(torch.empty(2, device=0).device)
+    out["tensor_cuda"] = str(torch.zeros(2).cuda().device)
+    out["tensor_to_cuda"] = str(torch.zeros(2).to("cuda").device)
+    out["pin_memory"] = torch.zeros(2, pin_memory=True).is_pinned()
+    out["type"] = torch.zeros(1).type()
+    out["current_device"] = str(torch.cuda.current_device())
+    torch.cuda.synchronize()
+    torch.cuda.set_device(0)
+    ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    ev0.record()
+    ev1.record()
+    out["event_ms"] = ev0.elapsed_time(ev1)
+    with torch.cuda.stream(torch.cuda.Stream()):
+        out["stream_ok"] = True
+    out["current_stream"] = type(torch.cuda.current_stream()).__name__
+    torch.cuda.manual_seed(5)
+    a = torch.rand(3)
+    state = torch.cuda.get_rng_state()
+    b = torch.rand(3)
+    torch.cuda.set_rng_state(state)
+    c = torch.rand(3)
+    torch.manual_seed(5)
+    out["rng_is_cpu_generator"] = bool(torch.equal(a, torch.rand(3)))
+    out["rng_restore"] = bool(torch.equal(b, c))
+    from megatron.core.tensor_parallel import random as mrandom
+
+    s = mrandom._get_cuda_rng_state()
+    x = torch.rand(2)
+    mrandom._set_cuda_rng_state(s)
+    out["tracker_rng_restore"] = bool(torch.equal(x, torch.rand(2)))
+    return out
+
+
+def count_params(hf_config: str):
+    """Parameter count of a model built (on the meta device) from a HF config.json."""
+    from megatron_meml.backend import model as M, parallel
+    from megatron_meml.config import load_config
+
+    cfg = load_config(None, [f"model.hf_config={hf_config}"])
+    parallel.initialize(1, 1, seed=1)
+    m = M.build_gpt(cfg, meta=True)
+    names = sorted(n for n, _ in m.named_parameters())
+    return {"params": M.count_parameters(m), "padded_vocab": M.padded_vocab_size(cfg), "names": names,
+            "rope_scaling": cfg.model.rope_scaling, "tied": cfg.model.tie_word_embeddings}
+
+
+def llama3_rope(factor: float, low: float, high: float, orig: int):
+    """inv_freq of a built model with llama3 rope scaling vs the HF formula."""
+    import math
+
+    import torch
+
+    from megatron_meml.backend import model as M, parallel
+    from megatron_meml.config import load_config
+
+    cfg = load_config(None, ["model.rope_scaling=llama3", f"model.rope_scaling_factor={factor}",
+                             f"model.rope_low_freq_factor={low}", f"model.rope_high_freq_factor={high}",
+                             f"model.rope_original_max_position={orig}", "model.rotary_base=500000",
+                             "model.arch=llama", "model.add_qkv_bias=false"])
+    parallel.initialize(1, 1, seed=1)
+    m = M.build_gpt(cfg)
+    dim = cfg.model.hidden_size // cfg.model.num_attention_heads
+    inv = 1.0 / (500000 ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    lw, hw = orig / low, orig / high
+    ref = []
+    for f in inv.tolist():
+        wl = 2 * math.pi / f
+        if wl < hw:
+            ref.append(f)
+        elif wl > lw:
+            ref.append(f / factor)
+        else:
+            s = (orig / wl - low) / (high - low)
+            ref.append((1 - s) * f / factor + s * f)
+    return {"ours": m.rotary_pos_emb.inv_freq.double().tolist(), "ref": ref}
