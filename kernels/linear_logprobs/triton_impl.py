@@ -36,8 +36,7 @@ def _grouped_tile(pid, n_tb, n_cols, GROUP_T: tl.constexpr):
 
 @triton.jit
 def _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_ht, stride_hh, stride_wv, stride_wh,
-                 DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr,
-                 BLOCK_H: tl.constexpr):
+                 DOT_FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
     """acc[BLOCK_T, BLOCK_V] = hidden[rows, :] @ weight[cols, :]^T, fp32 accumulate."""
     ks = tl.arange(0, BLOCK_H)
     h_ptrs = h_ptr + rows.to(tl.int64)[:, None] * stride_ht + ks[None, :] * stride_hh
@@ -47,10 +46,10 @@ def _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_ht, stride_
         k_ok = (k0 + ks) < H
         hb = tl.load(h_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         wb = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        if DOT_FP32:
-            hb = hb.to(tl.float32)
-            wb = wb.to(tl.float32)
-        acc = tl.dot(hb, wb, acc, input_precision=PRECISION)
+        if DOT_FP32:   # exact fp32 products (and the interpreter, whose bf16 dot is wrong)
+            acc = tl.dot(hb.to(tl.float32), wb.to(tl.float32), acc, input_precision="ieee")
+        else:          # bf16 x bf16 -> fp32 accumulate (tensor cores)
+            acc = tl.dot(hb, wb, acc)
         h_ptrs += BLOCK_H * stride_hh
         w_ptrs += BLOCK_H * stride_wh
     return acc
@@ -59,8 +58,7 @@ def _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_ht, stride_
 @triton.jit
 def _linear_stats_kernel(h_ptr, w_ptr, targets_ptr, stats_ptr, T, V, H, stride_ht, stride_hh, stride_wv, stride_wh,
                          inv_temp, vocab_start, v_per_split, n_split, ENTROPY: tl.constexpr, DOT_FP32: tl.constexpr,
-                         PRECISION: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr,
-                         BLOCK_H: tl.constexpr, GROUP_T: tl.constexpr):
+                         BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, GROUP_T: tl.constexpr):
     tb, split = _grouped_tile(tl.program_id(0), tl.cdiv(T, BLOCK_T), n_split, GROUP_T)
     rows = tb * BLOCK_T + tl.arange(0, BLOCK_T)
     row_ok = rows < T
@@ -75,7 +73,7 @@ def _linear_stats_kernel(h_ptr, w_ptr, targets_ptr, stats_ptr, T, V, H, stride_h
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < v_hi
         z = _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_ht, stride_hh, stride_wv, stride_wh,
-                         DOT_FP32, PRECISION, BLOCK_T, BLOCK_V, BLOCK_H) * inv_temp
+                         DOT_FP32, BLOCK_T, BLOCK_V, BLOCK_H) * inv_temp
         z = tl.where(col_ok[None, :], z, float("-inf"))
         tgt += tl.sum(tl.where((cols[None, :] == local[:, None]) & col_ok[None, :], z, 0.0), 1)
         m_new = tl.maximum(m, tl.max(z, 1))
@@ -97,15 +95,14 @@ def _linear_stats_kernel(h_ptr, w_ptr, targets_ptr, stats_ptr, T, V, H, stride_h
 @triton.jit
 def _linear_dz_kernel(h_ptr, w_ptr, targets_ptr, valid_ptr, lse_ptr, ent_ptr, g_ptr, hg_ptr, dz_ptr, stride_dz,
                       T, VC, v_start, H, stride_ht, stride_hh, stride_wv, stride_wh, inv_temp, vocab_start,
-                      ENT_GRAD: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
-                      BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, GROUP_T: tl.constexpr):
+                      ENT_GRAD: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, GROUP_T: tl.constexpr):
     tb, vb = _grouped_tile(tl.program_id(0), tl.cdiv(T, BLOCK_T), tl.cdiv(VC, BLOCK_V), GROUP_T)
     rows = tb * BLOCK_T + tl.arange(0, BLOCK_T)
     ccols = vb * BLOCK_V + tl.arange(0, BLOCK_V)          # column inside the chunk
     row_ok = rows < T
     col_ok = ccols < VC
     z = _logits_tile(h_ptr, w_ptr, rows, v_start + ccols, row_ok, col_ok, H, stride_ht, stride_hh, stride_wv,
-                     stride_wh, DOT_FP32, PRECISION, BLOCK_T, BLOCK_V, BLOCK_H) * inv_temp
+                     stride_wh, DOT_FP32, BLOCK_T, BLOCK_V, BLOCK_H) * inv_temp
     valid = tl.load(valid_ptr + rows, mask=row_ok, other=0) != 0
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
     g = tl.where(valid, tl.load(g_ptr + rows, mask=row_ok, other=0.0), 0.0)
@@ -122,17 +119,21 @@ def _linear_dz_kernel(h_ptr, w_ptr, targets_ptr, valid_ptr, lse_ptr, ent_ptr, g_
     tl.store(ptrs, dz.to(dz_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
-def _config(hidden: torch.Tensor, weight: torch.Tensor) -> dict:
-    """Fixed tile configs: tiny ones in the interpreter, H100-sized ones on GPU (no autotune)."""
-    fp32 = hidden.dtype == torch.float32 or weight.dtype == torch.float32
+# Fixed tile configs (no autotune: it cannot run in the interpreter, and fixed configs keep GPU runs predictable).
+# tools/bench_kernels.py --gpu may swap GPU_CONFIG / GPU_BWD_CONFIG to compare candidates.
+INTERPRETER_CONFIG = dict(BLOCK_T=16, BLOCK_V=32, BLOCK_H=16, GROUP_T=2, num_warps=4, num_stages=1)
+GPU_FP32_CONFIG = dict(BLOCK_T=64, BLOCK_V=64, BLOCK_H=32, GROUP_T=8, num_warps=4, num_stages=2)
+GPU_CONFIG = dict(BLOCK_T=128, BLOCK_V=128, BLOCK_H=64, GROUP_T=16, num_warps=8, num_stages=3)
+GPU_BWD_CONFIG = dict(BLOCK_T=128, BLOCK_V=128, BLOCK_H=64, GROUP_T=8, num_warps=8, num_stages=3)
+
+
+def _config(hidden: torch.Tensor, weight: torch.Tensor, backward: bool = False) -> dict:
+    """Tile config: tiny in the interpreter (fp32 dots there), H100-sized bf16 / exact-fp32 ones on GPU."""
     if interpreting():
-        return dict(BLOCK_T=16, BLOCK_V=32, BLOCK_H=16, GROUP_T=2, DOT_FP32=True, PRECISION="ieee",
-                    num_warps=4, num_stages=1)
-    if fp32:
-        return dict(BLOCK_T=64, BLOCK_V=64, BLOCK_H=32, GROUP_T=8, DOT_FP32=True, PRECISION="ieee",
-                    num_warps=4, num_stages=2)
-    return dict(BLOCK_T=128, BLOCK_V=128, BLOCK_H=64, GROUP_T=16, DOT_FP32=False, PRECISION="tf32",
-                num_warps=8, num_stages=3)
+        return dict(INTERPRETER_CONFIG, DOT_FP32=True)
+    if hidden.dtype == torch.float32 or weight.dtype == torch.float32:
+        return dict(GPU_FP32_CONFIG, DOT_FP32=True)
+    return dict(GPU_BWD_CONFIG if backward else GPU_CONFIG, DOT_FP32=False)
 
 
 def _num_splits(t: int, v: int, cfg: dict, device: torch.device) -> int:
@@ -168,7 +169,7 @@ def backward(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, 
     """(dhidden [T, H] hidden dtype, dweight [V, H] weight dtype); see the module docstring."""
     t, h = hidden.shape
     v = weight.shape[0]
-    cfg = _config(hidden, weight)
+    cfg = _config(hidden, weight, backward=True)
     bv = cfg["BLOCK_V"]
     if interpreting():
         vc = 2 * bv   # several chunks even at test sizes

@@ -76,8 +76,16 @@ def _dlogits_kernel(logits_ptr, stride_t, out_ptr, stride_out, targets_ptr, vali
         tl.store(out, tl.zeros([BLOCK_V], tl.float32).to(out_ptr.dtype.element_ty), mask=inb)
 
 
-def _fwd_block(v: int) -> int:
-    return 64 if interpreting() else min(4096, triton.next_power_of_2(max(v, 16)))
+# Fixed configs (GPU: one row per program, 4096-wide tiles, 8 warps); tools/bench_kernels.py may swap them.
+GPU_FWD = dict(BLOCK_V=4096, num_warps=8)
+GPU_BWD = dict(BLOCK_V=2048, num_warps=8)
+INTERPRETER = dict(BLOCK_V=64, num_warps=4)
+
+
+def _launch_config(v: int, gpu: dict) -> dict:
+    cfg = dict(INTERPRETER if interpreting() else gpu)
+    cfg["BLOCK_V"] = min(cfg["BLOCK_V"], triton.next_power_of_2(max(v, 16)))
+    return cfg
 
 
 def row_stats(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, inv_temp: float,
@@ -89,10 +97,9 @@ def row_stats(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, 
     stats = torch.empty(4, t, dtype=torch.float32, device=logits.device)
     if t == 0:
         return RowStats(*stats)
-    block = _fwd_block(v)
     _row_stats_kernel[(t,)](logits, logits.stride(0), targets.contiguous(), valid.contiguous().view(torch.uint8),
                             stats[0], stats[1], stats[2], stats[3], v, float(inv_temp), int(vocab_start),
-                            ENTROPY=bool(entropy), BLOCK_V=block, num_warps=8 if block >= 2048 else 4)
+                            ENTROPY=bool(entropy), **_launch_config(v, GPU_FWD))
     return RowStats(*stats)
 
 
@@ -106,11 +113,11 @@ def dlogits(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, ls
     out = torch.empty((t, v), dtype=logits.dtype, device=logits.device)
     if t == 0:
         return out
-    block = 64 if interpreting() else min(2048, triton.next_power_of_2(max(v, 16)))
+    cfg = _launch_config(v, GPU_BWD)
     g = g_logp.float().contiguous()
     h = g if g_entropy is None else g_entropy.float().contiguous()
-    _dlogits_kernel[(t, triton.cdiv(v, block))](
+    _dlogits_kernel[(t, triton.cdiv(v, cfg["BLOCK_V"]))](
         logits, logits.stride(0), out, out.stride(0), targets.contiguous(), valid.contiguous().view(torch.uint8),
         lse.contiguous(), entropy.contiguous(), g, h, v, float(inv_temp), int(vocab_start),
-        ENT_GRAD=g_entropy is not None, BLOCK_V=block, num_warps=8 if block >= 2048 else 4)
+        ENT_GRAD=g_entropy is not None, **cfg)
     return out
