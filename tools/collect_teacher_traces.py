@@ -190,8 +190,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"--experts must name ids in 1..{len(prompts) - 1} (expert 0 is the dataset rationale), got "
               f"{args.experts}", file=sys.stderr)
         return 2
-    kw = {"num_train": args.limit or 2000, "num_test": args.limit or 200} if args.data == "synthetic" else {}
-    records = load_dataset(args.data, args.data_path, args.split, **kw)[:args.limit]
+    records = load_dataset(args.data, args.data_path, args.split)[:args.limit]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     done = done_pairs(args.out)
     todo = [(r, e) for r in records for e in experts if (r.id, e) not in done]

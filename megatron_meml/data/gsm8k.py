@@ -22,7 +22,6 @@ from .jsonio import iter_jsonl, read_items
 
 SPLITS = {"train": "train.jsonl", "test": "test.jsonl"}
 _CALC = re.compile(r"<<[^>]*>>")
-_FINAL = re.compile(r"####\s*(.*?)\s*$")
 
 
 def clean_solution(text: str) -> str:
@@ -35,8 +34,7 @@ def final_answer(text: str) -> str:
     lines = [ln for ln in text.strip().splitlines() if "####" in ln]
     if not lines:
         raise RecordError("field 'answer': no '#### <number>' final line")
-    m = _FINAL.search(lines[-1])
-    value = m.group(1).replace(",", "").strip() if m else ""
+    value = lines[-1].split("####")[-1].replace(",", "").strip()
     if not re.fullmatch(r"-?\d+(\.\d+)?", value):
         raise RecordError(f"field 'answer': final answer {value!r} is not a number")
     return value

@@ -30,7 +30,10 @@ class HFTokenizer:
     """Tokenizer protocol over ``tokenizers.Tokenizer.from_file(path)``."""
 
     def __init__(self, path: str):
-        from tokenizers import Tokenizer as _HF  # optional dependency (comes with transformers)
+        try:
+            from tokenizers import Tokenizer as _HF  # optional: installed with transformers (the test extra)
+        except ImportError:
+            raise ImportError(f"loading {path} needs the `tokenizers` package: pip install tokenizers") from None
 
         self.name = path
         self._tok = _HF.from_file(path)

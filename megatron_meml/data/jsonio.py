@@ -74,8 +74,10 @@ def iter_json_array(path: str) -> Iterator[Item]:
     pos += 1
     index, line, line_pos = 0, 1, 0
 
-    def line_at(p: int) -> int:
+    def line_at(p: int) -> int:  # 1-based line of offset p; counts incrementally from the last call
         nonlocal line, line_pos
+        if p < line_pos:
+            line, line_pos = 1, 0
         line += text.count("\n", line_pos, p)
         line_pos = p
         return line

@@ -6,7 +6,8 @@ File format: one JSON array of objects ``{"Problem", "Rationale", "options", "co
 accepted too. ``correct`` is a letter a-e.
 
 Splits: ``dev`` (4,475), ``test`` (2,985), ``challenge_test`` (604). The official train.json is not in the offline
-data, so ``train`` loads ``dev`` and logs a warning saying so (use ``dev`` for training and ``test`` for eval).
+data, so ``train`` loads ``dev`` (same records, same ids) and logs a warning saying so (use ``dev`` for training
+and ``test`` for eval).
 
 Record produced:
   * ``id``        ``mathqa-<split>-<k>`` (k = 0-based ordinal of the element in the array)
@@ -106,5 +107,6 @@ def load_mathqa(path: str, split: str, on_bad_record: str = "error") -> Tuple[Li
     """Records of one MathQA JSON file (``path`` is the file)."""
     if split == "train":
         log.warning("mathqa: the offline data has no train.json (see shared/data/README.md); split 'train' "
-                    "loads dev.json (4,475 records). Use split 'dev' to say so explicitly.")
+                    "loads dev.json (4,475 records, ids mathqa-dev-*). Use split 'dev' to say so explicitly.")
+        split = "dev"
     return read_items(path, iter_json_array(path), lambda obj, i: convert(obj, i, split), on_bad_record)

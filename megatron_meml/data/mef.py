@@ -84,8 +84,10 @@ def read_traces(path: str, on_bad_record: str = "error") -> Tuple[List[Tuple[str
 
 
 def build_mef_data(records: Sequence[Record], trace_files: Iterable[str], verifier_name: str,
-                   drop_unverified: bool = True, on_bad_record: str = "error") -> Tuple[List[MEFRow], MEFSummary]:
-    """MEF rows from the gold rationales (expert 0) and teacher trace files (see module docstring)."""
+                   drop_unverified: bool = True, on_bad_record: str = "error",
+                   max_chars: int = 200_000) -> Tuple[List[MEFRow], MEFSummary]:
+    """MEF rows from the gold rationales (expert 0) and teacher trace files (see module docstring). Teacher traces
+    (long reasoning included) are verified up to ``max_chars`` characters, not the rollout reward's 20k cap."""
     by_id = {r.id: r for r in records}
     summary = MEFSummary(records=len(records), drop_unverified=drop_unverified)
     traces: Dict[str, List[Tuple[int, str]]] = {r.id: [] for r in records}
@@ -103,7 +105,7 @@ def build_mef_data(records: Sequence[Record], trace_files: Iterable[str], verifi
                 summary.duplicates += 1
                 continue
             seen.add((rid, expert))
-            if verify(verifier_name, response, by_id[rid]) < 1.0:
+            if verify(verifier_name, response, by_id[rid], max_chars=max_chars) < 1.0:
                 summary.unverified[expert] += 1
                 if drop_unverified:
                     continue

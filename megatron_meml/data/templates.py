@@ -26,7 +26,6 @@ from .tokenizer import Tokenizer
 TEMPLATES = ("chatml", "llama3", "plain")
 CHATML_SPECIALS = ("<|im_start|>", "<|im_end|>")
 LLAMA3_SPECIALS = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
-DEFAULT_FOR_NAME = {"byte": "chatml", "qwen2.5": "chatml", "llama3": "llama3"}
 
 Piece = Union[str, int]  # text to encode, or a special id
 

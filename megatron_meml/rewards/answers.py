@@ -23,12 +23,13 @@ _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _LATEX_NOISE = re.compile(r"\\[!,;: ]|\\\$|\$|\*\*|\\text\{\s*|\\mathrm\{\s*|\\left|\\right")
 
 
-def last_boxed(text: str) -> Optional[str]:
-    """Content of the last ``\\boxed{...}`` with balanced braces (None when absent or unbalanced)."""
-    starts = [m.end() for m in _BOX.finditer(text)]
+def last_boxed(text: str, max_len: int = 1000, max_tries: int = 5) -> Optional[str]:
+    """Content of the last ``\\boxed{...}`` with balanced braces (None when absent or unbalanced). Only the last
+    ``max_tries`` boxes and ``max_len`` characters after each are examined, so garbage cannot make this slow."""
+    starts = [m.end() for m in _BOX.finditer(text)][-max_tries:]
     for start in reversed(starts):
         depth = 1
-        for i in range(start, len(text)):
+        for i in range(start, min(len(text), start + max_len)):
             c = text[i]
             depth += 1 if c == "{" else -1 if c == "}" else 0
             if depth == 0:
@@ -74,7 +75,11 @@ def to_fraction(number: str) -> Optional[Fraction]:
         return None
 
 
-_PLAIN_TAIL = re.compile(r"\s*(?:%|[a-zA-Z][a-zA-Z .]*)?\s*[.,;!)]*\s*$")
+def _plain_tail(tail: str) -> bool:
+    """What may follow a plain number: nothing, ``%``, or unit words (letters, spaces, dots), then punctuation.
+    Checked without a regex so that long garbage tails cannot cause quadratic backtracking."""
+    tail = tail.rstrip(" \t\n.,;!)").lstrip()
+    return tail in ("", "%") or (tail[:1].isalpha() and all(c.isalpha() or c in " ." for c in tail))
 
 
 def plain_number(candidate: str) -> Optional[Fraction]:
@@ -82,7 +87,7 @@ def plain_number(candidate: str) -> Optional[Fraction]:
     ``18 dollars``, ``-5.``; None when it is anything else (an expression, LaTeX, several numbers)."""
     s = clean(candidate)
     m = NUMBER.match(s)
-    if not m or not _PLAIN_TAIL.fullmatch(s, m.end()):
+    if not m or not _plain_tail(s[m.end():]):
         return None
     return to_fraction(m.group(0))
 

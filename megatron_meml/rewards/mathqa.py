@@ -16,7 +16,7 @@ from ..types import Record
 from .answers import candidates, clean, plain_number
 from .registry import NO_ANSWER, Verdict, judge, register_verifier
 
-_LETTER = re.compile(r"^(?:option\s*|choice\s*)?(?:\(\s*([a-e])\s*\)|([a-e])\s*\)|([a-e])\s*[.,;:!]?\s*$)", re.I)
+_LETTER = re.compile(r"^(?:option\s*|choice\s*)?(?:\(\s*([a-e])\s*\)|([a-e])\s*\)|([a-e])\s*(?:[.,;:!]\s*)?$)", re.I)
 _CURRENCY = re.compile(r"^\s*(?:rs\s*\.?|s\s*\.|\$|₹|inr|usd)\s*", re.I)
 _NON_WORD = re.compile(r"[\W_]+")
 

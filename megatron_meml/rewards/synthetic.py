@@ -10,7 +10,7 @@ from ..types import Record
 from .answers import after_hashes
 from .registry import NO_ANSWER, Verdict, judge, register_verifier
 
-_INTEGER = re.compile(r"([-+]?\d+)\s*\.?\s*")
+_INTEGER = re.compile(r"([-+]?\d+)\s*(?:\.\s*)?")
 
 
 @register_verifier("synthetic")

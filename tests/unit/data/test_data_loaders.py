@@ -40,6 +40,7 @@ def test_mathqa_record_and_train_alias(caplog):
     assert sum(len(x.meta["options"]) == 5 for x in load_dataset("mathqa", DATA, "test")) == 2985
     train = load_dataset("mathqa", DATA, "train")
     assert len(train) == 4475 and "loads dev.json" in caplog.text
+    assert train == load_dataset("mathqa", DATA, "dev") and train[0].id == "mathqa-dev-0"
 
 
 @needs_data

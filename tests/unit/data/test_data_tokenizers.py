@@ -78,6 +78,7 @@ def test_byte_tokenizer_specials_only_when_allowed():
 
 def build_tiny_tokenizer_json(path):
     """A small byte-level BPE trained here with `tokenizers` itself (no downloaded files)."""
+    pytest.importorskip("tokenizers", reason="the HF `tokenizers` package is not installed (pip install tokenizers)")
     from tokenizers import Tokenizer as HF, decoders, models, pre_tokenizers, trainers
 
     tok = HF(models.BPE())

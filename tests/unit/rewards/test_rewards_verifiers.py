@@ -2,6 +2,7 @@
 symbolic path's timeout inside and outside the main thread."""
 import random
 import string
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -70,6 +71,19 @@ def test_guards_never_raise(name):
         garbage = "".join(rng.choice(string.printable + "\\{}$#…ü") for _ in range(rng.randint(1, 300)))
         score, reason = verify_detailed(name, garbage, record)
         assert score in (0.0, 1.0) and reason in REASONS
+
+
+@pytest.mark.parametrize("name", ["gsm8k", "mathqa", "strategyqa", "synthetic"])
+def test_long_garbage_is_fast(name):
+    """Inputs just under the length cap that make naive regexes backtrack quadratically stay fast."""
+    record = RECORDS[name]
+    for head, unit, tail in [("5", " ", "." * 9000 + "#"), ("#### 16", " ", "x"), ("The answer is a", " ", "#"),
+                             ("#### ", "{", "1"), ("\\boxed{", "\\boxed{", ""), ("", "1,", "x"), ("(a", " .", "(")]:
+        text = (head + unit * 19000)[:19000 - len(tail)] + tail
+        start = time.perf_counter()
+        score, reason = verify_detailed(name, text, record)
+        assert time.perf_counter() - start < 2.0, (head, unit, tail)  # quadratic backtracking takes minutes
+        assert reason in REASONS
 
 
 def test_registry_contract():
