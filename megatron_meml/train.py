@@ -36,11 +36,17 @@ def main(argv=None) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from .checkpointing import Preempted
+
     summary = {}
-    if cfg.mef.enabled:
-        summary.update(trainer.run_mef(run))
-    if cfg.riel.enabled and hasattr(trainer, "run_riel"):
-        summary.update(trainer.run_riel(run))
+    try:
+        if cfg.mef.enabled:
+            summary.update(trainer.run_mef(run))
+        if cfg.riel.enabled and hasattr(trainer, "run_riel"):
+            summary.update(trainer.run_riel(run))
+    except Preempted:
+        trainer.finish(run)
+        return 0
     if run.info.is_logging_rank:
         with open(os.path.join(cfg.logging.run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

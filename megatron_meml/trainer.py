@@ -27,6 +27,7 @@ from .config import Config, save_config, to_dict
 from .data import (load_dataset, load_expert_prompts, read_mef, render, synthetic_mef_rows, tokenizer_from_config)
 from .data.collate import count_loss_tokens, sft_microbatches
 from .data.mef import MEFRow
+from .checkpointing import Checkpointer
 from .metrics import MetricsLogger
 from .types import MicroBatch, Record
 
@@ -42,6 +43,7 @@ class Run:
     template: Optional[str]
     prompts: List[str]
     logger: MetricsLogger
+    ckpt: Checkpointer
     config_dir: Optional[str] = None
 
     @property
@@ -70,7 +72,9 @@ def setup(cfg: Config, config_dir: Optional[str] = None) -> Run:
     logger = MetricsLogger(cfg.logging.run_dir, enabled=info.is_logging_rank, tensorboard=cfg.logging.tensorboard,
                            wandb_project=cfg.logging.wandb_project, config=to_dict(cfg))
     prompts = load_expert_prompts(cfg.experts, config_dir)
-    return Run(cfg, info, chunks, tokenizer, cfg.data.chat_template, prompts, logger, config_dir)
+    say = print if info.is_logging_rank else (lambda *_: None)
+    ckpt = Checkpointer(cfg, cfg.logging.run_dir, say=say)
+    return Run(cfg, info, chunks, tokenizer, cfg.data.chat_template, prompts, logger, ckpt, config_dir)
 
 
 def load_records(cfg: Config, split: str) -> List[Record]:
@@ -139,11 +143,18 @@ def run_mef(run: Run) -> Dict[str, float]:
     steps = max(1, math.ceil(cfg.mef.epochs * len(rows) / gbs))
     if cfg.mef.max_steps is not None:
         steps = min(steps, cfg.mef.max_steps)
+    if run.ckpt.stage_done("mef"):
+        run.say("MEF: complete in the latest checkpoint; skipped")
+        return {}
     optimizer, scheduler = boptim.build_optimizer(cfg, run.chunks, lr=cfg.mef.lr, total_steps=steps)
+    state = run.ckpt.resume("mef", run.chunks, optimizer, scheduler) or {}
+    start = state.get("step", -1) + 1
     run.say(f"MEF: {len(rows)} traces from {cfg.experts.num_experts} experts, {steps} steps of {gbs} sequences")
     bar = _progress(run, steps, "MEF")
-    first = last = None
-    for step in range(steps):
+    if bar is not None:
+        bar.update(start)
+    first, last = state.get("first_loss"), state.get("last_loss")
+    for step in range(start, steps):
         t0 = time.time()
         batch = [rows[(step * gbs + i) % len(rows)] for i in range(gbs)]
         examples = [render(run.template, run.tokenizer, run.prompts[r.expert], r.question, r.response)
@@ -158,6 +169,8 @@ def run_mef(run: Run) -> Dict[str, float]:
         if bar is not None:
             bar.set_postfix(loss=f"{m['loss']:.3f}")
             bar.update(1)
+        run.ckpt.after_step("mef", step, run.chunks, optimizer, scheduler,
+                            lambda: {"first_loss": first, "last_loss": last}, last=step == steps - 1)
     if bar is not None:
         bar.close()
     run.say(f"MEF loss: start {first:.4f} -> end {last:.4f}")
