@@ -135,6 +135,12 @@ def model_fields_from_hf(path: str) -> Dict[str, Any]:
     mtype = hf.get("model_type", "")
     if mtype not in ("qwen2", "llama"):
         raise ConfigError(f"config key `model.hf_config`: {path}: model_type {mtype!r} is not qwen2 or llama")
+    rp = hf.get("rope_parameters")  # transformers >= 5 writes rope_theta / rope scaling inside this mapping
+    if isinstance(rp, dict):
+        hf = dict(hf)
+        hf.setdefault("rope_theta", rp.get("rope_theta"))
+        if rp.get("rope_type", "default") != "default":
+            hf.setdefault("rope_scaling", rp)
     out = {dst: hf[src] for src, dst in HF_FIELDS.items() if src in hf and hf[src] is not None}
     out["arch"] = mtype
     out["add_qkv_bias"] = mtype == "qwen2" or bool(hf.get("attention_bias", False))
