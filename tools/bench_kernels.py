@@ -198,6 +198,45 @@ def _row_md(r: dict) -> str:
             f"{r['peak_gib']:.2f} |")
 
 
+class _swapped:
+    """Temporarily replace ``module.attr`` (a tile-config dict) by ``value``."""
+
+    def __init__(self, module, attr: str, value: dict):
+        self.module, self.attr, self.value = module, attr, value
+
+    def __enter__(self):
+        self.saved = getattr(self.module, self.attr)
+        setattr(self.module, self.attr, dict(self.value))
+
+    def __exit__(self, *exc):
+        setattr(self.module, self.attr, self.saved)
+
+
+def _sweep(b: "GpuBench", op: str, mode: str, module, attr: str, candidates, fn, **rate):
+    """Time ``fn`` under each candidate config of ``module.attr`` (rows "cfg<i>"), printing each config."""
+    for i, cfg in enumerate(candidates):
+        with _swapped(module, attr, cfg):
+            b.run(op, f"cfg{i}", mode, fn, **rate)
+        print(f"    cfg{i} {attr} = {cfg}", flush=True)
+
+
+LINEAR_FWD_CANDIDATES = [
+    dict(BLOCK_T=128, BLOCK_V=256, BLOCK_H=64, GROUP_T=8, num_warps=8, num_stages=4),
+    dict(BLOCK_T=256, BLOCK_V=128, BLOCK_H=64, GROUP_T=8, num_warps=8, num_stages=3),
+    dict(BLOCK_T=128, BLOCK_V=256, BLOCK_H=32, GROUP_T=16, num_warps=8, num_stages=4),
+    dict(BLOCK_T=128, BLOCK_V=256, BLOCK_H=64, GROUP_T=32, num_warps=8, num_stages=3),
+    dict(BLOCK_T=64, BLOCK_V=256, BLOCK_H=64, GROUP_T=16, num_warps=4, num_stages=4),
+]
+LINEAR_BWD_CANDIDATES = [
+    dict(BLOCK_T=128, BLOCK_V=256, BLOCK_H=64, GROUP_T=8, num_warps=8, num_stages=3),
+    dict(BLOCK_T=128, BLOCK_V=256, BLOCK_H=64, GROUP_T=16, num_warps=8, num_stages=4),
+]
+LOGITS_FWD_CANDIDATES = [dict(BLOCK_V=8192, num_warps=16), dict(BLOCK_V=4096, num_warps=16),
+                         dict(BLOCK_V=2048, num_warps=8), dict(BLOCK_V=8192, num_warps=8)]
+LOGITS_BWD_CANDIDATES = [dict(BLOCK_V=4096, num_warps=8), dict(BLOCK_V=1024, num_warps=4),
+                         dict(BLOCK_V=4096, num_warps=16)]
+
+
 def _liger():
     try:
         from liger_kernel.transformers.functional import liger_cross_entropy, liger_fused_linear_cross_entropy
@@ -207,9 +246,9 @@ def _liger():
         return None
 
 
-def bench_logits(b: GpuBench, liger, t: int, v: int):
+def bench_logits(b: GpuBench, liger, t: int, v: int, sweep: bool = False):
     torch = b.torch
-    from meml_kernels.logprobs import token_logprobs
+    from meml_kernels.logprobs import token_logprobs, triton_impl
 
     logits = torch.randn(t, v, device="cuda", dtype=torch.bfloat16)
     tgt = torch.randint(0, v, (t,), device="cuda")
@@ -222,6 +261,9 @@ def bench_logits(b: GpuBench, liger, t: int, v: int):
     with torch.no_grad():
         b.run(op, "naive", "fwd", lambda: naive(logits), nbytes=nb)
         b.run(op, "ours", "fwd", lambda: token_logprobs(logits, tgt, impl="triton").logp, nbytes=nb)
+        if sweep:
+            _sweep(b, op, "fwd", triton_impl, "GPU_FWD", LOGITS_FWD_CANDIDATES,
+                   lambda: token_logprobs(logits, tgt, impl="triton").logp, nbytes=nb)
         if liger:
             b.run(op, "liger", "fwd", lambda: liger[0](logits, tgt, reduction="none"), nbytes=nb)
     x = logits.clone().requires_grad_()
@@ -229,6 +271,10 @@ def bench_logits(b: GpuBench, liger, t: int, v: int):
     b.run(op, "naive", "fwd+bwd", lambda: (-naive(x)).sum().backward(), nbytes=3 * nb, grad_to_none=[x])
     b.run(op, "ours", "fwd+bwd", lambda: (-token_logprobs(x, tgt, impl="triton").logp).sum().backward(),
           nbytes=3 * nb, grad_to_none=[x])
+    if sweep:
+        _sweep(b, op, "fwd+bwd", triton_impl, "GPU_BWD", LOGITS_BWD_CANDIDATES,
+               lambda: (-token_logprobs(x, tgt, impl="triton").logp).sum().backward(), nbytes=3 * nb,
+               grad_to_none=[x])
     if liger:
         b.run(op, "liger", "fwd+bwd", lambda: liger[0](x, tgt, reduction="sum").backward(), nbytes=3 * nb,
               grad_to_none=[x])
@@ -236,7 +282,7 @@ def bench_logits(b: GpuBench, liger, t: int, v: int):
     torch.cuda.empty_cache()
 
 
-def bench_linear(b: GpuBench, liger, t: int, h: int, v: int, configs=()):
+def bench_linear(b: GpuBench, liger, t: int, h: int, v: int, sweep: bool = False):
     torch = b.torch
     from meml_kernels.linear_logprobs import linear_token_logprobs, triton_impl
 
@@ -255,18 +301,17 @@ def bench_linear(b: GpuBench, liger, t: int, h: int, v: int, configs=()):
     with torch.no_grad():
         b.run(op, "naive", "fwd", lambda: naive(hid, w), flops=f_fwd)
         b.run(op, "ours", "fwd", lambda: ours(hid, w), flops=f_fwd)
-        default = dict(triton_impl.GPU_CONFIG)
-        for i, cfg in enumerate(configs):
-            triton_impl.GPU_CONFIG = dict(cfg)
-            b.run(op, f"ours-c{i}", "fwd", lambda: ours(hid, w), flops=f_fwd)
-            print(f"    c{i} = {cfg}", flush=True)
-        triton_impl.GPU_CONFIG = default
+        if sweep:
+            _sweep(b, op, "fwd", triton_impl, "GPU_CONFIG", LINEAR_FWD_CANDIDATES, lambda: ours(hid, w), flops=f_fwd)
         if liger:
             b.run(op, "liger", "fwd", lambda: liger[1](hid, w, tgt, reduction="sum"), flops=f_fwd)
     x, wt = hid.clone().requires_grad_(), w.clone().requires_grad_()
     del hid, w
     b.run(op, "naive", "fwd+bwd", lambda: (-naive(x, wt)).sum().backward(), flops=f_all, grad_to_none=[x, wt])
     b.run(op, "ours", "fwd+bwd", lambda: (-ours(x, wt)).sum().backward(), flops=f_all, grad_to_none=[x, wt])
+    if sweep:
+        _sweep(b, op, "fwd+bwd", triton_impl, "GPU_BWD_CONFIG", LINEAR_BWD_CANDIDATES,
+               lambda: (-ours(x, wt)).sum().backward(), flops=f_all, grad_to_none=[x, wt])
     if liger:
         b.run(op, "liger", "fwd+bwd", lambda: liger[1](x, wt, tgt, reduction="sum").backward(), flops=f_all,
               grad_to_none=[x, wt])
@@ -310,10 +355,8 @@ def gpu_main(args) -> str:
     liger = _liger()
     scale = 4 if args.quick else 1
     sh = GPU_SHAPES
-    bench_logits(b, liger, sh["logits"]["T"] // scale, sh["logits"]["V"])
-    configs = [dict(BLOCK_T=128, BLOCK_V=256, BLOCK_H=64, GROUP_T=16, num_warps=8, num_stages=3),
-               dict(BLOCK_T=128, BLOCK_V=128, BLOCK_H=64, GROUP_T=8, num_warps=8, num_stages=4)] if args.configs else []
-    bench_linear(b, liger, sh["linear"]["T"] // scale, sh["linear"]["H"], sh["linear"]["V"], configs)
+    bench_logits(b, liger, sh["logits"]["T"] // scale, sh["logits"]["V"], args.configs)
+    bench_linear(b, liger, sh["linear"]["T"] // scale, sh["linear"]["H"], sh["linear"]["V"], args.configs)
     bench_small_ops(b, sh["adv_small"], sh["adv_large"], sh["loss_T"])
     table = b.table()
     print(f"\n{table}\n\n(ceilings measured in this run: copy {b.copy_bw / 1e12:.2f} TB/s, matmul "
@@ -331,7 +374,7 @@ def main(argv=None):
     p.add_argument("--cpu-memory", action="store_true", help="CPU peak-memory comparison (fused vs naive)")
     p.add_argument("--gpu", action="store_true", help="GPU timing table")
     p.add_argument("--quick", action="store_true", help="GPU: T/4 and shorter timing windows")
-    p.add_argument("--configs", action="store_true", help="GPU: also time candidate fused-linear tile configs")
+    p.add_argument("--configs", action="store_true", help="GPU: also time candidate tile configs (rows cfg<i>)")
     p.add_argument("--json", help="GPU: also write the rows as JSON here")
     p.add_argument("--shape", nargs=3, type=int, metavar=("T", "H", "V"), help="CPU shape (default 8192 512 32768)")
     p.add_argument("--cpu-memory-child", choices=["naive", "fused"], help=argparse.SUPPRESS)

@@ -66,11 +66,17 @@ def test_default_group_bound_and_out_of_range_ids(impl):
     assert adv[:4].tolist() == [0.5, -0.5, 0.5, -0.5] and torch.isnan(adv[4])
 
 
-def test_larger_batch_with_multiple_blocks():
+@pytest.mark.parametrize("programs", [1, 3, 7])
+def test_larger_batch_several_blocks_and_programs(programs):
+    """Several sample blocks per phase, and the group ids split over several programs (as on GPU at large S)."""
+    from meml_kernels.group_advantages import triton_impl
+
     gen = torch.Generator().manual_seed(3)
     s = 700                                                 # > 10 interpreter blocks of 64 per phase
     keys = torch.randint(0, 90, (s,), generator=gen)
+    keys[5] = 95                                            # outside num_groups: NaN, written exactly once
     r = torch.randint(0, 2, (s,), generator=gen).float()
     want = group_advantages_loop(r, keys, True, 1e-6, False)
-    got = group_advantages(r, keys, 90, std_normalize=True, impl="triton")
-    torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=1e-5)
+    want[5] = float("nan")
+    got = triton_impl.group_advantages(r, keys, 90, std_normalize=True, programs=programs)
+    torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=1e-5, equal_nan=True)
