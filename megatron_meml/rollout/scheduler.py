@@ -1,0 +1,245 @@
+"""The RIEL step's rollout scheduler: questions in, one forward-backward's worth of typed microbatches out.
+
+    sched = build_riel_scheduler(cfg, chunks, tokenizer, expert_prompts, reward_fn)     # once
+    out = sched.step(records, step)                                                       # per RIEL step
+    backend.step.forward_backward(chunks, out.microbatches, loss_fn, temperature=cfg.rollout.temperature)
+
+What :meth:`RielScheduler.step` does, in order:
+  1. requests: question × expert × G, prompt = the question under expert e's system prompt, seed =
+     ``mix_seed(rollout.seed, step, i)`` for the i-th request (so a request's sample depends on neither batch
+     composition nor the DP layout);
+  2. generation under the token budget — under data parallelism each DP rank generates every dp-th request and
+     the rollouts are all-gathered, so every rank sees the whole step;
+  3. rewards (verifier on the decoded text), one :class:`ScoredGroup` per (question, expert), advantages
+     (``algo.advantages``);
+  4. inter-expert KL pairs per question (``algo.inter_expert_kl``), hard-example admission and SFT firing
+     (``algo.sft_buffer``) — identical on all ranks (same rollouts, same buffer RNG);
+  5. training sequences: GRPO = every rollout (prompt + response, loss on the response, old_logp = rollout
+     log-probs, advantage of its rollout); KL = each O+ response re-rendered after E−'s prompt (old_logp = its
+     rollout log-probs under P+, reused: on-policy they are stopgrad log π(o|q,P+); the gradient flows through the
+     P− forward only); SFT = the fired buffer examples (prompt + gold solution under P_e);
+  6. aggregation weights and packing into token-balanced microbatches per DP rank (``packing.plan_microbatches``);
+     the three kinds interleave in one forward-backward pass.
+
+``ref_logp`` is left None: a reference-KL (``riel.beta_ref > 0``) needs a frozen reference model, whose
+``forward_logprobs`` the trainer writes into the GRPO microbatches.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
+
+from ..algo.advantages import compute_advantages
+from ..algo.inter_expert_kl import KLPair, is_correct, kl_pair
+from ..algo.sft_buffer import HardExample, HardExampleBuffer, admit_hard_examples
+from ..types import MicroBatch, Record, Request, Rollout, ScoredGroup, TokenKind
+from .engine import GenerationEngine, SamplingParams
+from .packing import TrainSequence, assign_weights, plan_microbatches
+from .sampling import mix_seed
+
+RewardFn = Callable[[str, Record], float]
+AllGather = Callable[[object], List[object]]
+
+
+class PromptRenderer(Protocol):
+    """Token ids of a question under an expert's system prompt."""
+
+    def prompt(self, record: Record, expert: int) -> List[int]:
+        """The generation prompt (ends with the assistant header)."""
+
+    def example(self, record: Record, expert: int) -> Tuple[List[int], List[int]]:
+        """(ids, loss_mask) of the gold solution answered under expert ``expert``'s prompt; ``ids`` starts with
+        exactly ``prompt(record, expert)``."""
+
+
+class ChatRenderer:
+    """:class:`PromptRenderer` through the chat templates of ``data/templates.py`` (system turn = P_e)."""
+
+    def __init__(self, tokenizer, expert_prompts: Sequence[str], template: Optional[str] = None):
+        from ..data.templates import default_template
+
+        self.tokenizer = tokenizer
+        self.expert_prompts = list(expert_prompts)
+        self.template = template or default_template(tokenizer)
+
+    def prompt(self, record: Record, expert: int) -> List[int]:
+        from ..data.templates import render
+
+        return render(self.template, self.tokenizer, self.expert_prompts[expert], record.question)[0]
+
+    def example(self, record: Record, expert: int) -> Tuple[List[int], List[int]]:
+        from ..data.templates import render
+
+        return render(self.template, self.tokenizer, self.expert_prompts[expert], record.question, record.solution)
+
+
+def verifier_reward(name: str) -> RewardFn:
+    """The reward function of verifier ``name`` (``rewards.verify``: 0/1, never raises on model output)."""
+    from ..rewards import verify
+
+    return lambda text, record: verify(name, text, record)
+
+
+@dataclass
+class RielStepOutput:
+    """What one RIEL step hands to the trainer."""
+
+    microbatches: List[MicroBatch]   # this DP rank's microbatches for backend.step.forward_backward
+    groups: List[ScoredGroup]        # every (question, expert) group of the step, with rewards and advantages
+    kl_pairs: List[KLPair]           # questions with an inter-expert KL term
+    sft_examples: List[HardExample]  # the buffer examples that fired this step (empty most steps)
+    stats: Dict[str, float] = field(default_factory=dict)
+
+
+class RielScheduler:
+    """Builds a RIEL step's microbatches from a batch of questions (see module docstring).
+
+    Args:
+        engine: a :class:`GenerationEngine` (every rank of a model-parallel group gets the same requests).
+        renderer: prompts and gold examples per (question, expert).
+        reward_fn: ``(response_text, record) -> float`` (0/1).
+        riel, rollout: ``cfg.riel`` / ``cfg.rollout``.
+        num_experts: N.
+        max_tokens_per_microbatch: padded tokens (rows × longest) per microbatch.
+        pad_id: id used to right-pad microbatches (never a target: the loss mask is 0 there).
+        buffer: the hard-example buffer (None or ``riel.hard_example_buffer=False`` disables SFT).
+        dp_rank, dp_size, all_gather: data-parallel split of generation; ``all_gather(obj)`` returns every DP
+            rank's ``obj`` in rank order (``backend.inference.dp_all_gather_objects``).
+    """
+
+    def __init__(self, engine: GenerationEngine, renderer: PromptRenderer, reward_fn: RewardFn, riel, rollout,
+                 num_experts: int, max_tokens_per_microbatch: int, pad_id: int,
+                 buffer: Optional[HardExampleBuffer] = None, dp_rank: int = 0, dp_size: int = 1,
+                 all_gather: Optional[AllGather] = None):
+        if dp_size > 1 and all_gather is None:
+            raise ValueError("data parallel generation needs an all_gather function")
+        self.engine, self.renderer, self.reward_fn = engine, renderer, reward_fn
+        self.riel, self.rollout = riel, rollout
+        self.num_experts = int(num_experts)
+        self.max_tokens = int(max_tokens_per_microbatch)
+        self.pad_id = int(pad_id)
+        self.buffer = buffer
+        self.dp_rank, self.dp_size = int(dp_rank), int(dp_size)
+        self.all_gather = all_gather or (lambda obj: [obj])
+        self.params = SamplingParams.from_config(rollout)
+
+    # 1. ---------------------------------------------------------------------------------------------------------
+    def requests(self, records: Sequence[Record], step: int) -> List[Request]:
+        """question × expert × G requests, in that nesting order."""
+        out = []
+        G = self.riel.group_size
+        for q, rec in enumerate(records):
+            for e in range(self.num_experts):
+                prompt = self.renderer.prompt(rec, e)
+                for _ in range(G):
+                    out.append(Request(prompt_ids=list(prompt), qid=rec.id, expert=e,
+                                       seed=mix_seed(self.rollout.seed, step, len(out))))
+        return out
+
+    # 2. ---------------------------------------------------------------------------------------------------------
+    def generate_and_score(self, requests: Sequence[Request], records: Sequence[Record]) -> List[Rollout]:
+        """Rollouts with rewards for all ``requests`` (this DP rank generates and scores every dp-th one)."""
+        by_id = {r.id: r for r in records}
+        mine = list(requests[self.dp_rank::self.dp_size])
+        local = self.engine.generate(mine, self.params) if mine else []
+        for ro in local:
+            ro.reward = float(self.reward_fn(ro.text, by_id[ro.request.qid]))
+        parts = self.all_gather(local)
+        out: List[Rollout] = [None] * len(requests)  # type: ignore[list-item]
+        for rank, part in enumerate(parts):
+            for j, ro in enumerate(part):
+                out[rank + j * self.dp_size] = ro
+        return out
+
+    # 3.-6. ------------------------------------------------------------------------------------------------------
+    def step(self, records: Sequence[Record], step: int) -> RielStepOutput:
+        t0 = time.perf_counter()
+        requests = self.requests(records, step)
+        rollouts = self.generate_and_score(requests, records)
+        t_gen = time.perf_counter() - t0
+        G, N = self.riel.group_size, self.num_experts
+        groups = [ScoredGroup(qid=records[q].id, expert=e, rollouts=rollouts[(q * N + e) * G:(q * N + e + 1) * G])
+                  for q in range(len(records)) for e in range(N)]
+        compute_advantages(groups, self.riel)
+        pairs: List[KLPair] = []
+        if self.riel.inter_expert_kl and N > 1:
+            for q in range(len(records)):
+                p = kl_pair(groups[q * N:(q + 1) * N], self.riel.max_kl_responses)
+                if p is not None:
+                    pairs.append(p)
+        fired: List[HardExample] = []
+        if self.buffer is not None and self.riel.hard_example_buffer:
+            fired = admit_hard_examples(self.buffer, groups, {r.id: r for r in records}, self.riel.buffer_k)
+
+        seqs = self.sequences(records, groups, pairs, fired)
+        assign_weights(seqs, self.riel.aggregation, [1.0, self.riel.lambda_kl, self.riel.lambda_sft],
+                       constant=self.riel.constant_normalizer or self.rollout.max_new_tokens)
+        plan = plan_microbatches(seqs, self.max_tokens, self.dp_size, self.pad_id)
+        stats = self._stats(groups, pairs, fired, seqs, plan, t_gen)
+        return RielStepOutput(plan[self.dp_rank], groups, pairs, fired, stats)
+
+    def sequences(self, records: Sequence[Record], groups: Sequence[ScoredGroup], pairs: Sequence[KLPair],
+                  fired: Sequence[HardExample]) -> List[TrainSequence]:
+        """The step's training rows: GRPO (every rollout), KL (O+ under P−), SFT (fired buffer examples)."""
+        seqs: List[TrainSequence] = []
+        for g in groups:
+            for i, (ro, a) in enumerate(zip(g.rollouts, g.advantages)):
+                seqs.append(TrainSequence.from_prompt_response(ro.request.prompt_ids, ro.response_ids,
+                                                               TokenKind.GRPO, ro.logprobs, a,
+                                                               tag=f"grpo/{g.qid}/e{g.expert}/g{i}"))
+        by_id = {r.id: r for r in records}
+        for p in pairs:
+            prompt = self.renderer.prompt(by_id[p.qid], p.e_minus)
+            for i, ro in enumerate(p.responses):
+                seqs.append(TrainSequence.from_prompt_response(prompt, ro.response_ids, TokenKind.KL, ro.logprobs,
+                                                               tag=f"kl/{p.qid}/e{p.e_plus}->e{p.e_minus}/o{i}"))
+        for i, ex in enumerate(fired):
+            ids, mask = self.renderer.example(ex.record, ex.expert)
+            seqs.append(TrainSequence(list(ids), list(mask), TokenKind.SFT, tag=f"sft/{ex.record.id}/e{ex.expert}"))
+        return seqs
+
+    def _stats(self, groups, pairs, fired, seqs, plan, t_gen) -> Dict[str, float]:
+        per_expert: Dict[int, List[float]] = defaultdict(list)
+        for g in groups:
+            per_expert[g.expert].extend(g.rewards)
+        stats: Dict[str, float] = {f"reward/expert{e}": sum(v) / len(v) for e, v in sorted(per_expert.items())}
+        rewards = [r for v in per_expert.values() for r in v]
+        stats["reward/mean"] = sum(rewards) / max(len(rewards), 1)
+        stats["reward/accuracy"] = sum(is_correct(r) for r in rewards) / max(len(rewards), 1)
+        for kind in TokenKind:
+            stats[f"tokens/{kind.name.lower()}"] = float(sum(s.num_loss_tokens for s in seqs if s.kind == kind))
+        stats["kl/questions"] = float(len(pairs))
+        stats["sft/fired"] = float(len(fired))
+        stats["buffer/size"] = float(len(self.buffer)) if self.buffer is not None else 0.0
+        stats["microbatches"] = float(len(plan[self.dp_rank]))
+        gen = getattr(self.engine, "last_stats", {}) or {}
+        stats["rollout/seconds"] = t_gen
+        if gen.get("seconds"):
+            stats["rollout/tokens_per_s"] = gen["tokens"] / gen["seconds"]
+        stats["response/mean_len"] = (sum(len(r.response_ids) for g in groups for r in g.rollouts)
+                                      / max(sum(len(g.rollouts) for g in groups), 1))
+        return stats
+
+
+def build_riel_scheduler(cfg, chunks, tokenizer, expert_prompts: Sequence[str], reward_fn: RewardFn,
+                         buffer: Optional[HardExampleBuffer] = None) -> RielScheduler:
+    """The training setup: the megatron engine on ``chunks`` (stop on the template's end-of-turn and EOS), chat
+    prompts, the hard-example buffer (seeded from ``cfg.seed`` unless given), microbatches of at most
+    ``data.micro_batch_size × data.seq_length`` padded tokens, DP split from megatron's groups."""
+    from ..backend import inference
+    from ..data.templates import default_template, end_of_turn_id
+    from .megatron_engine import MegatronEngine
+
+    template = cfg.data.chat_template or default_template(tokenizer)
+    stop_ids = sorted({end_of_turn_id(template, tokenizer), tokenizer.eos_id})
+    engine = MegatronEngine(chunks, tokenizer, cfg.rollout.token_budget, stop_token_ids=stop_ids)
+    if buffer is None and cfg.riel.hard_example_buffer:
+        buffer = HardExampleBuffer.from_config(cfg.riel, seed=cfg.seed)
+    dp_rank, dp_size = inference.data_parallel_rank_size()
+    return RielScheduler(engine, ChatRenderer(tokenizer, expert_prompts, template), reward_fn, cfg.riel, cfg.rollout,
+                         num_experts=len(expert_prompts),
+                         max_tokens_per_microbatch=cfg.data.micro_batch_size * cfg.data.seq_length,
+                         pad_id=tokenizer.pad_id, buffer=buffer, dp_rank=dp_rank, dp_size=dp_size,
+                         all_gather=inference.dp_all_gather_objects)

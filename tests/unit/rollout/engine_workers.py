@@ -1,0 +1,150 @@
+"""Module-level functions run in fresh processes by ``tests.distributed.launcher.spawn`` (the CPU runtime changes
+process-global torch state, and megatron's parallel state is per process)."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List, Sequence
+
+import torch
+
+# 2 layers (one per stage at PP=2), GQA, byte vocabulary padded to a size both TP=1 and TP=2 share; a large init
+# std makes the random model's greedy output varied (a degenerate repeat-one-token model would test little).
+TINY = ["model.num_layers=2", "model.hidden_size=64", "model.ffn_hidden_size=128", "model.num_attention_heads=4",
+        "model.num_query_groups=2", "model.vocab_size=259", "model.padded_vocab_size=320",
+        "model.max_position_embeddings=256", "model.init_method_std=0.2"]
+
+PROMPT_LENS = [5, 17, 9, 3, 12, 24, 7, 14]
+
+
+def make_requests(lens: Sequence[int] = PROMPT_LENS, seed: int = 0, seed_offset: int = 0):
+    from megatron_meml.types import Request
+
+    g = torch.Generator().manual_seed(seed)
+    return [Request(prompt_ids=torch.randint(32, 127, (n,), generator=g).tolist(), qid=f"r{i}",
+                    seed=1000 + seed_offset + i) for i, n in enumerate(lens)]
+
+
+def _setup(overrides: Sequence[str] = ()):
+    from megatron_meml.backend import model as M, parallel
+    from megatron_meml.config import load_config
+
+    cfg = load_config(None, list(TINY) + list(overrides))
+    info = parallel.initialize(cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size,
+                               seed=cfg.seed)
+    return cfg, info, M.build_model(cfg)
+
+
+def _ids(rollouts) -> List[List[int]]:
+    return [r.response_ids for r in rollouts]
+
+
+def parallel_generation(overrides: Sequence[str] = ()) -> Dict[str, Any]:
+    """Greedy (cache and no-cache) and seeded sampled generation on this layout; every rank reports its result."""
+    from megatron_meml.data.tokenizer import ByteTokenizer
+    from megatron_meml.rollout.engine import SamplingParams
+    from megatron_meml.rollout.megatron_engine import MegatronEngine
+
+    cfg, info, chunks = _setup(overrides)
+    tok = ByteTokenizer()
+    reqs = make_requests()
+    greedy = SamplingParams(max_new_tokens=16, top_k=1)
+    sampled = SamplingParams(max_new_tokens=16, temperature=0.8, top_p=0.95)
+    out = {"rank": info.rank, "tp_rank": info.tp_rank, "pp_rank": info.pp_rank}
+    out["greedy"] = _ids(MegatronEngine(chunks, tok).generate(reqs, greedy))
+    out["greedy_nocache"] = _ids(MegatronEngine(chunks, tok, use_cache=False).generate(reqs, greedy))
+    ro = MegatronEngine(chunks, tok).generate(reqs, sampled)
+    out["sampled"] = _ids(ro)
+    out["sampled_logprobs"] = [r.logprobs for r in ro]
+    return out
+
+
+def _snapshot(chunks):
+    from megatron_meml.backend.model import unwrap
+
+    return {"params": {n: p.detach().clone() for n, p in chunks[0].named_parameters()},
+            "training": [m.training for m in chunks[0].modules()],
+            "attrs": [sorted(vars(m).keys()) for m in chunks[0].modules()],
+            "input_tensor": unwrap(chunks[0]).decoder.input_tensor}
+
+
+def single_process_checks() -> Dict[str, Any]:
+    """Everything the single-process engine tests assert on, computed in one process (one model build)."""
+    from megatron_meml.backend import step as S
+    from megatron_meml.config.schema import RIELConfig, RolloutConfig
+    from megatron_meml.data.synthetic import generate
+    from megatron_meml.data.tokenizer import ByteTokenizer
+    from megatron_meml.rollout.engine import SamplingParams
+    from megatron_meml.rollout.megatron_engine import MegatronEngine
+    from megatron_meml.rollout.scheduler import ChatRenderer, RielScheduler
+    from megatron_meml.types import TokenKind
+
+    cfg, info, chunks = _setup()
+    for c in chunks:
+        c.train()
+    before = _snapshot(chunks)
+    tok = ByteTokenizer()
+    out: Dict[str, Any] = {}
+    reqs = make_requests()
+    greedy = SamplingParams(max_new_tokens=24, top_k=1)
+
+    # 1. KV cache vs full re-forward, prompts of different lengths in one batch (+ early stops -> row compaction)
+    eng, ref = MegatronEngine(chunks, tok), MegatronEngine(chunks, tok, use_cache=False)
+    a, b = eng.generate(reqs, greedy), ref.generate(reqs, greedy)
+    out["cache"], out["nocache"] = _ids(a), _ids(b)
+    out["cache_vs_nocache_logp"] = max(abs(x - y) for r, s in zip(a, b) for x, y in zip(r.logprobs, s.logprobs))
+    stops = sorted({ids[k] for ids in out["cache"] for k in (3, 9, 15)})  # ids the model does emit
+    a = MegatronEngine(chunks, tok, stop_token_ids=stops).generate(reqs, greedy)
+    b = MegatronEngine(chunks, tok, stop_token_ids=stops, use_cache=False).generate(reqs, greedy)
+    out["stop_cache"], out["stop_nocache"] = _ids(a), _ids(b)
+    out["stop_reasons"] = [r.finish_reason for r in a]
+    out["stop_ids"] = stops
+    # small token budget: several generation batches, same greedy tokens
+    small = MegatronEngine(chunks, tok, token_budget=2 * (24 + 24))
+    out["small_budget"] = _ids(small.generate(reqs, greedy))
+    out["small_budget_batches"] = small.last_stats["batches"]
+
+    # 2. stop string: cut at the first token that completes it
+    text0 = out["cache"][0]
+    j = next(k for k in range(2, len(text0) - 1) if all(32 <= t < 127 for t in text0[k:k + 2]))
+    stop = tok.decode(text0[j:j + 2])
+    r = eng.generate(reqs[:1], SamplingParams(max_new_tokens=24, top_k=1, stop_strings=(stop,)))[0]
+    out["stop_string"] = {"stop": stop, "full": text0, "got": r.response_ids, "reason": r.finish_reason,
+                          "text": r.text}
+
+    # 3. a seeded request alone and inside a batch of 16 others (different prompts, lengths, seeds)
+    sampled = SamplingParams(max_new_tokens=20, temperature=1.0, top_p=0.9, top_k=50)
+    alone = eng.generate([reqs[2]], sampled)[0]
+    others = make_requests([4, 30, 8, 11, 2, 19, 6, 25, 13, 9, 21, 5, 16, 3, 27, 10], seed=5, seed_offset=500)
+    batch = others[:7] + [reqs[2]] + others[7:]
+    inside = eng.generate(batch, sampled)[7]
+    out["alone"], out["inside"] = (alone.response_ids, alone.logprobs), (inside.response_ids, inside.logprobs)
+
+    # the engine left the model exactly as it found it (checked before the training forward below, whose pipeline
+    # schedule itself tags layers with `current_microbatch`)
+    after = _snapshot(chunks)
+    out["params_unchanged"] = all(torch.equal(before["params"][k], v) for k, v in after["params"].items())
+    out["training_flags_unchanged"] = before["training"] == after["training"]
+    out["all_training"] = all(after["training"])
+    out["attrs_unchanged"] = before["attrs"] == after["attrs"]
+    out["input_tensor_none"] = after["input_tensor"] is None
+
+    # 4. rollout log-probs vs the training forward, through the scheduler's microbatches
+    records = generate("train", 2, seed=3)
+    renderer = ChatRenderer(tok, ["You are expert zero.", "Expert one, step by step."])
+    out["logprob_gap"] = {}
+    for T in (1.0, 0.7):
+        rollout_cfg = RolloutConfig(max_new_tokens=12, temperature=T, seed=11)
+        riel = RIELConfig(group_size=3, buffer_k=1, max_kl_responses=2)
+        sched = RielScheduler(eng, renderer, lambda text, rec: float(len(text) % 2), riel, rollout_cfg,
+                              num_experts=2, max_tokens_per_microbatch=200, pad_id=tok.pad_id)
+        step = sched.step(records, step=0)
+        logps = S.forward_logprobs(chunks, step.microbatches, temperature=T)
+        gap, n = 0.0, 0
+        for mb, lp in zip(step.microbatches, logps):
+            sel = (mb.kind == int(TokenKind.GRPO)) & (mb.loss_mask > 0)
+            if sel.any():
+                gap = max(gap, float((lp[sel] - mb.old_logp[sel]).abs().max()))
+            n += int(sel.sum())
+        out["logprob_gap"][T] = (gap, n, step.stats["tokens/grpo"])
+
+    return copy.deepcopy(out)
