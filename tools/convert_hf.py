@@ -1,0 +1,170 @@
+"""HF <-> megatron_meml checkpoints for Qwen2/Qwen2.5 and Llama-3/3.2 (format: megatron_meml/backend/checkpoint_io.py,
+name mapping: megatron_meml/backend/hf_convert.py).
+
+  python tools/convert_hf.py import --hf-dir HF_DIR --out CKPT --tp 2 --pp 1 [--dtype bf16]
+  python tools/convert_hf.py export --ckpt CKPT --out HF_OUT [--max-shard-gb 5]
+  python tools/convert_hf.py check  --hf-dir HF_DIR [HF_DIR2 ...] --tp 2 --pp 2 [--ckpt CKPT ...] [--tol 1e-4]
+
+``import`` and ``export`` run in one process without torch.distributed and stream one tensor at a time. ``check``
+converts HF_DIR at (tp, pp) (or uses --ckpt), runs the same random tokens through transformers and through our
+megatron model on tp*pp local gloo processes (fp32, CPU), prints ``max abs logit diff: <x>`` last and exits 0 only
+when x <= tol (with several HF directories: one line each, then the maximum).
+
+Peak memory of an import (the 1.5B measurement in the issue note)::
+
+  /usr/bin/time -v python tools/convert_hf.py import --hf-dir HF_DIR --out CKPT --tp 1 --pp 1 2>&1 \\
+      | grep "Maximum resident"
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import tempfile
+import time
+from typing import List, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _check_worker(rank: int, world: int, port: int, ckpts: List[str], tp: int, pp: int, tokens_path: str,
+                  out_path: str) -> None:
+    """One rank of ``check``: for each checkpoint build the model for (tp, pp), load the checkpoint and compute the
+    full logits; the last stage's TP rank 0 writes them (a list, one per checkpoint)."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    if world > 1:
+        torch.set_num_threads(1)
+    from megatron_meml.backend import checkpoint_io, hf_convert, model, parallel
+
+    try:
+        info = parallel.initialize(tp, pp)
+        tokens, out = torch.load(tokens_path), []
+        for ckpt in ckpts:
+            meta = checkpoint_io.read_meta(ckpt)
+            cfg = hf_convert.config_for(dict(meta.model, vocab_size=meta.vocab_size), tp, pp)
+            chunks = model.build_model(cfg)
+            checkpoint_io.load_converted_checkpoint(chunks, ckpt, cfg)
+            out.append(hf_convert.full_logits(chunks, tokens, meta.vocab_size))
+        if info.is_last_stage and info.tp_rank == 0:
+            torch.save(out, out_path)
+    finally:
+        parallel.destroy()
+
+
+def _hf_logits(hf_dir: str, tokens: torch.Tensor) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager")
+    hf.eval()
+    with torch.no_grad():
+        return hf(input_ids=tokens).logits.float()
+
+
+def check(hf_dirs: List[str], tp: int, pp: int, ckpts: Optional[List[str]] = None, batch: int = 2, seq: int = 16,
+          seed: int = 0) -> List[float]:
+    """Max abs logit difference (transformers vs ours at (tp, pp)) for each HF directory. Our side runs on tp*pp
+    spawned gloo processes, started first so that their imports overlap the transformers forward here."""
+    import torch.multiprocessing as mp
+    from megatron_meml.backend import checkpoint_io, hf_convert
+
+    with tempfile.TemporaryDirectory() as d:
+        if ckpts is None:
+            ckpts = [os.path.join(d, f"ckpt{i}") for i in range(len(hf_dirs))]
+            for hf_dir, ckpt in zip(hf_dirs, ckpts):
+                hf_convert.import_hf(hf_dir, ckpt, tp, pp)
+        vocab = min(checkpoint_io.read_meta(c).vocab_size for c in ckpts)
+        tokens = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
+        tok, out = os.path.join(d, "tokens.pt"), os.path.join(d, "logits.pt")
+        torch.save(tokens, tok)
+        ctx = mp.start_processes(_check_worker, args=(tp * pp, _free_port(), ckpts, tp, pp, tok, out),
+                                 nprocs=tp * pp, join=False, start_method="spawn")
+        refs = [_hf_logits(h, tokens) for h in hf_dirs]
+        while not ctx.join():
+            pass
+        ours = torch.load(out)
+    diffs = []
+    for h, r, o in zip(hf_dirs, refs, ours):
+        if o.shape != r.shape:
+            raise SystemExit(f"{h}: logit shapes differ: megatron {tuple(o.shape)} vs transformers {tuple(r.shape)}")
+        diffs.append((o - r).abs().max().item())
+        print(f"{h}: TP={tp} PP={pp} logits {tuple(r.shape)} max |logit| {r.abs().max().item():.3e} "
+              f"max abs logit diff {diffs[-1]:.3e}")
+    return diffs
+
+
+def cmd_import(a) -> int:
+    from megatron_meml.backend import hf_convert
+
+    t0 = time.time()
+    meta = hf_convert.import_hf(a.hf_dir, a.out, a.tp, a.pp, DTYPES.get(a.dtype), log=print)
+    print(f"imported {a.hf_dir} -> {a.out}: TP={meta.tp} PP={meta.pp} vocab {meta.vocab_size} padded to "
+          f"{meta.padded_vocab_size}, {len(meta.names())} tensors in {time.time() - t0:.1f}s")
+    return 0
+
+
+def cmd_export(a) -> int:
+    from megatron_meml.backend import hf_convert
+
+    t0 = time.time()
+    files = hf_convert.export_hf(a.ckpt, a.out, int(a.max_shard_gb * 2 ** 30), log=print)
+    print(f"exported {a.ckpt} -> {a.out}: {len(files)} safetensors file(s) + config.json in {time.time() - t0:.1f}s")
+    return 0
+
+
+def cmd_check(a) -> int:
+    if a.ckpt is not None and len(a.ckpt) != len(a.hf_dir):
+        print("error: give one --ckpt per --hf-dir", file=sys.stderr)
+        return 2
+    diff = max(check(a.hf_dir, a.tp, a.pp, a.ckpt, a.batch, a.seq, a.seed))
+    print(f"max abs logit diff: {diff:.3e}")
+    return 0 if diff <= a.tol else 1
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    i = sub.add_parser("import", help="HF directory -> sharded checkpoint")
+    i.add_argument("--hf-dir", required=True)
+    i.add_argument("--out", required=True)
+    i.add_argument("--tp", type=int, default=1)
+    i.add_argument("--pp", type=int, default=1)
+    i.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast (default: keep the HF dtype)")
+    e = sub.add_parser("export", help="checkpoint -> HF safetensors + config.json")
+    e.add_argument("--ckpt", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--max-shard-gb", type=float, default=5.0)
+    c = sub.add_parser("check", help="logits of transformers vs our model from a conversion")
+    c.add_argument("--hf-dir", required=True, nargs="+", help="one or more HF directories (checked in one launch)")
+    c.add_argument("--tp", type=int, default=1)
+    c.add_argument("--pp", type=int, default=1)
+    c.add_argument("--ckpt", default=None, nargs="+", help="checkpoints at (tp, pp) to use instead of converting")
+    c.add_argument("--batch", type=int, default=2)
+    c.add_argument("--seq", type=int, default=16)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--tol", type=float, default=1e-4)
+    a = p.parse_args(argv)
+    from megatron_meml.backend.checkpoint_io import CheckpointError
+
+    try:
+        return {"import": cmd_import, "export": cmd_export, "check": cmd_check}[a.cmd](a)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
