@@ -228,6 +228,7 @@ LINEAR_FWD_CANDIDATES = [
     dict(BLOCK_T=64, BLOCK_V=256, BLOCK_H=64, GROUP_T=16, num_warps=4, num_stages=4),
 ]
 LINEAR_BWD_CANDIDATES = [
+    dict(BLOCK_T=128, BLOCK_V=128, BLOCK_H=64, GROUP_T=8, num_warps=8, num_stages=3),
     dict(BLOCK_T=128, BLOCK_V=256, BLOCK_H=64, GROUP_T=8, num_warps=8, num_stages=3),
     dict(BLOCK_T=128, BLOCK_V=256, BLOCK_H=64, GROUP_T=16, num_warps=8, num_stages=4),
 ]

@@ -9,8 +9,8 @@ For sample i with reward r_i in group g = key_i (key = group_ids, or question_id
     A_i    = max(A_i, 0)                                              (only if positive_only)
 
 Exactness: a group whose rewards are all equal -- every single-sample group included (its std is defined as 0) --
-gets A = 0 exactly. It is detected by comparing each reward with one stored member of its group (no rounding
-involved), not from a variance that rounding can leave at 1e-9 (the low-variance bug verl once had).
+gets A = 0 exactly. It is detected as min_g == max_g (no rounding involved), not from a variance that rounding
+can leave at 1e-9 (the low-variance bug verl once had), nor from r - mean, which is not exactly 0 for e.g. 0.1.
 
 Group keys must lie in [0, num_groups); samples with a key outside get NaN (visible, and no host sync to check).
 num_groups defaults to S, a bound that needs no host sync.
