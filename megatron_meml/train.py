@@ -5,7 +5,6 @@ runs single-process. ``--help-config`` lists every config key with its default a
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -38,18 +37,10 @@ def main(argv=None) -> int:
         return 2
     from .checkpointing import Preempted
 
-    summary = {}
     try:
-        if cfg.mef.enabled:
-            summary.update(trainer.run_mef(run))
-        if cfg.riel.enabled and hasattr(trainer, "run_riel"):
-            summary.update(trainer.run_riel(run))
+        trainer.run_all(run)
     except Preempted:
-        trainer.finish(run)
-        return 0
-    if run.info.is_logging_rank:
-        with open(os.path.join(cfg.logging.run_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        pass  # the checkpoint is written; a restart resumes from it
     trainer.finish(run)
     return 0
 

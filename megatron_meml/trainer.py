@@ -177,12 +177,177 @@ def run_mef(run: Run) -> Dict[str, float]:
     return {"mef_loss_start": first, "mef_loss_end": last, "mef_steps": steps}
 
 
+def make_engine(run: Run):
+    """The KV-cache generation engine on the training weights (stops on the chat template's end of turn)."""
+    from .data.templates import default_template, end_of_turn_id
+    from .rollout.megatron_engine import MegatronEngine
+
+    template = run.template or default_template(run.tokenizer)
+    stops = sorted({end_of_turn_id(template, run.tokenizer), run.tokenizer.eos_id})
+    return MegatronEngine(run.chunks, run.tokenizer, run.cfg.rollout.token_budget, stop_token_ids=stops)
+
+
+def evaluate_experts(run: Run, stage: str) -> Dict[str, object]:
+    """Greedy accuracy per expert and majority vote on ``eval.num_examples`` held-out questions."""
+    from .eval.accuracy import evaluate
+    from .rollout.engine import SamplingParams
+    from .rollout.scheduler import ChatRenderer, verifier_reward
+
+    cfg = run.cfg
+    records = load_records(cfg, cfg.data.eval_split)
+    if cfg.eval.num_examples:
+        records = records[:cfg.eval.num_examples]
+    engine = make_engine(run)
+    params = SamplingParams(max_new_tokens=cfg.eval.max_new_tokens, top_k=1,
+                            stop_strings=tuple(cfg.rollout.stop_strings))
+    renderer = ChatRenderer(run.tokenizer, run.prompts, run.template)
+    res = evaluate(lambda reqs: engine.generate(reqs, params), renderer.prompt, records,
+                   cfg.experts.num_experts, verifier_reward(cfg.data.name))
+    accs = ", ".join(f"e{e}={a:.3f}" for e, a in enumerate(res["accuracy"]))
+    run.say(f"eval {stage}: {accs}; mean {res['mean_accuracy']:.3f}; majority vote {res['majority_vote']:.3f}")
+    run.logger.log(0, {"mean_accuracy": res["mean_accuracy"], "majority_vote": res["majority_vote"],
+                       **{f"accuracy/expert{e}": a for e, a in enumerate(res["accuracy"])}}, f"eval_{stage}")
+    return res
+
+
+def riel_questions(records: Sequence[Record], step: int, per_step: int, seed: int) -> List[Record]:
+    """The questions of RIEL step ``step``: consecutive slices of a seeded permutation, reshuffled every epoch
+    (a pure function of the step, so a resumed run sees the same data)."""
+    n = len(records)
+    out = []
+    for i in range(step * per_step, (step + 1) * per_step):
+        epoch, pos = divmod(i, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000003 + epoch))
+        out.append(records[int(perm[pos])])
+    return out
+
+
+def run_riel(run: Run) -> Dict[str, float]:
+    """Stage 2, per step: generate -> reward -> advantage -> E+/E- and O+ -> hard-example admission -> one
+    forward-backward over GRPO + KL (+ SFT when the buffer fires) microbatches -> one optimizer step."""
+    from functools import partial
+
+    from .algo.objective import riel_loss
+    from .rollout.scheduler import build_riel_scheduler, verifier_reward
+
+    cfg = run.cfg
+    if run.ckpt.stage_done("riel"):
+        run.say("RIEL: complete in the latest checkpoint; skipped")
+        return {}
+    records = load_records(cfg, cfg.data.train_split)
+    steps = cfg.riel.steps
+    optimizer, scheduler = boptim.build_optimizer(cfg, run.chunks, lr=cfg.riel.lr, total_steps=steps)
+    sched = build_riel_scheduler(cfg, run.chunks, run.tokenizer, run.prompts, verifier_reward(cfg.data.name))
+    state = run.ckpt.resume("riel", run.chunks, optimizer, scheduler) or {}
+    if state.get("buffer") is not None and sched.buffer is not None:
+        sched.buffer.load_state_dict(state["buffer"])
+    start, bad_in_a_row = state.get("step", -1) + 1, state.get("bad_in_a_row", 0)
+    ref = ReferencePolicy(run) if cfg.riel.beta_ref > 0 else None
+    loss_fn = partial(riel_loss, riel_cfg=cfg.riel)
+    keys = [f"{a}/{k}" for a in ("loss", "count") for k in ("grpo", "kl", "sft")] + ["count/clipped", "loss"]
+    run.say(f"RIEL: {steps} steps x {cfg.riel.questions_per_step} questions x {cfg.experts.num_experts} experts "
+            f"x G={cfg.riel.group_size}")
+    bar = _progress(run, steps, "RIEL")
+    if bar is not None:
+        bar.update(start)
+    for step in range(start, steps):
+        t0 = time.time()
+        out = sched.step(riel_questions(records, step, cfg.riel.questions_per_step, cfg.data.seed), step)
+        t_gen = time.time()
+        if ref is not None:
+            ref.fill(out.microbatches)
+        boptim.zero_grads(run.chunks, optimizer)
+        results = forward_backward(run.chunks, out.microbatches, loss_fn, temperature=cfg.rollout.temperature)
+        finite = boptim.grads_finite(run.chunks)
+        bad_in_a_row = 0 if finite else bad_in_a_row + 1
+        if finite:
+            _, grad_norm = boptim.optimizer_step(optimizer, scheduler)
+        else:
+            grad_norm = float("nan")
+            boptim.zero_grads(run.chunks, optimizer)
+            run.say(f"RIEL step {step}: non-finite gradients, step skipped ({bad_in_a_row} in a row)")
+            if bad_in_a_row > cfg.riel.max_nonfinite_steps:
+                raise RuntimeError(f"RIEL: {bad_in_a_row} consecutive non-finite steps "
+                                   f"(riel.max_nonfinite_steps={cfg.riel.max_nonfinite_steps}); aborting")
+        t_end = time.time()
+        m = dict(out.stats, **reduce_metrics(results, keys))
+        m.update({"e_plus_minus_pairs": float(len(out.kl_pairs)), "grad_norm": grad_norm,
+                  "skipped": float(not finite), "clip_fraction": m["count/clipped"] / max(m["count/grpo"], 1.0),
+                  "time/generate_score": t_gen - t0, "time/train": t_end - t_gen, "time/step": t_end - t0,
+                  "train/tokens_per_s": sum(m[f"count/{k}"] for k in ("grpo", "kl", "sft")) / max(t_end - t_gen, 1e-9)})
+        for e in range(cfg.experts.num_experts):
+            m[f"e_plus/expert{e}"] = float(sum(p.e_plus == e for p in out.kl_pairs))
+            m[f"e_minus/expert{e}"] = float(sum(p.e_minus == e for p in out.kl_pairs))
+        if step % cfg.logging.log_interval == 0 or step == steps - 1:
+            run.logger.log(step, m, "riel")
+        if bar is not None:
+            bar.set_postfix(reward=f"{m['reward/mean']:.3f}", kl=int(len(out.kl_pairs)), sft=int(len(out.sft_examples)))
+            bar.update(1)
+        run.ckpt.after_step("riel", step, run.chunks, optimizer, scheduler,
+                            lambda: {"buffer": sched.buffer.state_dict() if sched.buffer is not None else None,
+                                     "bad_in_a_row": bad_in_a_row}, last=step == steps - 1)
+    if bar is not None:
+        bar.close()
+    return {"riel_steps": steps}
+
+
+class ReferencePolicy:
+    """The frozen reference of the optional KL-to-reference term (``riel.beta_ref > 0``): a second model with the
+    weights the RIEL stage started from, used forward-only to fill ``MicroBatch.ref_logp``."""
+
+    def __init__(self, run: Run):
+        from .backend import state as bstate
+
+        self.run = run
+        self.chunks = bmodel.build_model(run.cfg)
+        full = bstate.full_state_dict(run.chunks, run.cfg.model.num_layers, dst=None)
+        bstate.load_full_state_dict(self.chunks, full, run.cfg.model.num_layers)
+
+    def fill(self, microbatches: List[MicroBatch]) -> None:
+        from .backend.step import forward_logprobs
+
+        logps = forward_logprobs(self.chunks, microbatches, temperature=self.run.cfg.rollout.temperature)
+        if logps is not None:
+            for mb, lp in zip(microbatches, logps):
+                mb.ref_logp = lp
+
+
 def _progress(run: Run, total: int, desc: str):
     if not (run.cfg.logging.progress_bar and run.info.is_logging_rank):
         return None
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, dynamic_ncols=True)
+
+
+def run_all(run: Run) -> Dict[str, object]:
+    """MEF, eval, RIEL, eval, plot — each as the config enables it. Evaluations already in the run directory's
+    eval.json (a resumed run) are kept, not recomputed."""
+    import json
+
+    from .eval.accuracy import write_eval
+    from .eval.plots import plot_reward_curves
+
+    cfg = run.cfg
+    summary: Dict[str, object] = {}
+    path = os.path.join(run.run_dir, "eval.json")
+    results = json.load(open(path)) if (cfg.checkpoint.resume and os.path.exists(path)) else {}
+    stages = [("mef", run_mef, cfg.mef.enabled), ("riel", run_riel, cfg.riel.enabled)]
+    for name, fn, enabled in stages:
+        if not enabled:
+            continue
+        summary.update(fn(run))
+        if cfg.eval.enabled and f"after_{name}" not in results:
+            results[f"after_{name}"] = evaluate_experts(run, f"after_{name}")
+            if run.info.is_logging_rank:
+                write_eval(results, run.run_dir)
+    summary["eval"] = {k: {"accuracy": v["accuracy"], "mean_accuracy": v["mean_accuracy"],
+                           "majority_vote": v["majority_vote"]} for k, v in results.items()}
+    if run.info.is_logging_rank:
+        plot_reward_curves(run.run_dir)
+        with open(os.path.join(run.run_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
 
 
 def finish(run: Run) -> None:

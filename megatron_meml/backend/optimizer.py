@@ -49,3 +49,16 @@ def optimizer_step(optimizer, scheduler):
     if updated:
         scheduler.step(increment=1)
     return bool(updated), (None if grad_norm is None else float(grad_norm))
+
+
+def grads_finite(chunks: List[torch.nn.Module]) -> bool:
+    """True when every DDP grad buffer is finite on *every* rank (one all-reduce); checked before the optimizer
+    step so a NaN/inf step can be skipped without touching the weights."""
+    import torch.distributed as dist
+
+    ok = all(bool(torch.isfinite(buf.grad_data).all()) for c in chunks for buf in c.buffers)
+    flag = torch.tensor([0 if ok else 1], dtype=torch.int32,
+                        device="cuda" if torch.cuda.is_available() and dist.get_backend() == "nccl" else "cpu")
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return not bool(flag.item())

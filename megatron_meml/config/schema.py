@@ -272,6 +272,7 @@ class RolloutConfig:
 class EvalConfig:
     """Held-out evaluation: greedy accuracy per expert and majority vote."""
 
+    enabled: bool = doc(True, "Evaluate after MEF and after RIEL (eval.json / eval.md in the run dir).")
     num_examples: int = doc(100, "Held-out questions evaluated (0 = all).")
     max_new_tokens: int = doc(48, "Greedy tokens per answer.")
 
