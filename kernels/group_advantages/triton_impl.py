@@ -3,15 +3,17 @@
 Grouping needs a reduction before the apply, and programs cannot wait on each other (no grid barrier; the
 interpreter even runs them one after another), so each program *owns* a contiguous range of group ids and does
 everything for those groups itself, in phases over all S samples separated by CTA barriers
-(``tl.debug_barrier`` makes the global atomics of one phase visible to every thread of the next):
+(``tl.debug_barrier`` makes the global atomics of one phase visible to every thread of the next; the atomics
+themselves are ``sem="relaxed"``: the default acq_rel fences each one and was 4x slower on an H200):
   0. initialise its groups' workspace (count, sum, min, max, sum of squared deviations),
   1. for its samples: count_g += 1, sum_g += r, min_g = min(min_g, r), max_g = max(max_g, r),
   2. (std_normalize only) sq_g += (r - mean_g)^2     (two-pass variance),
   3. A = r - mean_g  [ / (std_g + eps) ]  [ max(., 0) ],  A = 0 exactly where min_g == max_g.
 The "all rewards equal" test is min == max, exact (no rounding), so constant and single-sample groups give 0.
 Every program reads all S samples (2-3 passes) but touches only its own groups: P programs cost P*S loads,
-mostly from L2. P = 1 for small batches (S = 2048 is launch-bound), up to 32 at S = 256K. The workspace comes
-from torch.empty (no fill kernel), so the whole op is one kernel launch.
+mostly from L2. P = 1 for small batches, up to 32 at S = 256K. The workspace comes from torch.empty (no fill
+kernel), so the whole op is one kernel launch. H200, std_normalize: S = 2048 in 15 us (torch twin: 670 us, ~20
+launches); S = 262144 in 0.67 ms (torch twin: 0.41 ms -- each program's pass over all S is latency-bound).
 """
 from __future__ import annotations
 
@@ -48,10 +50,10 @@ def _group_advantages_kernel(r_ptr, key_ptr, out_ptr, fws_ptr, cnt_ptr, S, G, gr
         key = tl.load(key_ptr + offs, mask=offs < S, other=-1).to(tl.int64)
         own = (offs < S) & (key >= g_lo) & (key < g_hi)
         r = tl.load(r_ptr + offs, mask=own, other=0.0).to(tl.float32)
-        tl.atomic_add(sum_ptr + key, r, mask=own)
-        tl.atomic_add(cnt_ptr + key, tl.full([BLOCK], 1, tl.int32), mask=own)
-        tl.atomic_min(min_ptr + key, r, mask=own)
-        tl.atomic_max(max_ptr + key, r, mask=own)
+        tl.atomic_add(sum_ptr + key, r, mask=own, sem="relaxed")
+        tl.atomic_add(cnt_ptr + key, tl.full([BLOCK], 1, tl.int32), mask=own, sem="relaxed")
+        tl.atomic_min(min_ptr + key, r, mask=own, sem="relaxed")
+        tl.atomic_max(max_ptr + key, r, mask=own, sem="relaxed")
     tl.debug_barrier()
     # Phase 2: squared deviations from the group mean (only for the std normalisation).
     if STD_NORM:
@@ -62,7 +64,7 @@ def _group_advantages_kernel(r_ptr, key_ptr, out_ptr, fws_ptr, cnt_ptr, S, G, gr
             r = tl.load(r_ptr + offs, mask=own, other=0.0).to(tl.float32)
             cnt = tl.load(cnt_ptr + key, mask=own, other=1, cache_modifier=".cg").to(tl.float32)
             dev = r - tl.load(sum_ptr + key, mask=own, other=0.0, cache_modifier=".cg") / cnt
-            tl.atomic_add(sq_ptr + key, dev * dev, mask=own)
+            tl.atomic_add(sq_ptr + key, dev * dev, mask=own, sem="relaxed")
         tl.debug_barrier()
     # Phase 3: advantages (program 0 also writes NaN for ids outside [0, G)).
     for s0 in range(0, S, BLOCK):
@@ -93,10 +95,12 @@ def _default_programs(s: int, g: int) -> int:
 
 
 def group_advantages(rewards: torch.Tensor, keys: torch.Tensor, num_groups: int, std_normalize: bool = False,
-                     eps: float = 1e-6, positive_only: bool = False, programs: int | None = None) -> torch.Tensor:
+                     eps: float = 1e-6, positive_only: bool = False, programs: int | None = None,
+                     block: int | None = None) -> torch.Tensor:
     """Triton twin of ``reference.group_advantages``: rewards [S], keys [S] int -> fp32 [S], one launch.
 
-    ``programs``: how many programs split the group ids (default: by S, see the module docstring)."""
+    ``programs``: how many programs split the group ids (default: by S, see the module docstring);
+    ``block``: samples per loop step (GPU default 1024 up to S = 16K, then 4096; 64 in the interpreter)."""
     r = rewards.reshape(-1).contiguous()
     keys = keys.reshape(-1).contiguous()
     s = r.numel()
@@ -106,7 +110,7 @@ def group_advantages(rewards: torch.Tensor, keys: torch.Tensor, num_groups: int,
     g = max(int(num_groups), 1)
     fws = torch.empty(4 * g, dtype=torch.float32, device=r.device)
     cnt = torch.empty(g, dtype=torch.int32, device=r.device)
-    block = 64 if interpreting() else 4096
+    block = block or (64 if interpreting() else (1024 if s <= 16384 else 4096))
     p = max(1, min(programs or _default_programs(s, g), g))
     per = triton.cdiv(g, p)
     p = triton.cdiv(g, per)
