@@ -114,8 +114,10 @@ def _megatron_checks(rank: int, tp: int) -> dict:
                 x = shard.clone().requires_grad_()
                 logp = token_logprobs(x, targets, temperature=temperature, impl=impl)
                 (-logp).sum().backward()
-                errs[f"tp{tp}/T{temperature}/{impl}/logp"] = _err(logp, -ce)
-                errs[f"tp{tp}/T{temperature}/{impl}/dlogits"] = _err(x.grad, x_meg.grad / temperature)
+                # absolute errors here: the acceptance bound is 1e-5 (fp32) against megatron
+                key = f"tp{tp}/T{temperature}/{impl}"
+                errs[f"{key}/logp"] = (logp + ce).abs().max().item()
+                errs[f"{key}/dlogits"] = (x.grad - x_meg.grad / temperature).abs().max().item()
         return errs
     finally:
         ps.destroy_model_parallel()
