@@ -172,49 +172,49 @@ def to_hf(name: str, full: torch.Tensor, s: Shape) -> List[Tuple[str, torch.Tens
 
 
 # ----------------------------------------------------------------------------------------------- HF reader
+def read_hf_config(config_path: str) -> Tuple[Dict[str, object], Dict[str, object]]:
+    """(config.json as a dict, the ModelConfig fields it implies); refuses what the mapping cannot represent."""
+    from ..config.loader import model_fields_from_hf
+    from ..config.schema import ConfigError
+
+    if not os.path.isfile(config_path):
+        raise CheckpointError(f"{config_path}: not found (an HF model directory needs config.json)")
+    with open(config_path) as f:
+        try:
+            c = json.load(f)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{config_path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    bad = [f"missing key {k!r}" for k in ("num_hidden_layers", "hidden_size", "intermediate_size",
+                                           "num_attention_heads", "vocab_size") if k not in c]
+    if c.get("model_type") == "llama" and (c.get("attention_bias") or c.get("mlp_bias")):
+        bad.append("attention_bias/mlp_bias (o_proj / MLP biases have no megatron counterpart here)")
+    if c.get("use_sliding_window"):
+        bad.append("use_sliding_window=true")
+    if c.get("hidden_act", "silu") != "silu":
+        bad.append(f"hidden_act={c.get('hidden_act')!r} (only silu)")
+    rope = c.get("rope_scaling") or c.get("rope_parameters") or {}
+    rtype = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    if rtype not in ("default", "llama3"):
+        bad.append(f"rope type {rtype!r} (only default and llama3)")
+    if bad and c.get("model_type") in ("qwen2", "llama"):
+        raise CheckpointError(f"{config_path}: unsupported: {'; '.join(bad)}")
+    try:
+        fields = model_fields_from_hf(config_path)
+    except ConfigError as e:  # drop the `model.hf_config` key prefix: here the file is the input, not a key
+        raise CheckpointError(str(e).replace("config key `model.hf_config`: ", "")) from None
+    return c, fields
+
+
 class HFCheckpoint:
     """An HF model directory: config.json + model.safetensors or model-*-of-*.safetensors with
     model.safetensors.index.json. Reads one tensor at a time."""
 
     def __init__(self, hf_dir: str):
-        from ..config.loader import model_fields_from_hf
-        from ..config.schema import ConfigError
-
         self.dir = hf_dir
         self.config_path = os.path.join(hf_dir, "config.json")
-        if not os.path.isfile(self.config_path):
-            raise CheckpointError(f"{self.config_path}: not found (an HF model directory needs config.json)")
-        with open(self.config_path) as f:
-            try:
-                self.config = json.load(f)
-            except json.JSONDecodeError as e:
-                raise CheckpointError(f"{self.config_path}:{e.lineno}: invalid JSON ({e.msg})") from None
-        try:
-            self.fields = model_fields_from_hf(self.config_path)
-        except ConfigError as e:  # drop the `model.hf_config` key prefix: here the file is the input, not a key
-            raise CheckpointError(str(e).replace("config key `model.hf_config`: ", "")) from None
-        self._check_supported()
+        self.config, self.fields = read_hf_config(self.config_path)
         self.shape = Shape.of(self.fields)
         self.files = self._weight_map()
-
-    def _check_supported(self) -> None:
-        c, where = self.config, self.config_path
-        bad = []
-        if c.get("model_type") == "llama" and (c.get("attention_bias") or c.get("mlp_bias")):
-            bad.append("attention_bias/mlp_bias (o_proj / MLP biases have no megatron counterpart here)")
-        if c.get("use_sliding_window"):
-            bad.append("use_sliding_window=true")
-        if c.get("hidden_act", "silu") != "silu":
-            bad.append(f"hidden_act={c.get('hidden_act')!r} (only silu)")
-        rope = c.get("rope_scaling") or c.get("rope_parameters") or {}
-        rtype = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
-        if rtype not in ("default", "llama3"):
-            bad.append(f"rope type {rtype!r} (only default and llama3)")
-        for key in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size"):
-            if key not in c:
-                bad.append(f"missing key {key!r}")
-        if bad:
-            raise CheckpointError(f"{where}: unsupported: {'; '.join(bad)}")
 
     def _weight_map(self) -> Dict[str, str]:
         from safetensors import safe_open
@@ -364,21 +364,14 @@ def export_config(meta: io.CheckpointMeta, dtype: torch.dtype) -> Dict[str, obje
     return base
 
 
-def export_hf(ckpt_dir: str, out_dir: str, max_shard_bytes: int = 5 * 2 ** 30,
-              log: Callable[[str], None] = lambda s: None) -> List[str]:
-    """Write a checkpoint back as HF safetensors (``model.safetensors``, or ``model-0000i-of-0000n.safetensors``
-    + ``model.safetensors.index.json`` above ``max_shard_bytes``) and config.json. Streams one parameter at a
-    time: each is reassembled from its TP slices, split into HF tensors and appended to the open file. Returns the
-    written weight files."""
-    meta = io.read_meta(ckpt_dir)
-    s = Shape.of(dict(meta.model, vocab_size=meta.vocab_size))
-    reader = io.ShardReader(meta)
-    names = meta.names()
-    specs: List[Tuple[str, torch.dtype, List[int], str]] = []  # (hf name, dtype, shape, megatron name)
-    for n in names:
-        dtype, _ = reader.dtype_and_shape(n)
-        specs += [(h, dtype, hf_shape(h, s), n) for h in hf_sources(n)]
-    nbytes = [torch.Size(sh).numel() * torch.empty((), dtype=dt).element_size() for _, dt, sh, _ in specs]
+def write_hf_safetensors(out_dir: str, specs: Sequence[Tuple[str, torch.dtype, Sequence[int]]],
+                         get: Callable[[str], torch.Tensor], max_shard_bytes: int = 5 * 2 ** 30,
+                         log: Callable[[str], None] = lambda s: None) -> List[str]:
+    """Write HF weight files the way ``save_pretrained`` lays them out: ``model.safetensors``, or
+    ``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json`` when the total exceeds
+    ``max_shard_bytes``. ``get(name)`` produces each tensor when its turn comes (in ``specs`` order), so only one
+    file is open and one tensor is in memory at a time. Returns the weight files."""
+    nbytes = [int(torch.Size(sh).numel()) * torch.empty((), dtype=dt).element_size() for _, dt, sh in specs]
     files: List[List[int]] = [[]]
     size = 0
     for i, b in enumerate(nbytes):
@@ -389,23 +382,68 @@ def export_hf(ckpt_dir: str, out_dir: str, max_shard_bytes: int = 5 * 2 ** 30,
         size += b
     fnames = ["model.safetensors"] if len(files) == 1 else \
         [f"model-{k + 1:05d}-of-{len(files):05d}.safetensors" for k in range(len(files))]
-    file_of = {specs[i][0]: fnames[k] for k, idx in enumerate(files) for i in idx}
     os.makedirs(out_dir, exist_ok=True)
-    pending: Dict[str, torch.Tensor] = {}  # HF tensors of the current megatron parameter not yet written
     for k, idx in enumerate(files):
-        with io.SafetensorsWriter(os.path.join(out_dir, fnames[k]), [specs[i][:3] for i in idx]) as w:
+        with io.SafetensorsWriter(os.path.join(out_dir, fnames[k]), [specs[i] for i in idx]) as w:
             for i in idx:
-                hname, _, _, mname = specs[i]
-                if hname not in pending:
-                    pending.update(to_hf(mname, reader.full(mname), s))
-                w.write(hname, pending.pop(hname))
+                w.write(specs[i][0], get(specs[i][0]))
         log(f"wrote {fnames[k]} ({len(idx)} tensors)")
     if len(files) > 1:
+        weight_map = {specs[i][0]: fnames[k] for k, idx in enumerate(files) for i in idx}
         with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
-            json.dump({"metadata": {"total_size": sum(nbytes)}, "weight_map": file_of}, f, indent=2)
+            json.dump({"metadata": {"total_size": sum(nbytes)}, "weight_map": weight_map}, f, indent=2)
+    return [os.path.join(out_dir, x) for x in fnames]
+
+
+def export_hf(ckpt_dir: str, out_dir: str, max_shard_bytes: int = 5 * 2 ** 30,
+              log: Callable[[str], None] = lambda s: None) -> List[str]:
+    """Write a checkpoint back as HF safetensors (:func:`write_hf_safetensors`) and config.json. Streams one
+    parameter at a time: each is reassembled from its TP slices, split into HF tensors and appended to the open
+    file. Returns the written weight files."""
+    meta = io.read_meta(ckpt_dir)
+    s = Shape.of(dict(meta.model, vocab_size=meta.vocab_size))
+    reader = io.ShardReader(meta)
+    specs, source = [], {}  # (hf name, dtype, shape); hf name -> megatron name
+    for n in meta.names():
+        dtype, _ = reader.dtype_and_shape(n)
+        for h in hf_sources(n):
+            specs.append((h, dtype, hf_shape(h, s)))
+            source[h] = n
+    pending: Dict[str, torch.Tensor] = {}  # HF tensors of the current megatron parameter not yet written
+
+    def get(hname: str) -> torch.Tensor:
+        if hname not in pending:
+            pending.update(to_hf(source[hname], reader.full(source[hname]), s))
+        return pending.pop(hname)
+
+    files = write_hf_safetensors(out_dir, specs, get, max_shard_bytes, log)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(export_config(meta, specs[0][1]), f, indent=2)
-    return [os.path.join(out_dir, x) for x in fnames]
+    return files
+
+
+def write_random_hf(config_path: str, out_dir: str, dtype: torch.dtype = torch.float32, seed: int = 0,
+                    max_shard_bytes: int = 2 ** 30, log: Callable[[str], None] = lambda s: None) -> int:
+    """A random HF model of the shapes in ``config_path`` (e.g. Qwen2.5-1.5B's), generated and written one tensor
+    at a time (memory: one tensor), HF-sharded. Weights ~ N(0, 0.02), norm weights 1 + N(0, 0.02). For memory
+    measurements of the converter without a model hub. Returns the number of parameters written."""
+    import shutil
+
+    os.makedirs(out_dir, exist_ok=True)
+    shutil.copyfile(config_path, os.path.join(out_dir, "config.json"))
+    s = Shape.of(read_hf_config(config_path)[1])
+    specs = [(h, dtype, hf_shape(h, s)) for n in megatron_names(s) for h in hf_sources(n)]
+    g = torch.Generator().manual_seed(seed)
+
+    def get(name: str) -> torch.Tensor:
+        shape = hf_shape(name, s)
+        t = torch.randn(shape, generator=g, dtype=torch.float32).mul_(0.02)
+        if name.endswith("norm.weight"):
+            t.add_(1.0)
+        return t.to(dtype)
+
+    write_hf_safetensors(out_dir, specs, get, max_shard_bytes, log)
+    return sum(int(torch.Size(sh).numel()) for _, _, sh in specs)
 
 
 # ------------------------------------------------------------------------------------------ live model loading
@@ -445,8 +483,8 @@ def init_model_weights(chunks, cfg) -> Optional[str]:
 
 @torch.no_grad()
 def full_logits(chunks, tokens: torch.Tensor, vocab: int) -> Optional[torch.Tensor]:
-    """Logits [B, S, vocab] (fp32, padded vocab columns dropped) of ``tokens`` [B, S] through the pipeline; returned
-    on the last stage (every TP rank, after an all-gather of the vocab shards), None elsewhere."""
+    """Logits [B, S, vocab] (fp32, on the CPU, padded vocab columns dropped) of ``tokens`` [B, S] through the
+    pipeline; returned on the last stage (every TP rank, after an all-gather of the vocab shards), None elsewhere."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -462,11 +500,16 @@ def full_logits(chunks, tokens: torch.Tensor, vocab: int) -> Optional[torch.Tens
         return model_logits(model, next(data_iterator)), loss_func
 
     tokens = tokens.to(next(chunks[0].parameters()).device)
+    was_training = [c.training for c in chunks]
     for c in chunks:
         c.eval()
-    get_forward_backward_func()(forward_step_func=forward_step, data_iterator=iter([tokens]), model=chunks,
-                                num_microbatches=1, seq_length=tokens.shape[1], micro_batch_size=tokens.shape[0],
-                                forward_only=True)
+    try:
+        get_forward_backward_func()(forward_step_func=forward_step, data_iterator=iter([tokens]), model=chunks,
+                                    num_microbatches=1, seq_length=tokens.shape[1],
+                                    micro_batch_size=tokens.shape[0], forward_only=True)
+    finally:
+        for c, t in zip(chunks, was_training):
+            c.train(t)
     if not ps.is_pipeline_last_stage():
         return None
     local = store[0].contiguous()
@@ -475,4 +518,4 @@ def full_logits(chunks, tokens: torch.Tensor, vocab: int) -> Optional[torch.Tens
         parts = [torch.empty_like(local) for _ in range(tp)]
         dist.all_gather(parts, local, group=ps.get_tensor_model_parallel_group())
         local = torch.cat(parts, dim=-1)
-    return local[..., :vocab]
+    return local[..., :vocab].cpu()
