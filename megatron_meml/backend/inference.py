@@ -6,13 +6,20 @@ KV cache: megatron-core's :class:`StaticInferenceContext` passed to ``GPTModel.f
   * one cache per layer ``[max_seq, max_batch, groups, head_dim]`` allocated on first use, keyed by the global
     layer number (so each pipeline stage caches exactly its own layers);
   * every row of the batch sits at the same cache slot ``sequence_len_offset``; a forward of ``s`` new tokens writes
-    slots ``[offset, offset + s)``. RoPE is applied by slot, so slot = true position when every request's tokens
-    are stored contiguously from slot 0 (right-aligned *prompts*, no left padding: the engine prefills the common
-    prompt prefix and feeds longer prompts' remaining tokens one slot at a time, as megatron's static controller
-    does). No attention mask is ever needed: prefill is causal, a decode step (``s == 1``) sees slots ``[0, pos]``.
-  * offset 0 = prefill (causal mask); offset > 0 must be called with one token per row;
+    slots ``[offset, offset + s)``; RoPE is applied by slot;
+  * offset 0 = prefill; after it, one token per row and step;
   * the model must be in eval mode, and the output layer must gather over TP (``runtime_gather_output=True``);
     only the last position's logits are materialised.
+
+Prompts of different lengths (the engine picks the layout, see ``rollout/megatron_engine.py``):
+  * ``key_mask`` given (slots to ignore, e.g. left padding): an explicit boolean attention mask ``[B, 1, sq, sk]``
+    (causal within the prefill, padding slots masked) is passed to the attention. Megatron's own (local-spec)
+    ``DotProductAttention`` applies a given mask in prefill and decode alike; RoPE scores depend only on relative
+    positions, so a row shifted right by its padding attends exactly as it would at slot 0 (up to fp32 rounding).
+    Transformer Engine's attention ignores an explicit mask under megatron's inference mask types, so
+    :attr:`PipelineForward.supports_attention_mask` is False there.
+  * no mask: every row's tokens must start at slot 0 (contiguous), causal prefill and mask-free decode -- the
+    scheme of megatron's own static controller, valid for any attention backend.
 
 Pipeline parallelism: stage k receives the hidden states ``[s, B, H]`` of stage k-1 (``set_input_tensor``), runs its
 layers with its own cache and sends its output on; the last stage returns logits. Tokens sampled on the last stage
@@ -80,9 +87,11 @@ class PipelineForward:
 
     ``use_cache=True``: :meth:`forward` takes the *new* tokens ``[B, s]`` of every row, stores their keys/values at
     slots ``[offset, offset + s)`` and advances the offset by ``s`` (``s > 1`` only for the first call, the
-    prefill). ``use_cache=False`` (the obviously-correct twin): :meth:`forward` takes the whole sequence ``[B, L]``
-    and re-runs it from scratch with a causal mask. Either way it returns fp32 logits ``[B, V_padded]`` of the last
-    position on the last pipeline stage (TP-gathered: the full padded vocabulary) and None on other stages.
+    prefill); ``key_mask`` [B, >= offset + s] bool marks slots no query may attend to (None: contiguous rows).
+    ``use_cache=False`` (the obviously-correct twin): :meth:`forward` takes whole right-padded sequences
+    ``[B, L]`` and re-runs them from scratch with the plain causal mask of training; ``last_index`` [B] picks each
+    row's last real position (default ``L - 1``). Either way it returns fp32 logits ``[B, V_padded]`` on the last
+    pipeline stage (TP-gathered: the full padded vocabulary) and None on other stages.
     Must be used inside :func:`generation_mode`.
     """
 
@@ -103,6 +112,10 @@ class PipelineForward:
             self.prev_rank = ps.get_pipeline_model_parallel_prev_rank()
             self.next_rank = ps.get_pipeline_model_parallel_next_rank()
             self.last_rank = ps.get_pipeline_model_parallel_last_rank()
+        from megatron.core.transformer.dot_product_attention import DotProductAttention
+
+        self.supports_attention_mask = all(isinstance(layer.self_attention.core_attention, DotProductAttention)
+                                           for layer in self.model.decoder.layers)
         self.context = None
         if use_cache:
             from megatron.core.inference.contexts import StaticInferenceContext
@@ -113,23 +126,35 @@ class PipelineForward:
     def offset(self) -> int:
         return self.context.sequence_len_offset if self.context is not None else 0
 
-    def forward(self, tokens: torch.Tensor) -> Optional[torch.Tensor]:
+    def forward(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor] = None,
+                last_index: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         b, s = tokens.shape
         start = self.offset
         if self.context is not None and start > 0 and s != 1:
             raise ValueError("after the prefill, the static KV cache takes one token per row and step")
+        mask = None
+        if key_mask is not None:
+            if self.context is None or not self.supports_attention_mask:
+                raise ValueError("key_mask needs the KV cache and megatron's DotProductAttention")
+            mask = key_mask[:, None, None, :start + s]
+            if s > 1:
+                causal = torch.ones(s, start + s, dtype=torch.bool, device=self.device).triu(start + 1)
+                mask = mask | causal
+
         if not self.first:
             recv = torch.empty(s, b, self.hidden, dtype=self.dtype, device=self.device)
             dist.recv(recv, src=self.prev_rank, group=self.pp_group)
             self.model.set_input_tensor(recv)
         position_ids = torch.arange(start, start + s, device=self.device).unsqueeze(0).expand(b, s)
-        out = self.model(tokens if self.first else None, position_ids if self.first else None, None,
+        out = self.model(tokens if self.first else None, position_ids if self.first else None, mask,
                          inference_context=self.context, runtime_gather_output=True)
         if self.context is not None:
             self.context.increment_sequence_len_offset(s)
         if not self.last:
             dist.send(out.contiguous(), dst=self.next_rank, group=self.pp_group)
             return None
+        if last_index is not None and self.context is None:
+            return out[torch.arange(b, device=out.device), last_index.to(out.device)].float()
         return out[:, -1, :].float()
 
     def broadcast_from_last_stage(self, tensor: torch.Tensor) -> torch.Tensor:

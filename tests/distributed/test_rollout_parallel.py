@@ -1,5 +1,6 @@
 """Generation on TP=2 and PP=2 (gloo, local processes) produces the same tokens as TP=1 from the same weights
-(build_model's init is layout-invariant): greedy with and without the KV cache, and seeded sampling. Every rank
+(build_model's init is layout-invariant): greedy with and without the KV cache (both cache layouts), and seeded
+sampling. Every rank
 of a layout ends with the same tokens."""
 import pytest
 
@@ -21,6 +22,7 @@ def test_parallel_generation_matches_single_process(baseline, overrides):
     for r in ranks:
         assert r["greedy"] == baseline["greedy"], f"rank {r['rank']}"
         assert r["greedy_nocache"] == baseline["greedy"], f"rank {r['rank']}"
+        assert r["greedy_contiguous"] == baseline["greedy"], f"rank {r['rank']}"
         assert r["sampled"] == baseline["sampled"], f"rank {r['rank']}"
         gap = max(abs(x - y) for a, b in zip(r["sampled_logprobs"], baseline["sampled_logprobs"]) for x, y in zip(a, b))
         assert gap < 1e-4

@@ -52,6 +52,7 @@ def parallel_generation(overrides: Sequence[str] = ()) -> Dict[str, Any]:
     out = {"rank": info.rank, "tp_rank": info.tp_rank, "pp_rank": info.pp_rank}
     out["greedy"] = _ids(MegatronEngine(chunks, tok).generate(reqs, greedy))
     out["greedy_nocache"] = _ids(MegatronEngine(chunks, tok, use_cache=False).generate(reqs, greedy))
+    out["greedy_contiguous"] = _ids(MegatronEngine(chunks, tok, layout="contiguous").generate(reqs, greedy))
     ro = MegatronEngine(chunks, tok).generate(reqs, sampled)
     out["sampled"] = _ids(ro)
     out["sampled_logprobs"] = [r.logprobs for r in ro]
@@ -90,6 +91,7 @@ def single_process_checks() -> Dict[str, Any]:
     # 1. KV cache vs full re-forward, prompts of different lengths in one batch (+ early stops -> row compaction)
     eng, ref = MegatronEngine(chunks, tok), MegatronEngine(chunks, tok, use_cache=False)
     a, b = eng.generate(reqs, greedy), ref.generate(reqs, greedy)
+    out["aligned_steps"] = eng.last_stats["steps"]
     out["cache"], out["nocache"] = _ids(a), _ids(b)
     out["cache_vs_nocache_logp"] = max(abs(x - y) for r, s in zip(a, b) for x, y in zip(r.logprobs, s.logprobs))
     stops = sorted({ids[k] for ids in out["cache"] for k in (3, 9, 15)})  # ids the model does emit
@@ -98,6 +100,12 @@ def single_process_checks() -> Dict[str, Any]:
     out["stop_cache"], out["stop_nocache"] = _ids(a), _ids(b)
     out["stop_reasons"] = [r.finish_reason for r in a]
     out["stop_ids"] = stops
+    # the contiguous layout (prompts from slot 0, forced prompt steps; the path for Transformer Engine attention)
+    contiguous = MegatronEngine(chunks, tok, layout="contiguous")
+    out["contiguous"] = _ids(contiguous.generate(reqs, greedy))
+    out["contiguous_steps"] = contiguous.last_stats["steps"]
+    out["stop_contiguous"] = _ids(MegatronEngine(chunks, tok, stop_token_ids=stops, layout="contiguous")
+                                  .generate(reqs, greedy))
     # small token budget: several generation batches, same greedy tokens
     small = MegatronEngine(chunks, tok, token_budget=2 * (24 + 24))
     out["small_budget"] = _ids(small.generate(reqs, greedy))

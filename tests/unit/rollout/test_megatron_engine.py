@@ -21,6 +21,15 @@ def test_greedy_kv_cache_matches_full_reforward(res):
     assert res["cache_vs_nocache_logp"] < 1e-4
 
 
+def test_contiguous_layout_matches_too(res):
+    """Prompts from slot 0 with forced prompt steps (the layout for attention without explicit masks)."""
+    assert res["contiguous"] == res["nocache"]
+    assert res["stop_contiguous"] == res["stop_nocache"]
+    # aligned: 1 prefill + 23 decode steps; contiguous: + (max - min prompt length) forced prompt steps
+    assert res["aligned_steps"] == 24
+    assert res["contiguous_steps"] == 24 + max(PROMPT_LENS) - min(PROMPT_LENS)
+
+
 def test_early_stops_and_row_compaction_match_no_cache(res):
     """Stop tokens end rows at different steps (finished rows are dropped from the cache mid-batch)."""
     assert res["stop_cache"] == res["stop_nocache"]
