@@ -38,15 +38,35 @@ from .model import unwrap
 
 
 @contextlib.contextmanager
+def _megatron_inference_flag() -> Iterator[None]:
+    """megatron-core >= 0.19 decides "inference path" by a process-wide ``InferenceMode`` flag (0.16: eval mode +
+    an inference context). Set it for the body and restore its previous value; a no-op where it does not exist."""
+    try:
+        from megatron.core.inference.utils import InferenceMode
+    except ImportError:
+        InferenceMode = None
+    if InferenceMode is None or not hasattr(InferenceMode, "set_active"):
+        yield
+        return
+    was_active = InferenceMode.is_active()
+    InferenceMode.set_active()
+    try:
+        yield
+    finally:
+        if not was_active:
+            InferenceMode.unset_active()
+
+
+@contextlib.contextmanager
 def generation_mode(chunks: Sequence[torch.nn.Module]) -> Iterator[None]:
-    """eval() + no_grad for the body; afterwards every chunk gets its previous training flag back and the pipeline
-    input tensor is cleared, so the model is exactly as it was found (no inference state lives on the model: the
-    KV cache belongs to the :class:`PipelineForward` object)."""
+    """eval() + no_grad (+ megatron's inference flag where the version has one) for the body; afterwards every
+    chunk gets its previous training flag back and the pipeline input tensor is cleared, so the model is exactly as
+    it was found (no inference state lives on the model: the KV cache belongs to the :class:`PipelineForward`)."""
     was_training = [c.training for c in chunks]
     for c in chunks:
         c.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _megatron_inference_flag():
             yield
     finally:
         for c, t in zip(chunks, was_training):

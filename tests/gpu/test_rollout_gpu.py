@@ -1,0 +1,20 @@
+"""The megatron KV-cache engine on CUDA (megatron-core 0.19 on the lent machines: its process-wide InferenceMode
+flag, the local or Transformer Engine attention): the same checks as tests/unit/rollout/test_megatron_engine.py,
+one spawned process, one model build. Run on a GPU machine: ``python3 -m pytest -m gpu tests/gpu -q``."""
+import pytest
+import torch
+
+from tests.distributed.launcher import spawn
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def test_engine_on_cuda():
+    res = spawn("tests.unit.rollout.engine_workers:single_process_checks", 1)[0]
+    assert res["cache"] == res["nocache"] == res["contiguous"]
+    assert res["stop_cache"] == res["stop_nocache"] == res["stop_contiguous"]
+    assert res["small_budget"] == res["cache"]
+    assert res["alone"][0] == res["inside"][0]
+    for temperature, (gap, n, expected) in res["logprob_gap"].items():
+        assert n == expected > 0 and gap < 1e-4, (temperature, gap)
+    assert res["params_unchanged"] and res["training_flags_unchanged"] and res["input_tensor_none"]
