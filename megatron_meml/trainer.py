@@ -66,6 +66,12 @@ def setup(cfg: Config, config_dir: Optional[str] = None) -> Run:
         raise ValueError(f"config key `model.vocab_size`: the tokenizer has {tokenizer.vocab_size} tokens but the "
                          f"model's padded vocab is {bmodel.padded_vocab_size(cfg)}")
     chunks = bmodel.build_model(cfg)
+    if cfg.model.init_from or cfg.model.init_from_hf:
+        from .backend.hf_convert import init_model_weights
+
+        source = init_model_weights(chunks, cfg)
+        if info.is_logging_rank:
+            print(f"initial weights from {source}", flush=True)
     if info.is_logging_rank:
         os.makedirs(cfg.logging.run_dir, exist_ok=True)
         save_config(cfg, os.path.join(cfg.logging.run_dir, "config.yaml"))

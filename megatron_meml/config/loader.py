@@ -156,21 +156,42 @@ def model_fields_from_hf(path: str) -> Dict[str, Any]:
     return out
 
 
+def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    """Deep merge of two config trees (``over`` wins; sections merge key by key, values replace)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: str, _seen: Sequence[str] = ()) -> Dict[str, Any]:
+    """A YAML config tree. A top-level ``base: other.yaml`` (path relative to this file) is read first and this
+    file's values are merged over it, recursively."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    if os.path.abspath(path) in _seen:
+        raise ConfigError(f"{path}: `base` includes form a cycle")
+    try:
+        with open(path) as f:
+            tree = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
+        raise ConfigError(f"YAML syntax error in {where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: `base` must be a path to another YAML file")
+    base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(os.path.abspath(path)), base)
+    return _merge(read_yaml(base_path, tuple(_seen) + (os.path.abspath(path),)), tree)
+
+
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
     """Build the config from an optional YAML file and ``a.b=c`` overrides (applied in order)."""
-    tree: Dict[str, Any] = {}
-    if path is not None:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            with open(path) as f:
-                tree = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
-            raise ConfigError(f"YAML syntax error in {where}: {getattr(e, 'problem', e)}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    tree: Dict[str, Any] = read_yaml(path) if path is not None else {}
     explicit_model = set((tree.get("model") or {}).keys())
     for ov in overrides:
         if "=" not in ov:

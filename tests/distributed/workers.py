@@ -80,3 +80,50 @@ def train_steps(overrides: Sequence[str], steps: int = 3, num_microbatches: int 
     if dist.get_rank() != 0:
         return {}
     return {"losses": losses, "grads": grads, "params": params}
+
+
+def riel_sequences(n: int = 8, seq: int = 12, vocab: int = 100, seed: int = 11):
+    """A fixed mix of GRPO / KL / SFT training sequences (equal length, so packing is predictable)."""
+    from megatron_meml.rollout.packing import TrainSequence
+    from megatron_meml.types import TokenKind
+
+    g = torch.Generator().manual_seed(seed)
+    kinds = [TokenKind.GRPO, TokenKind.GRPO, TokenKind.KL, TokenKind.SFT] * (n // 4)
+    out = []
+    for i, k in enumerate(kinds):
+        tokens = torch.randint(0, vocab, (seq,), generator=g).tolist()
+        prompt = int(torch.randint(3, seq // 2, (1,), generator=g))
+        mask = [0] * prompt + [1] * (seq - prompt)
+        old = (-torch.rand(seq, generator=g) * 5).tolist() if k != TokenKind.SFT else None
+        adv = float(torch.randn(1, generator=g)) if k == TokenKind.GRPO else 0.0
+        out.append(TrainSequence(tokens, mask, k, old, adv, tag=f"s{i}"))
+    return out
+
+
+def riel_grads(max_tokens: int, overrides: Sequence[str] = ()) -> Dict[str, Any]:
+    """One RIEL forward-backward (GRPO + KL + SFT, token-mean over the global batch, λ1 = 0.5, λ2 = 2) over the
+    fixed sequences packed with ``max_tokens`` per microbatch and split over DP; full grads on rank 0."""
+    from functools import partial
+
+    from megatron.core import parallel_state as ps
+    from megatron_meml.algo.objective import riel_loss
+    from megatron_meml.backend import model as M, optimizer as O, parallel, state, step as S
+    from megatron_meml.config import load_config
+    from megatron_meml.rollout.packing import assign_weights, plan_microbatches
+
+    cfg = load_config(None, list(TINY) + list(overrides) + ["riel.lambda_kl=0.5", "riel.lambda_sft=2.0"])
+    info = parallel.initialize(cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size,
+                               seed=cfg.seed)
+    chunks = M.build_model(cfg)
+    opt, _ = O.build_optimizer(cfg, chunks, total_steps=1)
+    seqs = riel_sequences()
+    assign_weights(seqs, "token_mean", [1.0, cfg.riel.lambda_kl, cfg.riel.lambda_sft])
+    mbs = plan_microbatches(seqs, max_tokens, dp_size=info.dp_size)[info.dp_rank]
+    O.zero_grads(chunks, opt)
+    res = S.forward_backward(chunks, mbs, partial(riel_loss, riel_cfg=cfg.riel, impl="torch"), temperature=0.7)
+    local = torch.tensor([sum(r["loss"] for r in res)], dtype=torch.float64)
+    if ps.is_pipeline_last_stage():
+        dist.all_reduce(local, group=ps.get_data_parallel_group())
+    gather_dp_grad_buffers(chunks)
+    grads = state.full_state_dict(chunks, cfg.model.num_layers, value=lambda n, p: p.main_grad)
+    return {"grads": grads, "loss": float(local), "microbatches": len(mbs)} if dist.get_rank() == 0 else {}

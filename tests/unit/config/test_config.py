@@ -114,3 +114,13 @@ def test_cli_impossible_layout_is_one_line():
                         "parallel.tensor_model_parallel_size=3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "TP=3 does not divide model.num_attention_heads=4" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_base_include_merges_sections(tmp_path):
+    (tmp_path / "base.yaml").write_text("model:\n  hidden_size: 96\n  num_layers: 3\nriel:\n  group_size: 8\n")
+    (tmp_path / "run.yaml").write_text("base: base.yaml\nmodel:\n  num_layers: 5\n")
+    cfg = load_config(str(tmp_path / "run.yaml"))
+    assert (cfg.model.hidden_size, cfg.model.num_layers, cfg.riel.group_size) == (96, 5, 8)
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(str(tmp_path / "loop.yaml"))
