@@ -462,7 +462,10 @@ def load_hf_weights(chunks, hf_dir: str, cfg) -> int:
     hf = HFCheckpoint(hf_dir)
     stored = _with_defaults({k: hf.fields.get(k) for k in io.SHAPE_FIELDS + io.OTHER_FIELDS})
     stored["kv_channels"] = hf.shape.head_dim
-    io.check_model_matches(stored, cfg.model, hf.config_path)
+    try:
+        io.check_model_matches(stored, cfg.model, hf.config_path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} (set model.hf_config={hf.config_path} to take the shapes from it)") from None
     return io.load_params(chunks, lambda name: hf.megatron_tensor(name, hf.shape.vocab), hf.shape.vocab,
                           hf.config_path)
 

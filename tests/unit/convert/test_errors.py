@@ -88,3 +88,12 @@ def test_cli_reports_one_line_error(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == f"error: {tmp_path}/config.json: not found (an HF model directory " \
                                                 "needs config.json)"
+
+
+def test_init_from_hf_names_the_mismatch_and_the_fix(qwen):
+    from megatron_meml.config import load_config
+
+    cfg = load_config(None, [f"model.init_from_hf={qwen}"])  # shapes left at the defaults, not from config.json
+    with pytest.raises(io.CheckpointError, match=r"config.json: model.ffn_hidden_size=96 in the checkpoint but the "
+                                                   r"run's config has model.ffn_hidden_size=176 \(set model.hf_config="):
+        H.init_model_weights([], cfg)

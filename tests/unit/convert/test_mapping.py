@@ -126,3 +126,23 @@ def test_streaming_writer_errors(tmp_path):
     w.write("a", torch.zeros(2))
     with pytest.raises(io.CheckpointError, match="only 1 of 2 tensors"):
         w.close()
+
+
+@pytest.mark.parametrize("family,expect", [
+    ("qwen2.5", dict(layers=28, hidden=1536, ffn=8960, heads=12, groups=2, head_dim=128, vocab=151936,
+                     qkv_bias=True, tied=True)),
+    ("llama3", dict(layers=16, hidden=2048, ffn=8192, heads=32, groups=8, head_dim=64, vocab=128256,
+                    qkv_bias=False, tied=True)),
+])
+def test_shared_configs_map_to_shapes(family, expect):
+    """The real Qwen2.5-1.5B (transformers 4 style) and Llama-3.2-1B configs parse into the shapes and rope."""
+    import os
+    from tests.conftest import DATA
+
+    c, fields = H.read_hf_config(os.path.join(DATA, "tokenizers", family, "config.json"))
+    assert H.Shape.of(fields) == H.Shape(**expect)
+    if family == "llama3":
+        assert fields["rope_scaling"] == "llama3" and fields["rope_scaling_factor"] == 32.0
+        assert fields["rotary_base"] == 500000.0 and io.padded_vocab(fields["vocab_size"], 8) == 128256
+    else:
+        assert fields["rotary_base"] == 1e6 and "rope_scaling" not in fields and fields["norm_epsilon"] == 1e-6
