@@ -472,15 +472,16 @@ def load_hf_weights(chunks, hf_dir: str, cfg) -> int:
 
 def init_model_weights(chunks, cfg) -> Optional[str]:
     """Load the start weights the config names, after ``build_model``: ``model.init_from`` (a converted
-    checkpoint directory) or ``model.init_from_hf`` (an HF directory, converted on the fly). Returns a one-line
-    description of what was loaded, or None when neither is set (the layout-invariant random init stays)."""
+    checkpoint directory) or ``model.init_from_hf`` (an HF directory, converted on the fly). Returns a short
+    description of the source ("checkpoint DIR (N parameter tensors)"), or None when neither is set (the
+    layout-invariant random init stays)."""
     m = cfg.model
     if m.init_from:
         n = io.load_converted_checkpoint(chunks, m.init_from, cfg)
-        return f"loaded {n} parameters from checkpoint {m.init_from}"
+        return f"checkpoint {m.init_from} ({n} parameter tensors)"
     if m.init_from_hf:
         n = load_hf_weights(chunks, m.init_from_hf, cfg)
-        return f"loaded {n} parameters from HF {m.init_from_hf}"
+        return f"HF directory {m.init_from_hf} ({n} parameter tensors)"
     return None
 
 
