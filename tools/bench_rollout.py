@@ -24,6 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=16, help="requests per generation batch")
+    p.add_argument("--group", type=int, default=1,
+                   help="each distinct prompt repeated this many times (a RIEL step's G samples per prompt)")
     p.add_argument("--new-tokens", type=int, default=64, help="generated tokens per request")
     p.add_argument("--min-prompt", type=int, default=16)
     p.add_argument("--max-prompt", type=int, default=48)
@@ -82,8 +84,11 @@ def main(argv=None) -> float:
     from megatron_meml.types import Request
 
     g = torch.Generator().manual_seed(a.seed)
-    lens = torch.randint(a.min_prompt, a.max_prompt + 1, (a.batch,), generator=g).tolist()
-    prompts = [torch.randint(1, a.vocab, (n,), generator=g).tolist() for n in lens]
+    if a.batch % a.group:
+        raise SystemExit("--batch must be a multiple of --group")
+    lens = torch.randint(a.min_prompt, a.max_prompt + 1, (a.batch // a.group,), generator=g).tolist()
+    prompts = [p for n in lens for p in [torch.randint(1, a.vocab, (n,), generator=g).tolist()] * a.group]
+    lens = [len(p) for p in prompts]
 
     chunks = build_ours(a)
     tok = _Tok(a.vocab)
@@ -124,7 +129,8 @@ def main(argv=None) -> float:
         theirs.append(run_hf())
     o, h = statistics.median(ours), statistics.median(theirs)
     print(f"model: {a.layers} layers, hidden {a.hidden}, ffn {a.ffn}, heads {a.heads}/{a.kv_heads}, vocab {a.vocab}; "
-          f"batch {a.batch}, prompts {min(lens)}..{max(lens)} tokens, {a.new_tokens} new tokens, greedy, "
+          f"batch {a.batch} ({a.batch // a.group} distinct prompts), prompts {min(lens)}..{max(lens)} tokens, "
+          f"{a.new_tokens} new tokens, greedy, "
           f"torch threads {torch.get_num_threads()}, {a.repeats} timed runs each")
     print(f"ours (megatron static KV cache): {o:.1f} tokens/s  runs: {', '.join(f'{x:.1f}' for x in ours)}")
     print(f"hf transformers generate:        {h:.1f} tokens/s  runs: {', '.join(f'{x:.1f}' for x in theirs)}")

@@ -22,7 +22,8 @@ Prompts of different lengths in one batch -- two cache layouts (row i's prompt s
 Decode loop, per step (tensor ops over the batch, no Python loop over requests unless stop strings are set):
 one-token forward through the cache -> sample on the last stage -> broadcast ids and log-probs to every stage ->
 write them into the preallocated ``[B, S]`` token / log-prob buffers -> update finish flags. When a quarter of the
-rows have finished, they are dropped from the batch and the cache (``PipelineForward.select_rows``).
+rows have finished, they are dropped from the batch and the cache (``PipelineForward.select_rows``). Identical
+prompts in a batch (the G samples of a group) are prefilled once and their cache rows copied.
 
 ``use_cache=False`` is the obviously-correct twin: the same loop, re-running every row's real tokens (gathered
 right-padded from slot 0, exactly the training forward) every step.
@@ -161,7 +162,7 @@ class MegatronEngine:
         stop_window = max((len(s.encode("utf-8")) for s in params.stop_strings), default=0) + 4
 
         pos = int(first.min()) - 1  # last slot fed to the model
-        logits = self._forward(runner, tokens, key_mask, start, pos, prefill=True)
+        logits = self._prefill(runner, tokens, key_mask, start, pos)
         steps = 1
         while True:
             col = pos + 1  # the slot the current logits predict
@@ -201,6 +202,24 @@ class MegatronEngine:
             steps += 1
         self._collect(results, reqs, rows, tokens, logp, first, n_gen, reason, torch.ones_like(done))
         return results, steps
+
+    def _prefill(self, runner, tokens, key_mask, start, pos: int):
+        """The first forward (slots ``0..pos``). Rows whose prefill input is identical -- a RIEL step's G samples
+        of one (question, expert) share their prompt -- are prefilled once and their cache rows copied
+        (``select_rows`` with repeated indices)."""
+        if not self.use_cache:
+            return self._forward(runner, tokens, key_mask, start, pos, prefill=True)
+        B = tokens.shape[0]
+        _, inverse = torch.unique(torch.cat([tokens[:, :pos + 1], start[:, None]], dim=1), dim=0,
+                                  return_inverse=True)
+        U = int(inverse.max()) + 1
+        if U == B:
+            return self._forward(runner, tokens, key_mask, start, pos, prefill=True)
+        rep = torch.full((U,), B, dtype=torch.long, device=tokens.device).scatter_reduce(
+            0, inverse, torch.arange(B, device=tokens.device), "amin")  # first row of each distinct prefill
+        logits = runner.forward(tokens[rep, :pos + 1], None if key_mask is None else key_mask[rep])
+        runner.select_rows(inverse)
+        return None if logits is None else logits[inverse]
 
     def _forward(self, runner, tokens, key_mask, start, pos: int, prefill: bool):
         """Logits predicting slot ``pos + 1`` of every row (last stage; None elsewhere)."""

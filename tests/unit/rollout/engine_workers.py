@@ -47,6 +47,9 @@ def parallel_generation(overrides: Sequence[str] = ()) -> Dict[str, Any]:
     cfg, info, chunks = _setup(overrides)
     tok = ByteTokenizer()
     reqs = make_requests()
+    twin = copy.deepcopy(reqs[1])
+    twin.seed += 1  # a shared prompt: exercises the one-prefill-then-copy-rows path on every stage
+    reqs.append(twin)
     greedy = SamplingParams(max_new_tokens=16, top_k=1)
     sampled = SamplingParams(max_new_tokens=16, temperature=0.8, top_p=0.95)
     out = {"rank": info.rank, "tp_rank": info.tp_rank, "pp_rank": info.pp_rank}
@@ -119,13 +122,17 @@ def single_process_checks() -> Dict[str, Any]:
     out["stop_string"] = {"stop": stop, "full": text0, "got": r.response_ids, "reason": r.finish_reason,
                           "text": r.text}
 
-    # 3. a seeded request alone and inside a batch of 16 others (different prompts, lengths, seeds)
+    # 3. a seeded request alone and inside a batch of 16 others (different prompts, lengths, seeds) + its twin
     sampled = SamplingParams(max_new_tokens=20, temperature=1.0, top_p=0.9, top_k=50)
     alone = eng.generate([reqs[2]], sampled)[0]
     others = make_requests([4, 30, 8, 11, 2, 19, 6, 25, 13, 9, 21, 5, 16, 3, 27, 10], seed=5, seed_offset=500)
-    batch = others[:7] + [reqs[2]] + others[7:]
-    inside = eng.generate(batch, sampled)[7]
+    twin = copy.deepcopy(reqs[2])
+    twin.seed += 77  # same prompt, other seed: prefilled together with reqs[2] (one prefill, cache rows copied)
+    batch = others[:7] + [reqs[2]] + others[7:] + [twin]
+    got = eng.generate(batch, sampled)
+    inside = got[7]
     out["alone"], out["inside"] = (alone.response_ids, alone.logprobs), (inside.response_ids, inside.logprobs)
+    out["twin"], out["twin_alone"] = got[-1].response_ids, eng.generate([twin], sampled)[0].response_ids
 
     # the engine left the model exactly as it found it (checked before the training forward below, whose pipeline
     # schedule itself tags layers with `current_microbatch`)

@@ -59,6 +59,12 @@ def test_seeded_request_same_alone_and_in_batch_of_16(res):
     assert max(abs(x - y) for x, y in zip(lp_a, lp_b)) < 1e-4
 
 
+def test_shared_prompt_prefill_keeps_samples(res):
+    """A second request with the same prompt (another seed) shares the prefill and still samples its own tokens."""
+    assert res["twin"] == res["twin_alone"]
+    assert res["twin"] != res["inside"][0]
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_rollout_logprobs_equal_training_forward(res, temperature):
     gap, n, expected = res["logprob_gap"][temperature]
