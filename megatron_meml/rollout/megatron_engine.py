@@ -48,23 +48,23 @@ REASONS = {LENGTH: "length", EOS: "eos", STOP: "stop"}
 
 
 def plan_batches(prompt_lens: Sequence[int], max_new: Sequence[int], token_budget: int) -> List[List[int]]:
-    """Request indices grouped into generation batches, shortest prompts first: a batch of n rows costs
-    ``n × max(prompt_len + max_new)`` cache slots and stays within ``token_budget``. A request that does not fit
-    alone is an error naming ``rollout.token_budget``."""
+    """Request indices grouped into generation batches, shortest prompts first: a batch of n rows allocates a
+    cache of ``n × (max prompt_len + max max_new)`` token slots, which stays within ``token_budget``. A request that
+    does not fit alone is an error naming ``rollout.token_budget``."""
     order = sorted(range(len(prompt_lens)), key=lambda i: (prompt_lens[i], i))
     batches: List[List[int]] = []
     cur: List[int] = []
-    longest = 0
+    max_l = max_n = 0
     for i in order:
-        need = prompt_lens[i] + max_new[i]
-        if need > token_budget:
-            raise ValueError(f"config key `rollout.token_budget`: a request needs {need} tokens "
-                             f"(prompt {prompt_lens[i]} + max_new {max_new[i]}) > budget {token_budget}")
-        if cur and (len(cur) + 1) * max(longest, need) > token_budget:
+        if prompt_lens[i] + max_new[i] > token_budget:
+            raise ValueError(f"config key `rollout.token_budget`: a request needs {prompt_lens[i] + max_new[i]} "
+                             f"tokens (prompt {prompt_lens[i]} + max_new {max_new[i]}) > budget {token_budget}")
+        l, n = max(max_l, prompt_lens[i]), max(max_n, max_new[i])
+        if cur and (len(cur) + 1) * (l + n) > token_budget:
             batches.append(cur)
-            cur, longest = [], 0
+            cur, l, n = [], prompt_lens[i], max_new[i]
         cur.append(i)
-        longest = max(longest, need)
+        max_l, max_n = l, n
     if cur:
         batches.append(cur)
     return batches

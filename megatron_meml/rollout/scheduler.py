@@ -155,6 +155,11 @@ class RielScheduler:
 
     # 3.-6. ------------------------------------------------------------------------------------------------------
     def step(self, records: Sequence[Record], step: int) -> RielStepOutput:
+        """One RIEL step's rollouts, groups, KL pairs, fired SFT examples and this DP rank's microbatches.
+        Every rank of every parallel group calls it with the same ``records`` and ``step``."""
+        ids = [r.id for r in records]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"a RIEL step needs distinct record ids, got {ids}")
         t0 = time.perf_counter()
         requests = self.requests(records, step)
         rollouts = self.generate_and_score(requests, records)

@@ -1,3 +1,4 @@
+"""Sampling (greedy, inverse CDF, truncation, per-request uniforms) and generation-batch planning."""
 import pytest
 import torch
 
@@ -61,7 +62,9 @@ def test_plan_batches_respects_the_budget_and_sorts_by_length():
     batches = plan_batches(lens, [5] * 5, token_budget=40)
     assert sorted(i for b in batches for i in b) == list(range(5))
     for b in batches:
-        assert len(b) * max(lens[i] + 5 for i in b) <= 40
+        assert len(b) * (max(lens[i] for i in b) + 5) <= 40
     assert batches == [[1, 3, 2], [0, 4]]  # shortest prompts first (ties in input order), 3 x 12 <= 40
+    mixed = plan_batches([2, 3], [9, 1], token_budget=22)  # cache = rows x (max prompt + max new) = 2 x 12 > 22
+    assert mixed == [[0], [1]]
     with pytest.raises(ValueError, match="rollout.token_budget"):
         plan_batches([50], [5], token_budget=40)
