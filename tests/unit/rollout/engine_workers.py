@@ -74,12 +74,12 @@ def _snapshot(chunks):
 def single_process_checks() -> Dict[str, Any]:
     """Everything the single-process engine tests assert on, computed in one process (one model build)."""
     from megatron_meml.backend import step as S
-    from megatron_meml.config.schema import RIELConfig, RolloutConfig
+    from megatron_meml.config import load_config
     from megatron_meml.data.synthetic import generate
     from megatron_meml.data.tokenizer import ByteTokenizer
     from megatron_meml.rollout.engine import SamplingParams
     from megatron_meml.rollout.megatron_engine import MegatronEngine
-    from megatron_meml.rollout.scheduler import ChatRenderer, RielScheduler
+    from megatron_meml.rollout.scheduler import build_riel_scheduler
     from megatron_meml.types import TokenKind
 
     cfg, info, chunks = _setup()
@@ -145,14 +145,16 @@ def single_process_checks() -> Dict[str, Any]:
 
     # 4. rollout log-probs vs the training forward, through the scheduler's microbatches
     records = generate("train", 2, seed=3)
-    renderer = ChatRenderer(tok, ["You are expert zero.", "Expert one, step by step."])
+    prompts = ["You are expert zero.", "Expert one, step by step."]
     out["logprob_gap"] = {}
     for T in (1.0, 0.7):
-        rollout_cfg = RolloutConfig(max_new_tokens=12, temperature=T, seed=11)
-        riel = RIELConfig(group_size=3, buffer_k=1, max_kl_responses=2)
-        sched = RielScheduler(eng, renderer, lambda text, rec: float(len(text) % 2), riel, rollout_cfg,
-                              num_experts=2, max_tokens_per_microbatch=200, pad_id=tok.pad_id)
+        run_cfg = load_config(None, list(TINY) + [f"rollout.temperature={T}", "rollout.max_new_tokens=12",
+                                                  "rollout.seed=11", "riel.group_size=3", "riel.buffer_k=1",
+                                                  "riel.buffer_capacity=2", "riel.max_kl_responses=2",
+                                                  "data.micro_batch_size=2", "data.seq_length=100"])
+        sched = build_riel_scheduler(run_cfg, chunks, tok, prompts, lambda text, rec: float(len(text) % 2))
         step = sched.step(records, step=0)
+        out.setdefault("sched_kinds", []).append(sorted({mb.name for mb in step.microbatches}))
         logps = S.forward_logprobs(chunks, step.microbatches, temperature=T)
         gap, n = 0.0, 0
         for mb, lp in zip(step.microbatches, logps):
