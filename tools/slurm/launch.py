@@ -1,0 +1,258 @@
+"""Write (and optionally submit) an sbatch script that trains megatron_meml on a SLURM cluster.
+
+    python tools/slurm/launch.py CONFIG.yaml [section.key=value ...] --cluster examples/slurm/cluster.yaml \
+        [--nodes 8 --gpus-per-node 8 --partition batch --account proj --time 04:00:00 \
+         --container-image IMG --container-mounts SRC:DST,...] [--dry-run | --submit] [--script PATH]
+    python tools/slurm/launch.py CONFIG.yaml ... --cpu --nproc-per-node 2 --submit     # gloo, no GPU gres
+
+The job: one ``srun`` task per node runs ``torchrun --nnodes $SLURM_NNODES --nproc-per-node G`` with a c10d
+rendezvous on the first node of the allocation; per-rank logs go to ``<log_dir>/ranks/restart-<n>/`` (torchrun
+``--log-dir`` + ``--tee``) and the job log to ``<log_dir>/slurm-<jobid>.out``. Preemption: ``#SBATCH
+--signal=B:USR1@<secs>`` plus ``--requeue``; the batch shell traps USR1 and forwards it to the job steps, where
+torchrun ignores it (it is started under ``trap "" USR1``) and the training ranks checkpoint at the next step
+boundary and exit 0 (``megatron_meml/checkpointing.py``); then the shell runs ``scontrol requeue $SLURM_JOB_ID``.
+The rerun (``SLURM_RESTART_COUNT`` > 0, logged) uses the same ``logging.run_dir`` and resumes from its latest
+checkpoint (``checkpoint.resume=true``). ``scontrol requeue`` works on SLURM 22.05 without cluster settings
+(``RequeueExit`` would need slurm.conf access). A requeued job is eligible again after SLURM's requeue delay
+(~120 s in 22.05); ``scontrol update JobId=<id> StartTime=now`` starts it at once.
+
+Cluster options (YAML, see examples/slurm/cluster.yaml) are :class:`ClusterOptions` fields; command-line flags
+override them. The run config is loaded and validated here (layout vs. world size) before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "job.sbatch.in")
+
+
+@dataclass
+class ClusterOptions:
+    """Where and how the job runs. Every field can be set in the cluster YAML or with ``--field-name``."""
+
+    nodes: int = 1                      # SLURM nodes; world size = nodes * nproc_per_node
+    gpus_per_node: int = 8              # GPUs (= ranks) per node; --gres=gpu:<n>
+    cpu: bool = False                   # CPU mode: gloo, no GPU gres, nproc_per_node processes per node
+    nproc_per_node: Optional[int] = None  # ranks per node; default gpus_per_node (GPU) or 2 (CPU)
+    cpus_per_task: Optional[int] = None   # CPUs of the one task per node; default: SLURM's default (GPU), nproc (CPU)
+    mem: Optional[str] = None           # --mem (e.g. "0" = all memory of the node)
+    exclusive: bool = False             # --exclusive
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    time: Optional[str] = None          # --time, e.g. "04:00:00"
+    job_name: str = "megatron_meml"
+    container_image: Optional[str] = None   # pyxis/enroot image (e.g. a .sqsh built from the Dockerfile)
+    container_mounts: Optional[str] = None  # pyxis --container-mounts SRC:DST[,SRC:DST...]
+    container_workdir: Optional[str] = None  # working directory inside the container (default: workdir)
+    workdir: Optional[str] = None       # repository root on the cluster (default: this checkout)
+    python: str = "python"              # interpreter with megatron_meml installed (inside the container if any)
+    log_dir: Optional[str] = None       # default <run_dir>/slurm
+    signal_seconds: int = 300           # USR1 this many seconds before the time limit
+    shutdown_timeout: int = 600         # seconds torchrun waits for ranks to checkpoint before SIGKILL
+    rdzv_port: Optional[int] = None     # c10d port on the first node; default 29500 + SLURM_JOB_ID % 1000
+    omp_num_threads: int = 1
+    nccl_socket_ifname: Optional[str] = None  # e.g. "ib0" or "^lo,docker"
+    gloo_socket_ifname: Optional[str] = None  # e.g. "eth0"; for gloo (CPU mode, checkpoint barriers)
+    env: Dict[str, str] = field(default_factory=dict)         # extra exports (NCCL_IB_HCA, HF_HOME, ...)
+    sbatch_extra: List[str] = field(default_factory=list)     # extra "#SBATCH ..." options, e.g. "--constraint=h100"
+    srun_extra: List[str] = field(default_factory=list)       # extra srun options
+
+    def __post_init__(self):
+        if self.nodes < 1:
+            raise ValueError(f"cluster option `nodes` must be >= 1, got {self.nodes}")
+        if self.nproc_per_node is None:
+            self.nproc_per_node = 2 if self.cpu else self.gpus_per_node
+        if self.nproc_per_node < 1:
+            raise ValueError(f"cluster option `nproc_per_node` must be >= 1, got {self.nproc_per_node}")
+        if self.signal_seconds < 1 or self.signal_seconds > 65535:
+            raise ValueError("cluster option `signal_seconds` must be in [1, 65535] (SLURM's limit)")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.nproc_per_node
+
+
+def load_cluster(path: Optional[str], overrides: Dict[str, object]) -> ClusterOptions:
+    """Cluster YAML (optional) with command-line values over it; unknown keys are an error naming the key."""
+    import yaml
+
+    data: Dict[str, object] = {}
+    if path:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    names = {f.name for f in dataclasses.fields(ClusterOptions)}
+    for k in list(data) + list(overrides):
+        if k not in names:
+            raise ValueError(f"unknown cluster option `{k}`; valid: {', '.join(sorted(names))}")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return ClusterOptions(**data)
+
+
+def _q(value) -> str:
+    return shlex.quote(str(value))
+
+
+def _rel_to(path: str, base: str) -> str:
+    """``path`` relative to ``base`` when it lies inside it (it then also resolves in the job's working directory,
+    inside a container that mounts the repository elsewhere too); absolute otherwise."""
+    ab = os.path.abspath(path)
+    rel = os.path.relpath(ab, base)
+    return ab if rel.startswith("..") else rel
+
+
+def host_log_dir(config: str, overrides: Sequence[str], opts: ClusterOptions) -> str:
+    """Absolute path (on the submitting host) of the job's log directory: ``log_dir`` or ``<run_dir>/slurm``,
+    relative paths taken from the job's working directory."""
+    from megatron_meml.config import load_config
+
+    log_dir = opts.log_dir or os.path.join(load_config(config, list(overrides)).logging.run_dir, "slurm")
+    return os.path.join(os.path.abspath(opts.workdir or REPO), log_dir)
+
+
+def render(config: str, overrides: Sequence[str], opts: ClusterOptions) -> str:
+    """The sbatch script text. Loads ``config`` + ``overrides`` to validate them and to find ``logging.run_dir``."""
+    from megatron_meml.config import load_config
+
+    cfg = load_config(config, list(overrides))
+    cfg.validate_layout(opts.world_size)
+    host_workdir = os.path.abspath(opts.workdir or REPO)
+    workdir = opts.container_workdir or host_workdir
+    run_dir = cfg.logging.run_dir
+    # run_dir is pinned explicitly so every restart of the job writes to (and resumes from) the same directory
+    train_args = [_rel_to(config, REPO), *overrides]  # the cluster's checkout (workdir) mirrors this one
+    if not any(o.startswith("logging.run_dir=") for o in overrides):
+        train_args.append(f"logging.run_dir={run_dir}")
+    if not any(o.startswith("logging.progress_bar=") for o in overrides):
+        train_args.append("logging.progress_bar=false")  # a progress bar in a log file is noise
+    log_dir = opts.log_dir or os.path.join(run_dir, "slurm")
+
+    res = []
+    if not opts.cpu:
+        res.append(f"--gres=gpu:{opts.gpus_per_node}")
+    cpt = opts.cpus_per_task or (opts.nproc_per_node if opts.cpu else None)
+    if cpt:
+        res.append(f"--cpus-per-task={cpt}")
+    for flag, value in (("partition", opts.partition), ("account", opts.account), ("qos", opts.qos),
+                        ("time", opts.time), ("mem", opts.mem)):
+        if value is not None:
+            res.append(f"--{flag}={value}")
+    if opts.exclusive:
+        res.append("--exclusive")
+
+    env = {"OMP_NUM_THREADS": opts.omp_num_threads, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": opts.shutdown_timeout,
+           "PYTHONUNBUFFERED": 1}
+    if opts.cpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""  # gloo on CPU even where GPUs are visible
+    else:
+        env.update(CUDA_DEVICE_MAX_CONNECTIONS=1, NCCL_ASYNC_ERROR_HANDLING=1, TORCH_NCCL_ASYNC_ERROR_HANDLING=1)
+    if opts.nccl_socket_ifname:
+        env["NCCL_SOCKET_IFNAME"] = opts.nccl_socket_ifname
+    if opts.gloo_socket_ifname:
+        env["GLOO_SOCKET_IFNAME"] = opts.gloo_socket_ifname
+    env.update(opts.env)
+
+    srun = ["--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    if opts.container_image:
+        srun.append(f"--container-image={_q(opts.container_image)}")
+        if opts.container_mounts:
+            srun.append(f"--container-mounts={_q(opts.container_mounts)}")
+        srun.append(f"--container-workdir={_q(workdir)}")
+    srun += [_q(a) for a in opts.srun_extra]
+
+    values = {
+        "job_name": opts.job_name, "nodes": opts.nodes, "signal_seconds": opts.signal_seconds,
+        "workdir": _q(host_workdir), "run_dir": _q(run_dir), "log_dir": log_dir,
+        "sbatch_resources": "\n".join(f"#SBATCH {r}" for r in res),
+        "sbatch_extra": "\n".join(f"#SBATCH {s}" for s in opts.sbatch_extra),
+        "env_exports": "\n".join(f"export {k}={_q(v)}" for k, v in env.items()),
+        "rdzv_port": opts.rdzv_port if opts.rdzv_port else "$((29500 + SLURM_JOB_ID % 1000))",
+        "srun_args": " ".join(srun), "python": _q(opts.python), "nproc_per_node": opts.nproc_per_node,
+        "train_args": " ".join(_q(a) for a in train_args),
+    }
+    if " " in log_dir:
+        raise ValueError(f"log_dir {log_dir!r}: #SBATCH --output cannot hold spaces")
+    with open(TEMPLATE) as f:
+        text = f.read()
+
+    def fill(m: "re.Match") -> str:
+        if m.group(1) not in values:
+            raise KeyError(f"template placeholder {{{{{m.group(1)}}}}} has no value")
+        return str(values[m.group(1)])
+
+    text = re.sub(r"\{\{(\w+)\}\}", fill, text)
+    return re.sub(r"\n{3,}", "\n\n", text)
+
+
+def submit(script_path: str, env: Optional[Dict[str, str]] = None, timeout: float = 60) -> int:
+    """``sbatch --parsable SCRIPT`` -> job id."""
+    r = subprocess.run(["sbatch", "--parsable", script_path], capture_output=True, text=True, timeout=timeout,
+                       env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"sbatch failed (exit {r.returncode}): {r.stderr.strip()}")
+    return int(r.stdout.strip().split(";")[0])
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("config", help="run config YAML")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides of the run config")
+    p.add_argument("--cluster", help="cluster options YAML (examples/slurm/cluster.yaml)")
+    p.add_argument("--script", help="where to write the sbatch script (default <log_dir>/job.sbatch)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="print the script, write and submit nothing")
+    mode.add_argument("--submit", action="store_true", help="write the script and sbatch it")
+    for f in dataclasses.fields(ClusterOptions):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, dest=f.name, action="store_true", default=None)
+        elif f.name in ("env", "sbatch_extra", "srun_extra"):
+            p.add_argument(flag, dest=f.name, action="append", default=None,
+                           help="KEY=VALUE (repeatable)" if f.name == "env" else "repeatable")
+        else:
+            typ = int if "int" in str(f.type) else str
+            p.add_argument(flag, dest=f.name, type=typ, default=None)
+    return p.parse_intermixed_args(argv)  # run-config overrides may follow the launcher flags
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    over = {f.name: getattr(args, f.name) for f in dataclasses.fields(ClusterOptions)
+            if getattr(args, f.name) is not None}
+    if "env" in over:
+        over["env"] = dict(kv.split("=", 1) for kv in over["env"])
+    try:
+        opts = load_cluster(args.cluster, over)
+        text = render(args.config, args.overrides, opts)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(text, end="")
+        return 0
+    log_dir = host_log_dir(args.config, args.overrides, opts)
+    os.makedirs(log_dir, exist_ok=True)  # SLURM does not create the directory of --output
+    script = args.script or os.path.join(log_dir, "job.sbatch")
+    with open(script, "w") as f:
+        f.write(text)
+    os.chmod(script, 0o755)
+    print(f"wrote {script}")
+    if args.submit:
+        print(f"submitted job {submit(script)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
