@@ -3,9 +3,9 @@ PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat setup.py | sha1sum | cut -c1-12)
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: install test quickstart clean gpu-check
+.PHONY: install test test-slow quickstart clean
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,10 @@ install: $(STAMP)
 
 test: install
 	TRITON_INTERPRET=1 $(VPY) -m pytest -q $(PYTEST_ARGS) tests
+
+# The slow tests (e.g. converting a 1.5B-shaped model, ~2 minutes and ~13 GB of disk) run on demand.
+test-slow: install
+	TRITON_INTERPRET=1 $(VPY) -m pytest -q -m slow tests
 
 quickstart: install
 	$(VPY) -m megatron_meml.train examples/quickstart/config.yaml

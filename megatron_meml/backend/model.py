@@ -115,7 +115,7 @@ def build_gpt(cfg: Config, pre_process: bool = True, post_process: bool = True, 
             max_sequence_length=cfg.model.max_position_embeddings, pre_process=pre_process,
             post_process=post_process, parallel_output=True,
             share_embeddings_and_output_weights=cfg.model.tie_word_embeddings, position_embedding_type="rope",
-            rotary_base=int(cfg.model.rotary_base), rope_scaling=cfg.model.rope_scaling == "llama3",
+            rotary_base=cfg.model.rotary_base, rope_scaling=cfg.model.rope_scaling == "llama3",
             rope_scaling_factor=cfg.model.rope_scaling_factor)
     if not meta:
         _apply_llama3_rope(model, cfg)
