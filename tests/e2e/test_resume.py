@@ -72,3 +72,38 @@ def test_sigterm_writes_checkpoint_and_exits(tmp_path):
     latest = open(run_dir / "checkpoints" / "latest").read().strip()
     meta = json.load(open(run_dir / "checkpoints" / latest / "meta.json"))
     assert meta["stage"] == "mef" and meta["stage_step"] >= 2 and not meta["stage_complete"]
+
+
+RIEL = ["mef.max_steps=4", "riel.enabled=true", "riel.steps=6", "riel.questions_per_step=2", "riel.group_size=4",
+        "riel.buffer_k=2", "riel.buffer_capacity=3", "riel.lr=1e-3", "rollout.max_new_tokens=12",
+        "eval.enabled=false"]
+
+
+def test_kill9_during_riel_then_resume_matches_uninterrupted(tmp_path):
+    """Kill -9 at RIEL step k, restart: steps k+1.. (rollouts, rewards, buffer firing, losses) equal an
+    uninterrupted run's."""
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    r = subprocess.run(_cmd(ref_dir, *RIEL), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    proc = subprocess.Popen(_cmd(run_dir, *RIEL, "checkpoint.save_interval=2"), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    path = run_dir / "metrics.jsonl"
+    t0 = time.time()
+    while not (path.exists() and any(json.loads(l)["stage"] == "riel" and json.loads(l)["step"] >= 3
+                                     for l in open(path) if l.strip())):
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.time() - t0 < 300
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    r = subprocess.run(_cmd(run_dir, *RIEL, "checkpoint.save_interval=2"), cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed riel from" in r.stdout
+    ref, got = _metrics(ref_dir), _metrics(run_dir)
+    riel_steps = sorted(k for k in ref if k[0] == "riel")
+    assert riel_steps == [("riel", s) for s in range(6)] and sorted(got) == sorted(ref)
+    for key in riel_steps:
+        for m in ("reward/mean", "loss", "grad_norm", "buffer/size", "sft/fired", "tokens/grpo", "tokens/kl"):
+            assert got[key][m] == ref[key][m], (key, m, got[key][m], ref[key][m])
+    assert any(ref[k]["sft/fired"] > 0 for k in riel_steps)  # the buffer fired (its state crossed the restart)
