@@ -7,12 +7,22 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 USAGE = "usage: python -m megatron_meml.train CONFIG.yaml [section.key=value ...] | --help-config"
 
 
+def _quiet_known_warnings() -> None:
+    """Keep the console readable: megatron's one-time "no Apex/TE, falling back" notes and torch's per-step
+    collective-rename deprecations say nothing actionable about a run."""
+    for pattern in (r".*Apex is not installed.*", r".*Transformer Engine.*not installed.*",
+                    r".*is deprecated\. Please use `torch\.distributed\..*", r".*full scope is deprecated.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_known_warnings()
     from .config import ConfigError, describe, load_config
 
     if argv[:1] in (["-h"], ["--help"]):
