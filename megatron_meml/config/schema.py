@@ -109,6 +109,8 @@ class PrecisionConfig:
     def __post_init__(self):
         _check(self.dtype in ("fp32", "bf16", "fp16"), "precision.dtype", f"must be fp32|bf16|fp16, got {self.dtype!r}")
         _check(self.fp8 in (None, "hybrid", "e4m3"), "precision.fp8", f"must be hybrid|e4m3|null, got {self.fp8!r}")
+        _check(self.fp8 is None or self.dtype == "bf16", "precision.fp8",
+               f"FP8 runs on bf16 weights; set precision.dtype=bf16 (got {self.dtype!r}) or precision.fp8=null")
         _check(self.fp8_amax_compute_algo in ("max", "most_recent"), "precision.fp8_amax_compute_algo",
                "must be `max` or `most_recent`")
 
