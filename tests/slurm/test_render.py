@@ -60,7 +60,9 @@ def test_example_cluster_file_with_container_dry_run():
     assert code == 0, err
     assert "#SBATCH --nodes=2" in out and "#SBATCH --exclusive" in out and "#SBATCH --mem=0" in out
     assert "--container-image=/lustre/images/megatron_meml.sqsh" in out
-    assert "--container-workdir=/workspace/megatron_meml" in out and "--container-mounts=" in out
+    assert "--container-workdir=/lustre/proj/megatron_meml" in out
+    assert "#SBATCH --chdir=/lustre/proj/megatron_meml" in out
+    assert "--container-mounts=/lustre/proj/megatron_meml:/lustre/proj/megatron_meml," in out
     assert "export NCCL_IB_TIMEOUT=22" in out and "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=900" in out
 
 

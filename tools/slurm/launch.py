@@ -55,7 +55,8 @@ class ClusterOptions:
     job_name: str = "megatron_meml"
     container_image: Optional[str] = None   # pyxis/enroot image (e.g. a .sqsh built from the Dockerfile)
     container_mounts: Optional[str] = None  # pyxis --container-mounts SRC:DST[,SRC:DST...]
-    container_workdir: Optional[str] = None  # working directory inside the container (default: workdir)
+    container_workdir: Optional[str] = None  # working directory inside the container (default: workdir; mount the
+    #                                          checkout there so relative run/log paths agree inside and outside)
     workdir: Optional[str] = None       # repository root on the cluster (default: this checkout)
     python: str = "python"              # interpreter with megatron_meml installed (inside the container if any)
     log_dir: Optional[str] = None       # default <run_dir>/slurm
