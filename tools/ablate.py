@@ -26,8 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "examples", "quickstart", "config.yaml")
 
 BUDGETS = {  # overrides that set the step budget; everything else comes from the quickstart config
-    "small": ["riel.steps=30", "eval.num_examples=100"],
-    "medium": ["riel.steps=80", "eval.num_examples=200"],
+    "small": ["riel.steps=40", "eval.num_examples=200"],
+    "medium": ["riel.steps=120", "eval.num_examples=200"],
 }
 MULTI_ROWS = [
     ("+ multi-expert SFT", ["riel.inter_expert_kl=false", "riel.hard_example_buffer=false"]),
