@@ -3,8 +3,8 @@ trains and checkpoints; a second, identical job is signalled mid-run the way ``-
 (``scancel --batch --signal=USR1``), checkpoints, requeues itself and resumes to the same final step with per-step
 metrics identical to the uninterrupted first job.
 
-Budget: ~15 s of start-up per training attempt (imports, data) + 60 fast steps; three attempts + SLURM start-up
-stay well under the 3 minutes these tests may add to ``make test``. Every wait is bounded.
+Budget: ~15 s of start-up per training attempt (imports, data) + 80 fast steps (~0.15 s each); three attempts +
+SLURM start-up stay well under the 3 minutes these tests may add to ``make test``. Every wait is bounded.
 """
 import glob
 import json
@@ -21,7 +21,7 @@ from tests.slurm.cluster import _free_port
 
 pytestmark = pytest.mark.slurm
 
-STEPS = 60
+STEPS = 80
 TRAIN = ["examples/quickstart/config.yaml", f"mef.max_steps={STEPS}", "riel.enabled=false", "eval.enabled=false",
          "logging.tensorboard=false", "model.num_layers=1", "data.global_batch_size=16",
          "data.synthetic.num_train=1000"]
