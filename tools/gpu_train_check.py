@@ -1,6 +1,7 @@
 """A short real training run on one GPU (part of tools/gpu_check.sh): MEF-style SFT on the synthetic task with a
 small Qwen2-shaped model in bf16 through megatron-core (whatever version is installed there, 0.19 on the lent
-machines), then the forward-only log-prob path. Prints one JSON line with the numbers last.
+machines), then a few RIEL steps (KV-cache rollouts, rewards, GRPO + KL + SFT microbatches). Prints one JSON line
+with the numbers last.
 
     python tools/gpu_train_check.py [--steps 30] [--hidden 512] [--layers 4]
 """
@@ -21,6 +22,7 @@ def main() -> int:
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--riel-steps", type=int, default=3, help="RIEL steps after MEF (rollouts + GRPO/KL/SFT on GPU)")
     ap.add_argument("--run-dir", default=os.path.join(os.environ.get("OUT", "/tmp"), "gpu_train_run"))
     a = ap.parse_args()
     import torch
@@ -34,7 +36,8 @@ def main() -> int:
         "model.num_attention_heads=8", "model.num_query_groups=2", "model.vocab_size=259",
         "model.max_position_embeddings=512", f"precision.dtype={a.dtype}", "data.seq_length=160",
         "data.micro_batch_size=32", "data.global_batch_size=64", f"mef.max_steps={a.steps}", "mef.lr=1e-3",
-        "riel.enabled=false", f"logging.run_dir={a.run_dir}", "logging.progress_bar=false",
+        f"riel.steps={a.riel_steps}", "riel.questions_per_step=4", "riel.group_size=4", "riel.buffer_k=2",
+        "riel.buffer_capacity=4", "rollout.max_new_tokens=32", "eval.enabled=false", f"logging.run_dir={a.run_dir}", "logging.progress_bar=false",
         "logging.tensorboard=false", "experts.prompts=[Use equations., Go step by step., Split into parts.]",
     ]
     cfg = load_config(None, overrides)
@@ -46,9 +49,14 @@ def main() -> int:
     out = trainer.run_mef(run)
     torch.cuda.synchronize()
     train_s = time.time() - t0
+    t0 = time.time()
+    if a.riel_steps:
+        out.update(trainer.run_riel(run))
+        torch.cuda.synchronize()
+    riel_s = time.time() - t0
     out.update(device=torch.cuda.get_device_name(), megatron_core=str(compat.megatron_version()),
                torch=torch.__version__, te=compat.have_te(), build_s=round(build_s, 2),
-               train_s=round(train_s, 2), s_per_step=round(train_s / out["mef_steps"], 4),
+               train_s=round(train_s, 2), s_per_step=round(train_s / out["mef_steps"], 4), riel_s=round(riel_s, 2),
                peak_mem_gb=round(torch.cuda.max_memory_allocated() / 2**30, 3),
                ok=out["mef_loss_end"] < 0.5 * out["mef_loss_start"])
     trainer.finish(run)
