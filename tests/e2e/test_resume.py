@@ -10,7 +10,7 @@ import time
 from tests.conftest import ROOT
 
 BASE = ["examples/quickstart/config.yaml", "mef.max_steps=10", "riel.enabled=false", "logging.progress_bar=false",
-        "logging.tensorboard=false", "model.num_layers=1", "data.global_batch_size=16"]
+        "logging.tensorboard=false", "model.num_layers=1", "data.global_batch_size=16", "eval.enabled=false"]
 
 
 def _cmd(run_dir, *extra):
@@ -75,8 +75,7 @@ def test_sigterm_writes_checkpoint_and_exits(tmp_path):
 
 
 RIEL = ["mef.max_steps=4", "riel.enabled=true", "riel.steps=6", "riel.questions_per_step=2", "riel.group_size=4",
-        "riel.buffer_k=2", "riel.buffer_capacity=3", "riel.lr=1e-3", "rollout.max_new_tokens=12",
-        "eval.enabled=false"]
+        "riel.buffer_k=2", "riel.buffer_capacity=3", "riel.lr=1e-3", "rollout.max_new_tokens=12"]
 
 
 def test_kill9_during_riel_then_resume_matches_uninterrupted(tmp_path):
