@@ -261,13 +261,14 @@ class RolloutConfig:
     top_k: int = doc(0, "Top-k sampling (0 = off).")
     token_budget: int = doc(8192, "Max prompt+generated tokens in one generation batch.")
     stop_strings: List[str] = doc([], "Extra stop strings besides EOS.")
-    engine: str = doc("static", "static (KV cache, CPU+GPU) | dynamic (megatron dynamic engine, GPU only).")
+    engine: str = doc("static", "Generation engine: `static` (megatron's static KV cache on the training weights, CPU "
+                               "and GPU). megatron's dynamic engine (paged KV, continuous batching) is not wired yet.")
     seed: int = doc(0, "Base seed; request i of step s uses hash(seed, step, i).")
 
     def __post_init__(self):
         _check(self.temperature > 0, "rollout.temperature", "must be positive (use top_k=1 for greedy)")
         _check(0 < self.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
-        _check(self.engine in ("static", "dynamic"), "rollout.engine", "must be static|dynamic")
+        _check(self.engine == "static", "rollout.engine", f"only `static` is available, got {self.engine!r}")
 
 
 @dataclass
