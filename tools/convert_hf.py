@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -32,14 +31,11 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
+from megatron_meml.backend.parallel import free_port  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _check_worker(rank: int, world: int, port: int, ckpts: List[str], tp: int, pp: int, tokens_path: str,
@@ -92,7 +88,7 @@ def check(hf_dirs: List[str], tp: int, pp: int, ckpts: Optional[List[str]] = Non
         tokens = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
         tok, out = os.path.join(d, "tokens.pt"), os.path.join(d, "logits.pt")
         torch.save(tokens, tok)
-        ctx = mp.start_processes(_check_worker, args=(tp * pp, _free_port(), ckpts, tp, pp, tok, out),
+        ctx = mp.start_processes(_check_worker, args=(tp * pp, free_port(), ckpts, tp, pp, tok, out),
                                  nprocs=tp * pp, join=False, start_method="spawn")
         refs = [_hf_logits(h, tokens) for h in hf_dirs]
         while not ctx.join():

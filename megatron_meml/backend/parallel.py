@@ -44,10 +44,22 @@ class ParallelInfo:
         return self.dp_rank == 0 and self.tp_rank == 0 and self.is_last_stage
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port() -> int:
+    """A free TCP port for a local rendezvous, drawn *below* Linux's ephemeral range (32768-60999): a port the
+    kernel handed out with bind(0) can be taken by any process's outgoing connection (gloo opens many) before the
+    rendezvous server binds it, which shows up as EADDRINUSE under load."""
+    import random
+
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free TCP port found in 20000-32000 for the local rendezvous")
 
 
 def _env_rank_world():
@@ -80,7 +92,7 @@ def initialize(tp: int = 1, pp: int = 1, seed: int = 1234, backend: Optional[str
     if not dist.is_initialized():
         if "MASTER_ADDR" not in os.environ:
             os.environ["MASTER_ADDR"] = "127.0.0.1"
-            os.environ["MASTER_PORT"] = str(_free_port())
+            os.environ["MASTER_PORT"] = str(free_port())
         dist.init_process_group(backend=backend, rank=rank, world_size=world,
                                 timeout=datetime.timedelta(minutes=timeout_minutes))
     if parallel_state.model_parallel_is_initialized():

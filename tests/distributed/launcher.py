@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import importlib
 import os
-import socket
 import tempfile
 import traceback
 from typing import Any, Dict, List
 
 import torch
 import torch.multiprocessing as mp
+from megatron_meml.backend.parallel import free_port
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _child(rank: int, world: int, port: int, target: str, kwargs: Dict[str, Any], outdir: str) -> None:
@@ -39,7 +35,7 @@ def _child(rank: int, world: int, port: int, target: str, kwargs: Dict[str, Any]
 def spawn(target: str, world_size: int, timeout: float = 600, **kwargs) -> List[Any]:
     """Call ``module:function(**kwargs)`` on ``world_size`` processes; returns the per-rank results."""
     with tempfile.TemporaryDirectory() as d:
-        ctx = mp.start_processes(_child, args=(world_size, _free_port(), target, kwargs, d), nprocs=world_size,
+        ctx = mp.start_processes(_child, args=(world_size, free_port(), target, kwargs, d), nprocs=world_size,
                                  join=False, start_method="spawn")
         while not ctx.join(timeout=timeout):
             pass

@@ -10,22 +10,18 @@ Processes are spawned here (torch.multiprocessing, gloo, 127.0.0.1, a free port)
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import traceback
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from megatron_meml.backend.parallel import free_port
 
 WORLD = 2
 T, V_LOCAL, H = 24, 70, 16
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _data():
@@ -142,7 +138,7 @@ def _worker(rank: int, port: int, outdir: str) -> None:
 
 def test_two_rank_vocab_parallel_matches_unsharded_and_megatron():
     with tempfile.TemporaryDirectory() as d:
-        mp.start_processes(_worker, args=(_free_port(), d), nprocs=WORLD, join=True, start_method="spawn")
+        mp.start_processes(_worker, args=(free_port(), d), nprocs=WORLD, join=True, start_method="spawn")
         results = [torch.load(os.path.join(d, f"{r}.pt")) for r in range(WORLD)]
     for rank, res in enumerate(results):
         assert res["ok"], f"rank {rank} failed:\n{res.get('error')}"
