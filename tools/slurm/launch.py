@@ -61,7 +61,8 @@ class ClusterOptions:
     python: str = "python"              # interpreter with megatron_meml installed (inside the container if any)
     log_dir: Optional[str] = None       # default <run_dir>/slurm
     signal_seconds: int = 300           # USR1 this many seconds before the time limit
-    shutdown_timeout: int = 600         # seconds torchrun waits for ranks to checkpoint before SIGKILL
+    shutdown_timeout: int = 600         # when SLURM itself SIGTERMs torchrun (scancel, preemption): seconds it
+    #                                     lets the ranks checkpoint before SIGKILL (TORCH_ELASTIC_SHUTDOWN_TIMEOUT)
     rdzv_port: Optional[int] = None     # c10d port on the first node; default 29500 + SLURM_JOB_ID % 1000
     omp_num_threads: int = 1
     nccl_socket_ifname: Optional[str] = None  # e.g. "ib0" or "^lo,docker"
@@ -251,7 +252,11 @@ def main(argv=None) -> int:
     os.chmod(script, 0o755)
     print(f"wrote {script}")
     if args.submit:
-        print(f"submitted job {submit(script)}")
+        try:
+            print(f"submitted job {submit(script)}")
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     return 0
 
 
