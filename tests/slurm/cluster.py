@@ -11,6 +11,7 @@ Every wait is bounded; a daemon that does not come up raises :class:`SlurmUnavai
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -27,10 +28,19 @@ class SlurmUnavailable(RuntimeError):
     """SLURM could not be installed or started; the message says which step failed and why."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+def free_port() -> int:
+    """A free TCP port below Linux's ephemeral range (32768-60999): a port the kernel hands out with bind(0) can be
+    taken by another process's outgoing connection (gloo opens many) before the daemon binds it."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+                return port
+            except OSError:
+                continue
+    raise SlurmUnavailable("no free TCP port in 20000-32000")
 
 
 def _missing_binaries() -> List[str]:
@@ -132,7 +142,7 @@ class LocalSlurm:
         r = self.root
         lines = [
             "ClusterName=memltest", f"SlurmctldHost={self.host}", "SlurmUser=root", "SlurmdUser=root",
-            f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
+            f"SlurmctldPort={free_port()}", f"SlurmdPort={free_port()}",
             "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=socket={self.munge_socket}",
             f"StateSaveLocation={r}/state", f"SlurmdSpoolDir={r}/spool",
             f"SlurmctldPidFile={self.pidfiles['slurmctld']}", f"SlurmdPidFile={self.pidfiles['slurmd']}",

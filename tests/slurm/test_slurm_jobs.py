@@ -17,7 +17,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT
-from tests.slurm.cluster import _free_port
+from tests.slurm.cluster import free_port
 
 pytestmark = pytest.mark.slurm
 
@@ -31,7 +31,7 @@ DONE = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMO
 def submit(cluster, run_dir) -> int:
     """Generate and submit the job with the launcher's CLI (CPU mode, 2 ranks on one node)."""
     cmd = [sys.executable, "tools/slurm/launch.py", *TRAIN, f"logging.run_dir={run_dir}", "--cpu",
-           "--nproc-per-node", "2", "--python", sys.executable, "--rdzv-port", str(_free_port()),
+           "--nproc-per-node", "2", "--python", sys.executable, "--rdzv-port", str(free_port()),
            "--time", "00:10:00", "--signal-seconds", "60", "--env", "PYTHONWARNINGS=ignore", "--submit"]
     r = subprocess.run(cmd, cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
