@@ -93,11 +93,23 @@ def load_records(cfg: Config, split: str) -> List[Record]:
 
 def mef_rows(run: Run) -> List[MEFRow]:
     """MEF data: the configured trace file, or for the synthetic task the offline "teachers" (one solution style
-    per expert), or for a real dataset without traces the dataset rationale as expert 0 only."""
+    per expert), or for a real dataset without traces the dataset rationale as expert 0 only.
+
+    With ``mef.drop_unverified`` a trace whose final answer fails the dataset's verifier is dropped (counted and
+    reported); the verifier sees the dataset record of the trace's id when the train split has it."""
     cfg = run.cfg
     n = cfg.experts.num_experts
     if cfg.mef.traces:
         rows = [r for r in read_mef(cfg.mef.traces, on_bad_record=cfg.data.on_bad_record) if r.expert < n]
+        if cfg.mef.drop_unverified:
+            from .rewards import verify
+
+            by_id = {r.id: r for r in load_records(cfg, cfg.data.train_split)}
+            kept = [r for r in rows if verify(cfg.data.name, r.response,
+                                              by_id.get(r.id) or Record(r.id, r.question, r.answer, "")) > 0]
+            run.say(f"MEF: dropped {len(rows) - len(kept)} of {len(rows)} traces whose final answer fails the "
+                    f"{cfg.data.name} verifier (mef.drop_unverified)")
+            rows = kept
     else:
         records = load_records(cfg, cfg.data.train_split)
         if cfg.data.name == "synthetic":
@@ -134,7 +146,9 @@ def train_sft_step(run: Run, examples, optimizer, scheduler, coef: float = 1.0) 
     mbs = sft_microbatches(mine, cfg.data.micro_batch_size, run.tokenizer.pad_id, seq, total, coef)
     boptim.zero_grads(run.chunks, optimizer)
     results = forward_backward(run.chunks, mbs, sft_loss)
-    updated, grad_norm = boptim.optimizer_step(optimizer, scheduler)
+    updated, grad_norm = False, float("nan")
+    if boptim.grads_finite(run.chunks):  # a non-finite step is skipped, the weights untouched
+        updated, grad_norm = boptim.optimizer_step(optimizer, scheduler)
     out = reduce_metrics(results, ["loss", "tokens"])
     out.update(grad_norm=grad_norm if grad_norm is not None else float("nan"), skipped=float(not updated),
                lr=scheduler.get_lr(optimizer.param_groups[0]) if hasattr(scheduler, "get_lr") else 0.0)
@@ -160,12 +174,19 @@ def run_mef(run: Run) -> Dict[str, float]:
     if bar is not None:
         bar.update(start)
     first, last = state.get("first_loss"), state.get("last_loss")
+    bad_in_a_row = 0
     for step in range(start, steps):
         t0 = time.time()
         batch = [rows[(step * gbs + i) % len(rows)] for i in range(gbs)]
         examples = [render(run.template, run.tokenizer, run.prompts[r.expert], r.question, r.response)
                     for r in batch]
         m = train_sft_step(run, examples, optimizer, scheduler)
+        bad_in_a_row = bad_in_a_row + 1 if m["skipped"] else 0
+        if bad_in_a_row:
+            run.say(f"MEF step {step}: non-finite gradients, step skipped ({bad_in_a_row} in a row)")
+            if bad_in_a_row > cfg.riel.max_nonfinite_steps:
+                raise RuntimeError(f"MEF: {bad_in_a_row} consecutive non-finite steps "
+                                   f"(riel.max_nonfinite_steps={cfg.riel.max_nonfinite_steps}); aborting")
         m["step_time"] = time.time() - t0
         m["tokens_per_s"] = m["tokens"] / max(m["step_time"], 1e-9)
         first = m["loss"] if first is None else first

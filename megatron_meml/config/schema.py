@@ -237,7 +237,7 @@ class RIELConfig:
     admit_prob: Optional[float] = doc(None, "Admission probability; default K/G.")
     buffer_capacity: int = doc(64, "B: SFT microbatches fire when the buffer holds B examples.")
     lambda_sft: float = doc(1.0, "lambda2: weight of the SFT term.")
-    max_nonfinite_steps: int = doc(3, "Abort after this many consecutive NaN/inf steps (each is skipped).")
+    max_nonfinite_steps: int = doc(3, "Abort MEF or RIEL after this many consecutive NaN/inf steps (each is skipped).")
 
     def __post_init__(self):
         _check(self.group_size >= 1, "riel.group_size", "must be >= 1")

@@ -57,3 +57,8 @@ def test_llama32_1b_parameter_count():
 def test_llama3_rope_scaling_matches_hf_formula(factor, low, high, orig):
     r = spawn("tests.unit.backend.workers:llama3_rope", 1, factor=factor, low=low, high=high, orig=orig)[0]
     assert max(abs(a - b) / b for a, b in zip(r["ours"], r["ref"])) < 1e-6
+
+
+def test_nonfinite_gradients_are_detected():
+    r = spawn("tests.unit.backend.workers:nonfinite_guard", 1)[0]
+    assert r == {"nan": False, "finite": True}

@@ -90,3 +90,26 @@ def llama3_rope(factor: float, low: float, high: float, orig: int):
             s = (orig / wl - low) / (high - low)
             ref.append((1 - s) * f / factor + s * f)
     return {"ours": m.rotary_pos_emb.inv_freq.double().tolist(), "ref": ref}
+
+
+def nonfinite_guard():
+    """A NaN loss makes grads_finite False; a finite one True (the trainer then skips / takes the step)."""
+    import torch
+
+    from megatron_meml.backend import model as M, optimizer as O, parallel, step as S
+    from megatron_meml.config import load_config
+    from megatron_meml.types import MicroBatch
+
+    cfg = load_config(None, ["model.num_layers=1", "model.hidden_size=32", "model.ffn_hidden_size=64"])
+    parallel.initialize(1, 1, seed=1)
+    chunks = M.build_model(cfg)
+    opt, _ = O.build_optimizer(cfg, chunks, total_steps=2)
+    tok = torch.randint(0, 200, (2, 8))
+    mb = MicroBatch(tokens=tok, loss_mask=torch.ones(2, 8), kind=torch.zeros(2, 8, dtype=torch.int8),
+                    weight=torch.full((2, 8), 1 / 16))
+    out = {}
+    for name, scale in (("nan", float("nan")), ("finite", 1.0)):
+        O.zero_grads(chunks, opt)
+        S.forward_backward(chunks, [mb], lambda lp, m: (-(lp * m.weight).sum() * scale, {}))
+        out[name] = O.grads_finite(chunks)
+    return out
