@@ -56,6 +56,15 @@ class Checkpointer:
         later = STAGES.index(meta["stage"]) > STAGES.index(stage)
         return later or (meta["stage"] == stage and meta.get("stage_complete", False))
 
+    def load_finished_stage(self, stage: str, chunks) -> bool:
+        """When the newest checkpoint is ``stage`` marked complete, load its weights (so a restart that skips the
+        stage still evaluates and continues from them). Returns True when it did."""
+        meta = self.latest_meta()
+        if meta is None or meta["stage"] != stage or not meta.get("stage_complete"):
+            return False
+        ckpt.load_model_only(meta["path"], chunks)
+        return True
+
     def resume(self, stage: str, chunks, optimizer, scheduler) -> Optional[Dict[str, Any]]:
         """Load the newest checkpoint of ``stage`` (or the completed previous stage's weights when this stage has
         none yet). Returns the trainer state of ``stage`` or None to start it fresh."""

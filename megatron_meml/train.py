@@ -51,6 +51,10 @@ def main(argv=None) -> int:
         trainer.run_all(run)
     except Preempted:
         pass  # the checkpoint is written; a restart resumes from it
+    except ConfigError as e:  # a config value that only shows its problem on real data
+        print(f"error: {e}", file=sys.stderr)
+        trainer.finish(run)
+        return 2
     trainer.finish(run)
     return 0
 

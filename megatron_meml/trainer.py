@@ -23,7 +23,7 @@ from .backend import model as bmodel
 from .backend import optimizer as boptim
 from .backend import parallel
 from .backend.step import forward_backward
-from .config import Config, save_config, to_dict
+from .config import Config, ConfigError, save_config, to_dict
 from .data import (load_dataset, load_expert_prompts, read_mef, render, synthetic_mef_rows, tokenizer_from_config)
 from .data.collate import count_loss_tokens, sft_microbatches
 from .data.mef import MEFRow
@@ -141,6 +141,11 @@ def train_sft_step(run: Run, examples, optimizer, scheduler, coef: float = 1.0) 
     cfg, info = run.cfg, run.info
     seq = cfg.data.seq_length
     total = count_loss_tokens(examples, seq)
+    if total == 0:
+        longest = max(len(ids) for ids, _ in examples)
+        raise ConfigError(f"config key `data.seq_length`: every example of the batch is cut off before its response "
+                         f"({seq} tokens kept, prompts + responses up to {longest}); raise data.seq_length or "
+                         f"shorten experts.prompts")
     per = math.ceil(len(examples) / info.dp_size)
     mine = examples[info.dp_rank * per:(info.dp_rank + 1) * per]
     mbs = sft_microbatches(mine, cfg.data.micro_batch_size, run.tokenizer.pad_id, seq, total, coef)
@@ -164,6 +169,7 @@ def run_mef(run: Run) -> Dict[str, float]:
     if cfg.mef.max_steps is not None:
         steps = min(steps, cfg.mef.max_steps)
     if run.ckpt.stage_done("mef"):
+        run.ckpt.load_finished_stage("mef", run.chunks)  # eval after MEF must see the MEF weights
         run.say("MEF: complete in the latest checkpoint; skipped")
         return {}
     optimizer, scheduler = boptim.build_optimizer(cfg, run.chunks, lr=cfg.mef.lr, total_steps=steps)

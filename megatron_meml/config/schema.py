@@ -158,7 +158,7 @@ class DataConfig:
     tokenizer: str = doc("byte", "byte | qwen2.5 | llama3 | a path to a HF tokenizer.json.")
     tokenizer_path: Optional[str] = doc(None, "Tokenizer file; default derived from data.path for qwen2.5/llama3.")
     chat_template: Optional[str] = doc(None, "chatml | llama3 | plain; default follows the tokenizer.")
-    seq_length: int = doc(128, "Maximum tokens per training sequence (prompt + response).")
+    seq_length: int = doc(512, "Maximum tokens per training sequence (prompt + response); longer ones are cut.")
     micro_batch_size: int = doc(8, "Sequences per microbatch on one DP rank.")
     global_batch_size: int = doc(32, "Sequences per optimizer step over all DP ranks (SFT stages).")
     seed: int = doc(1234, "Seed of splits, shuffling and synthetic generation.")

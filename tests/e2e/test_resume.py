@@ -106,3 +106,4 @@ def test_kill9_during_riel_then_resume_matches_uninterrupted(tmp_path):
         for m in ("reward/mean", "loss", "grad_norm", "buffer/size", "sft/fired", "tokens/grpo", "tokens/kl"):
             assert got[key][m] == ref[key][m], (key, m, got[key][m], ref[key][m])
     assert any(ref[k]["sft/fired"] > 0 for k in riel_steps)  # the buffer fired (its state crossed the restart)
+

@@ -62,3 +62,8 @@ def test_llama3_rope_scaling_matches_hf_formula(factor, low, high, orig):
 def test_nonfinite_gradients_are_detected():
     r = spawn("tests.unit.backend.workers:nonfinite_guard", 1)[0]
     assert r == {"nan": False, "finite": True}
+
+
+def test_finished_stage_checkpoint_restores_trained_weights(tmp_path):
+    r = spawn("tests.unit.backend.workers:finished_stage_weights", 1, run_dir=str(tmp_path))[0]
+    assert r["loaded"] and r["moved"] > 1e-4 and r["after_vs_trained"] == 0.0

@@ -113,3 +113,27 @@ def nonfinite_guard():
         S.forward_backward(chunks, [mb], lambda lp, m: (-(lp * m.weight).sum() * scale, {}))
         out[name] = O.grads_finite(chunks)
     return out
+
+
+def finished_stage_weights(run_dir: str):
+    """Train a 2-step MEF stage, then load its finished checkpoint into a freshly initialised model: the weights
+    must be the trained ones (a restart that skips MEF evaluates and continues from them)."""
+    import torch
+
+    from megatron_meml import trainer
+    from megatron_meml.backend import model as M, state
+    from megatron_meml.config import load_config
+
+    cfg = load_config(None, ["model.num_layers=1", "model.hidden_size=32", "model.ffn_hidden_size=64",
+                             "mef.max_steps=2", "data.global_batch_size=8", "data.synthetic.num_train=20", "data.seq_length=256",
+                             "riel.enabled=false", "eval.enabled=false", f"logging.run_dir={run_dir}",
+                             "logging.progress_bar=false", "logging.tensorboard=false", "mef.lr=1e-2"])
+    run = trainer.setup(cfg)
+    trainer.run_mef(run)
+    trained = state.full_state_dict(run.chunks, 1)
+    fresh = M.build_model(cfg)
+    initial = state.full_state_dict(fresh, 1)
+    loaded = run.ckpt.load_finished_stage("mef", fresh)
+    after = state.full_state_dict(fresh, 1)
+    diff = lambda a, b: max((a[k] - b[k]).abs().max().item() for k in a)  # noqa: E731
+    return {"loaded": loaded, "moved": diff(trained, initial), "after_vs_trained": diff(after, trained)}

@@ -124,3 +124,12 @@ def test_base_include_merges_sections(tmp_path):
     (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(str(tmp_path / "loop.yaml"))
+
+
+def test_cli_sequence_too_short_for_any_response_is_one_line():
+    r = subprocess.run([sys.executable, "-m", "megatron_meml.train", "mef.max_steps=1", "riel.enabled=false",
+                        "eval.enabled=false", "data.seq_length=64", "logging.progress_bar=false",
+                        "logging.tensorboard=false", "model.num_layers=1", "logging.run_dir=/tmp/meml_short_seq"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: config key `data.seq_length`")
