@@ -92,3 +92,19 @@ def valid_rows(targets: torch.Tensor, ignore_index: int, mask: torch.Tensor | No
     if mask is not None:
         valid = valid & (mask.reshape(valid.shape) != 0)
     return valid
+
+
+def stats_to_logprobs_and_loss(partials: RowStats, group, valid: torch.Tensor, loss, impl: str):
+    """The shared forward epilogue of the logits and the fused-linear log-prob ops: merge the per-split row stats,
+    all-reduce them over the TP group (two [T] collectives), finish log p / lse / entropy, and when ``loss`` (a
+    TokenLossInputs) is given run the token-loss epilogue. Returns (logp, lse, entropy, loss_t, dloss, clipped);
+    without a loss the last three are empty tensors."""
+    from . import token_loss as _tl
+
+    logp, lse, entropy = finish_stats(allreduce_stats(merge_partials(partials), group), valid)
+    if loss is not None:
+        loss_t, dloss, clipped = _tl.token_loss_forward(logp, loss, impl)
+    else:
+        loss_t = dloss = logp.new_zeros(0)
+        clipped = torch.zeros(0, dtype=torch.bool, device=logp.device)
+    return logp, lse, entropy, loss_t, dloss, clipped

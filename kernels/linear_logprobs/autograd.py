@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .. import token_loss as _tl
-from .._vocab_parallel import allreduce_stats, finish_stats, merge_partials
+from .._vocab_parallel import stats_to_logprobs_and_loss
 
 
 class LinearLogprobsFunction(torch.autograd.Function):
@@ -24,15 +23,9 @@ class LinearLogprobsFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, valid, inv_temp, vocab_start, group, engine, want_entropy, loss,
                 impl, allreduce_dhidden):
-        stats = merge_partials(engine.row_stats(hidden, weight, targets, valid, inv_temp, vocab_start,
-                                                want_entropy))
-        stats = allreduce_stats(stats, group)
-        logp, lse, entropy = finish_stats(stats, valid)
-        if loss is not None:
-            loss_t, dloss, clipped = _tl.token_loss_forward(logp, loss, impl)
-        else:
-            loss_t = dloss = logp.new_zeros(0)
-            clipped = torch.zeros(0, dtype=torch.bool, device=logp.device)
+        logp, lse, entropy, loss_t, dloss, clipped = stats_to_logprobs_and_loss(
+            engine.row_stats(hidden, weight, targets, valid, inv_temp, vocab_start, want_entropy),
+            group, valid, loss, impl)
         ctx.save_for_backward(hidden, weight, targets, valid, lse, entropy, dloss)
         ctx.inv_temp, ctx.vocab_start, ctx.engine = inv_temp, vocab_start, engine
         ctx.group, ctx.has_loss, ctx.allreduce_dhidden = group, loss is not None, allreduce_dhidden

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import token_loss as _tl
-from .._vocab_parallel import allreduce_stats, finish_stats, merge_partials
+from .._vocab_parallel import stats_to_logprobs_and_loss
 
 
 class LogprobsFunction(torch.autograd.Function):
@@ -25,14 +24,9 @@ class LogprobsFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, targets, valid, inv_temp, vocab_start, group, engine, want_entropy, loss, impl):
-        stats = merge_partials(engine.row_stats(logits, targets, valid, inv_temp, vocab_start, want_entropy))
-        stats = allreduce_stats(stats, group)
-        logp, lse, entropy = finish_stats(stats, valid)
-        if loss is not None:
-            loss_t, dloss, clipped = _tl.token_loss_forward(logp, loss, impl)
-        else:
-            loss_t = dloss = logp.new_zeros(0)
-            clipped = torch.zeros(0, dtype=torch.bool, device=logp.device)
+        logp, lse, entropy, loss_t, dloss, clipped = stats_to_logprobs_and_loss(
+            engine.row_stats(logits, targets, valid, inv_temp, vocab_start, want_entropy),
+            group, valid, loss, impl)
         ctx.save_for_backward(logits, targets, valid, lse, entropy, dloss)
         ctx.inv_temp, ctx.vocab_start, ctx.engine, ctx.has_loss = inv_temp, vocab_start, engine, loss is not None
         ctx.mark_non_differentiable(clipped)

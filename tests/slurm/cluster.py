@@ -11,7 +11,6 @@ Every wait is bounded; a daemon that does not come up raises :class:`SlurmUnavai
 from __future__ import annotations
 
 import os
-import random
 import re
 import shutil
 import signal
@@ -19,6 +18,8 @@ import socket
 import subprocess
 import time
 from typing import Dict, List, Optional
+
+from megatron_meml.backend.parallel import free_port as _parallel_free_port
 
 PACKAGES = ["slurm-wlm", "slurmctld", "slurmd", "slurm-client", "munge"]
 BINARIES = ["munged", "mungekey", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "scancel"]
@@ -29,18 +30,11 @@ class SlurmUnavailable(RuntimeError):
 
 
 def free_port() -> int:
-    """A free TCP port below Linux's ephemeral range (32768-60999): a port the kernel hands out with bind(0) can be
-    taken by another process's outgoing connection (gloo opens many) before the daemon binds it."""
-    rng = random.SystemRandom()
-    for _ in range(200):
-        port = rng.randrange(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("", port))
-                return port
-            except OSError:
-                continue
-    raise SlurmUnavailable("no free TCP port in 20000-32000")
+    """A free TCP port for a daemon (the rendezvous helper's rule: below the ephemeral range)."""
+    try:
+        return _parallel_free_port()
+    except RuntimeError as e:
+        raise SlurmUnavailable(str(e)) from None
 
 
 def _missing_binaries() -> List[str]:
