@@ -87,6 +87,9 @@ class MicroBatch:
     old_logp: Optional[torch.Tensor] = None    # [B, S] float (GRPO behaviour / KL teacher)
     ref_logp: Optional[torch.Tensor] = None    # [B, S] float (reference-KL, when beta > 0)
     name: str = "sft"                        # dominant kind, for logging
+    # Prompt-sharing rows (rollout/packing.shared_rows); both None for plain right-padded causal rows.
+    position_ids: Optional[torch.Tensor] = None  # [B, S] int64 RoPE position of every slot
+    segment_ids: Optional[torch.Tensor] = None   # [B, S] int64: 0 shared prompt, k >= 1 its k-th continuation
 
     @property
     def num_tokens(self) -> int:

@@ -11,8 +11,9 @@ Architecture mapping (HF name -> megatron-core):
   tie_word_embeddings               -> share_embeddings_and_output_weights
   vocab                             -> padded to a multiple of make_vocab_size_divisible_by * TP (or the exact
                                        padded_vocab_size, e.g. Qwen2.5's 151936); padded logits are never targets
-Layer spec: megatron's local spec on CPU (torch norms, megatron attention); the Transformer Engine spec when TE is
-importable and CUDA is present (required for FP8).
+Layer spec: megatron's local spec on CPU (torch norms; core attention through torch SDPA, ``backend/attention.py``,
+unless ``model.attention_impl=megatron``); the Transformer Engine spec when TE is importable and CUDA is present
+(required for FP8).
 """
 from __future__ import annotations
 
@@ -75,7 +76,8 @@ def transformer_config(cfg: Config, perform_initialization: bool = True):
 
 
 def layer_spec(cfg: Config):
-    """TE spec on GPU when TE imports (mandatory for FP8); the local (pure torch) spec otherwise."""
+    """TE spec on GPU when TE imports (mandatory for FP8); the local (pure torch) spec otherwise, with
+    ``model.attention_impl`` choosing its core attention."""
     from megatron.core.models.gpt import gpt_layer_specs as specs
 
     if torch.cuda.is_available() and compat.have_te():
@@ -83,7 +85,12 @@ def layer_spec(cfg: Config):
     if cfg.precision.fp8:
         raise ConfigError("config key `precision.fp8`: FP8 needs Transformer Engine, which is not importable here "
                           "(use the NGC image from the Dockerfile, or set precision.fp8=null)")
-    return specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec = specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    if cfg.model.attention_impl == "sdpa":
+        from .attention import SDPAttention
+
+        spec.submodules.self_attention.submodules.core_attention = SDPAttention
+    return spec
 
 
 def _apply_llama3_rope(model, cfg: Config) -> None:
@@ -119,6 +126,9 @@ def build_gpt(cfg: Config, pre_process: bool = True, post_process: bool = True, 
             rope_scaling_factor=cfg.model.rope_scaling_factor)
     if not meta:
         _apply_llama3_rope(model, cfg)
+        from .attention import enable_explicit_positions
+
+        enable_explicit_positions(model)  # per-slot RoPE positions for prompt-sharing rows
     return model
 
 

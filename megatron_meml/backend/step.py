@@ -31,10 +31,20 @@ def position_ids_for(tokens: torch.Tensor) -> torch.Tensor:
     return torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
 
 
-def model_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def model_logits(model: torch.nn.Module, tokens: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
+                 segment_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Run one model chunk on right-padded ``tokens`` [B, S] (causal attention; padding sits after real tokens and
-    never influences them). On the last stage returns vocab-parallel logits [B, S, V/TP]."""
-    return model(tokens, position_ids_for(tokens), attention_mask=None)
+    never influences them). On the last stage returns vocab-parallel logits [B, S, V/TP].
+
+    Prompt-sharing rows (``rollout/packing.shared_rows``) also give ``position_ids`` [B, S] (RoPE position per slot)
+    and ``segment_ids`` [B, S] (the attention mask of ``attention.segment_attention_mask``); they need the local
+    layer spec, whose attention honours explicit masks."""
+    if segment_ids is None:
+        return model(tokens, position_ids_for(tokens), attention_mask=None)
+    from .attention import rope_positions, segment_attention_mask
+
+    with rope_positions(position_ids):
+        return model(tokens, position_ids, attention_mask=segment_attention_mask(segment_ids))
 
 
 def forward_backward(chunks: List[torch.nn.Module], microbatches: List[MicroBatch], loss_fn: LossFn,
@@ -62,7 +72,7 @@ def forward_backward(chunks: List[torch.nn.Module], microbatches: List[MicroBatc
 
     def forward_step(data_iterator, model):
         mb = next(data_iterator).to(device)
-        return model_logits(model, mb.tokens), partial(loss_func, mb)
+        return model_logits(model, mb.tokens, mb.position_ids, mb.segment_ids), partial(loss_func, mb)
 
     fb = get_forward_backward_func()
     results = fb(forward_step_func=forward_step, data_iterator=iter(microbatches), model=chunks,
@@ -89,7 +99,7 @@ def forward_logprobs(chunks: List[torch.nn.Module], microbatches: List[MicroBatc
 
     def forward_step(data_iterator, model):
         mb = next(data_iterator).to(device)
-        return model_logits(model, mb.tokens), partial(loss_func, mb)
+        return model_logits(model, mb.tokens, mb.position_ids, mb.segment_ids), partial(loss_func, mb)
 
     was_training = [c.training for c in chunks]
     for c in chunks:

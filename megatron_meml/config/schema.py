@@ -57,6 +57,10 @@ class ModelConfig:
     init_from: Optional[str] = doc(None, "Checkpoint directory (our format) to load weights from at start.")
     init_from_hf: Optional[str] = doc(None, "HF model directory (safetensors + config.json) converted on the fly.")
     recompute_activations: bool = doc(False, "Full activation recomputation per layer (saves memory, +~33% flops).")
+    attention_impl: str = doc("sdpa", "Core attention where Transformer Engine is not used: `sdpa` (torch's fused "
+                              "scaled_dot_product_attention, backend/attention.py) or `megatron` (megatron-core's "
+                              "unfused DotProductAttention). Same function; sdpa is faster and never materialises "
+                              "the [b, heads, s, s] scores.")
 
     def __post_init__(self):
         _check(self.arch in ("qwen2", "llama"), "model.arch", f"must be `qwen2` or `llama`, got {self.arch!r}")
@@ -66,6 +70,8 @@ class ModelConfig:
         if self.hf_config is None:
             self.validate_shape()
         _check(self.rope_scaling in (None, "llama3"), "model.rope_scaling", "must be null or `llama3`")
+        _check(self.attention_impl in ("sdpa", "megatron"), "model.attention_impl",
+               f"must be `sdpa` or `megatron`, got {self.attention_impl!r}")
         _check(not (self.init_from and self.init_from_hf), "model.init_from",
                "set at most one of model.init_from and model.init_from_hf")
 
@@ -237,6 +243,15 @@ class RIELConfig:
     admit_prob: Optional[float] = doc(None, "Admission probability; default K/G.")
     buffer_capacity: int = doc(64, "B: SFT microbatches fire when the buffer holds B examples.")
     lambda_sft: float = doc(1.0, "lambda2: weight of the SFT term.")
+    skip_zero_advantage: bool = doc(True, "Leave GRPO rollouts with advantage 0 (a group whose rewards are all "
+                                    "equal) out of the training forward: their loss and gradient are exactly 0 when "
+                                    "beta_ref = 0 (kept otherwise). Normalisers still count their tokens.")
+    share_prompts: bool = doc(True, "Pack the rollouts of one prompt (and the KL / buffer rows of that prompt) into "
+                              "rows that hold the prompt once (rollout/packing.shared_rows); same loss and gradients "
+                              "as one row per sequence. Needs the local layer spec (attention with explicit masks); "
+                              "ignored with a warning under Transformer Engine.")
+    shared_row_tokens: int = doc(1024, "Longest prompt-sharing row in tokens; a group that does not fit is split "
+                                 "over several rows (bounds the attention cost of one row).")
     max_nonfinite_steps: int = doc(3, "Abort MEF or RIEL after this many consecutive NaN/inf steps (each is skipped).")
 
     def __post_init__(self):

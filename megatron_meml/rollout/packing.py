@@ -27,7 +27,7 @@ take part in the gradient all-reduce. Kinds are mixed freely inside a microbatch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -95,31 +95,126 @@ def assign_weights(seqs: Sequence[TrainSequence], aggregation: str, coefficients
             s.weight = c / (count[s.kind] * float(constant))
 
 
-def collate(seqs: Sequence[TrainSequence], pad_id: int) -> MicroBatch:
-    """Right-padded, target-aligned tensors of one microbatch (see ``types.MicroBatch``): position t carries the
-    loss, weight, advantage and old log-prob of predicting ``tokens[t + 1]``."""
-    B = len(seqs)
-    S = max(len(s.tokens) for s in seqs)
+@dataclass
+class PackedRow:
+    """One row of a microbatch, already target-aligned: slot t carries the loss of predicting ``tokens[t + 1]``.
+
+    A flat row is one sequence (positions 0..n-1, plain causal attention). A shared row holds one prompt once and
+    several sequences that continue it (:func:`shared_rows`); ``position_ids`` then restart for every segment and
+    ``segment_ids`` limit attention: a slot sees the earlier slots of the shared prompt (segment 0) and of its own
+    segment only."""
+
+    tokens: List[int]
+    loss_mask: List[float]
+    kind: List[int]
+    advantage: List[float]
+    old_logp: List[float]
+    weight: List[float]
+    position_ids: Optional[List[int]] = None  # None: 0..n-1
+    segment_ids: Optional[List[int]] = None   # None: one causal sequence
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def extend(self, seq: TrainSequence, start: int) -> None:
+        """Append ``seq.tokens[start:]`` with target-aligned fields (the last appended slot predicts nothing)."""
+        n = len(seq.tokens)
+        nxt = [float(m) for m in seq.mask[start + 1:]] + [0.0]
+        self.tokens += seq.tokens[start:]
+        self.loss_mask += nxt
+        self.kind += [int(seq.kind)] * (n - start)
+        self.advantage += [seq.advantage * m for m in nxt]
+        old = seq.old_logp[start + 1:] + [0.0] if seq.old_logp is not None else [0.0] * (n - start)
+        self.old_logp += [o * m for o, m in zip(old, nxt)]
+        self.weight += [seq.weight * m for m in nxt]
+
+
+def flat_row(seq: TrainSequence) -> PackedRow:
+    row = PackedRow([], [], [], [], [], [])
+    row.extend(seq, 0)
+    return row
+
+
+def _first_loss(seq: TrainSequence) -> int:
+    return next((i for i, m in enumerate(seq.mask) if m), len(seq.mask))
+
+
+def shared_rows(seqs: Sequence[TrainSequence], max_row_tokens: int) -> List[PackedRow]:
+    """Rows that hold a common prompt once. Sequences whose tokens before their first loss token are identical
+    (a RIEL step's G rollouts of one (question, expert), the KL responses scored under that prompt, a buffer example
+    of that prompt) share ``prompt[:-1]``; each continues as a segment ``prompt[-1] + response`` at positions
+    ``len(prompt) - 1 ...``, so every response token sees exactly the context it has in its flat row and the loss,
+    log-probs and gradients are those of the flat rows. A group is split over several rows (each repeating the
+    prompt) to keep rows within ``max_row_tokens``; a sequence alone under its prompt stays a flat row."""
+    groups: Dict[tuple, List[TrainSequence]] = {}
+    for sq in seqs:
+        p = _first_loss(sq)
+        groups.setdefault(tuple(sq.tokens[:p]) if p >= 1 else ("flat", id(sq)), []).append(sq)
+    rows: List[PackedRow] = []
+    for key, members in groups.items():
+        p = len(key) if key and key[0] != "flat" else 0
+        if len(members) == 1 or p < 2:
+            rows.extend(flat_row(sq) for sq in members)
+            continue
+        row: Optional[PackedRow] = None
+        for sq in members:
+            seg = len(sq.tokens) - (p - 1)
+            if row is not None and len(row) + seg > max_row_tokens:
+                rows.append(row)
+                row = None
+            if row is None:
+                row = PackedRow(list(key[:-1]), [0.0] * (p - 1), [int(sq.kind)] * (p - 1), [0.0] * (p - 1),
+                                [0.0] * (p - 1), [0.0] * (p - 1), list(range(p - 1)), [0] * (p - 1))
+            sid = max(row.segment_ids) + 1
+            row.extend(sq, p - 1)
+            row.position_ids += list(range(p - 1, p - 1 + seg))
+            row.segment_ids += [sid] * seg
+        rows.append(row)
+    return [r if r.segment_ids is None or max(r.segment_ids) > 1 else _as_flat(r) for r in rows]
+
+
+def _as_flat(row: PackedRow) -> PackedRow:
+    """A shared row that ended up with one segment is an ordinary flat row."""
+    row.position_ids, row.segment_ids = None, None
+    return row
+
+
+def collate_rows(rows: Sequence[PackedRow], pad_id: int) -> MicroBatch:
+    """Right-padded tensors of one microbatch. ``position_ids`` / ``segment_ids`` are set only when a row is shared
+    (padding slots get segment −1: they attend among themselves, carry no loss, and no real slot sees them)."""
+    B, S = len(rows), max(len(r) for r in rows)
     tokens = torch.full((B, S), pad_id, dtype=torch.long)
-    mask = torch.zeros(B, S)
+    f = {k: torch.zeros(B, S) for k in ("loss_mask", "advantage", "old_logp", "weight")}
     kind = torch.zeros(B, S, dtype=torch.int8)
-    adv = torch.zeros(B, S)
-    old = torch.zeros(B, S)
-    per_kind = {k: 0 for k in TokenKind}
-    for b, s in enumerate(seqs):
-        n = len(s.tokens)
-        tokens[b, :n] = torch.tensor(s.tokens, dtype=torch.long)
-        m = torch.tensor(s.mask[1:], dtype=torch.float32)
-        mask[b, :n - 1] = m
-        kind[b, :] = int(s.kind)
-        adv[b, :n - 1] = s.advantage * m
-        if s.old_logp is not None:
-            old[b, :n - 1] = torch.tensor(s.old_logp[1:], dtype=torch.float32) * m
-        per_kind[s.kind] += int(m.sum())
-    weight = mask * torch.tensor([s.weight for s in seqs], dtype=torch.float32)[:, None]
+    shared = any(r.segment_ids is not None for r in rows)
+    pos = torch.arange(S).repeat(B, 1) if shared else None
+    seg = torch.full((B, S), -1, dtype=torch.long) if shared else None
+    per_kind = {k: 0.0 for k in TokenKind}
+    for b, r in enumerate(rows):
+        n = len(r)
+        tokens[b, :n] = torch.tensor(r.tokens, dtype=torch.long)
+        for k in f:
+            f[k][b, :n] = torch.tensor(getattr(r, k), dtype=torch.float32)
+        kind[b, :n] = torch.tensor(r.kind, dtype=torch.int8)
+        kind[b, n:] = r.kind[-1]
+        if shared:
+            if r.position_ids is not None:
+                pos[b, :n] = torch.tensor(r.position_ids)
+                seg[b, :n] = torch.tensor(r.segment_ids)
+            else:
+                seg[b, :n] = 0
+        for k_, m in zip(r.kind, r.loss_mask):
+            per_kind[TokenKind(k_)] += m
     name = max(per_kind, key=lambda k: (per_kind[k], -int(k))).name.lower()
-    return MicroBatch(tokens=tokens, loss_mask=mask, kind=kind, weight=weight, advantages=adv, old_logp=old,
-                      name=name)
+    return MicroBatch(tokens=tokens, loss_mask=f["loss_mask"], kind=kind, weight=f["weight"],
+                      advantages=f["advantage"], old_logp=f["old_logp"], name=name, position_ids=pos,
+                      segment_ids=seg)
+
+
+def collate(seqs: Sequence[TrainSequence], pad_id: int) -> MicroBatch:
+    """Right-padded, target-aligned tensors of one microbatch of flat rows (see ``types.MicroBatch``): position t
+    carries the loss, weight, advantage and old log-prob of predicting ``tokens[t + 1]``."""
+    return collate_rows([flat_row(s) for s in seqs], pad_id)
 
 
 def _empty_microbatch(pad_id: int) -> MicroBatch:
@@ -127,33 +222,36 @@ def _empty_microbatch(pad_id: int) -> MicroBatch:
     return collate([TrainSequence([pad_id, pad_id], [0, 0], TokenKind.SFT, tag="empty")], pad_id)
 
 
-def plan_microbatches(seqs: Sequence[TrainSequence], max_tokens: int, dp_size: int = 1,
-                      pad_id: int = 0) -> List[List[MicroBatch]]:
+def plan_microbatches(seqs: Sequence[TrainSequence], max_tokens: int, dp_size: int = 1, pad_id: int = 0,
+                      share_prompts: bool = False, max_row_tokens: Optional[int] = None) -> List[List[MicroBatch]]:
     """The step's microbatches for every DP rank (``result[dp_rank]``), from sequences whose ``weight`` is set.
 
-    1. sort by length, longest first (ties: input order);
-    2. first fit: a sequence joins the first microbatch where ``(rows + 1) × longest <= max_tokens``;
+    0. rows: one per sequence, or with ``share_prompts`` the prompt-sharing rows of :func:`shared_rows` (at most
+       ``max_row_tokens`` slots, default ``max_tokens``);
+    1. sort rows by length, longest first (ties: input order);
+    2. first fit: a row joins the first microbatch where ``(rows + 1) × longest <= max_tokens``;
     3. deal microbatches (largest padded size first) to the DP rank with the fewest padded tokens so far;
     4. a rank left without any microbatch gets a zero-weight placeholder.
     """
     if max_tokens < 1:
         raise ValueError(f"max_tokens per microbatch must be >= 1, got {max_tokens}")
-    order = sorted(range(len(seqs)), key=lambda i: (-len(seqs[i].tokens), i))
+    rows = shared_rows(seqs, max_row_tokens or max_tokens) if share_prompts else [flat_row(s) for s in seqs]
+    order = sorted(range(len(rows)), key=lambda i: (-len(rows[i]), i))
     bins: List[List[int]] = []
     for i in order:
-        n = len(seqs[i].tokens)
+        n = len(rows[i])
         for b in bins:
-            if (len(b) + 1) * len(seqs[b[0]].tokens) <= max_tokens and n <= len(seqs[b[0]].tokens):
+            if (len(b) + 1) * len(rows[b[0]]) <= max_tokens and n <= len(rows[b[0]]):
                 b.append(i)
                 break
         else:
             bins.append([i])
-    sizes = [len(b) * len(seqs[b[0]].tokens) for b in bins]
+    sizes = [len(b) * len(rows[b[0]]) for b in bins]
     per_rank: List[List[int]] = [[] for _ in range(dp_size)]
     load = [0] * dp_size
     for j in sorted(range(len(bins)), key=lambda j: (-sizes[j], j)):
         r = min(range(dp_size), key=lambda r: (load[r], r))
         per_rank[r].append(j)
         load[r] += sizes[j]
-    return [[collate([seqs[i] for i in bins[j]], pad_id) for j in js] or [_empty_microbatch(pad_id)]
+    return [[collate_rows([rows[i] for i in bins[j]], pad_id) for j in js] or [_empty_microbatch(pad_id)]
             for js in per_rank]

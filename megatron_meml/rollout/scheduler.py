@@ -18,8 +18,10 @@ What :meth:`RielScheduler.step` does, in order:
      log-probs, advantage of its rollout); KL = each O+ response re-rendered after E−'s prompt (old_logp = its
      rollout log-probs under P+, reused: on-policy they are stopgrad log π(o|q,P+); the gradient flows through the
      P− forward only); SFT = the fired buffer examples (prompt + gold solution under P_e);
-  6. aggregation weights and packing into token-balanced microbatches per DP rank (``packing.plan_microbatches``);
-     the three kinds interleave in one forward-backward pass.
+  6. aggregation weights over all sequences; GRPO rows with advantage 0 are then left out of the forward
+     (``riel.skip_zero_advantage``: their loss and gradient are exactly 0 without a reference KL); packing into
+     token-balanced microbatches per DP rank (``packing.plan_microbatches``), with the rows of one prompt sharing
+     it once (``riel.share_prompts``); the three kinds interleave in one forward-backward pass.
 
 ``ref_logp`` is left None: a reference-KL (``riel.beta_ref > 0``) needs a frozen reference model, whose
 ``forward_logprobs`` the trainer writes into the GRPO microbatches.
@@ -27,6 +29,7 @@ What :meth:`RielScheduler.step` does, in order:
 from __future__ import annotations
 
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
@@ -107,12 +110,14 @@ class RielScheduler:
         buffer: the hard-example buffer (None or ``riel.hard_example_buffer=False`` disables SFT).
         dp_rank, dp_size, all_gather: data-parallel split of generation; ``all_gather(obj)`` returns every DP
             rank's ``obj`` in rank order (``backend.inference.dp_all_gather_objects``).
+        share_prompts: pack the rows of one prompt into prompt-sharing rows (``packing.shared_rows``); only for a
+            model whose attention honours explicit masks (``backend.attention.supports_shared_rows``).
     """
 
     def __init__(self, engine: GenerationEngine, renderer: PromptRenderer, reward_fn: RewardFn, riel, rollout,
                  num_experts: int, max_tokens_per_microbatch: int, pad_id: int,
                  buffer: Optional[HardExampleBuffer] = None, dp_rank: int = 0, dp_size: int = 1,
-                 all_gather: Optional[AllGather] = None):
+                 all_gather: Optional[AllGather] = None, share_prompts: bool = False):
         if dp_size > 1 and all_gather is None:
             raise ValueError("data parallel generation needs an all_gather function")
         self.engine, self.renderer, self.reward_fn = engine, renderer, reward_fn
@@ -124,6 +129,7 @@ class RielScheduler:
         self.dp_rank, self.dp_size = int(dp_rank), int(dp_size)
         self.all_gather = all_gather or (lambda obj: [obj])
         self.params = SamplingParams.from_config(rollout)
+        self.share_prompts = bool(share_prompts)
 
     # 1. ---------------------------------------------------------------------------------------------------------
     def requests(self, records: Sequence[Record], step: int) -> List[Request]:
@@ -181,8 +187,14 @@ class RielScheduler:
         seqs = self.sequences(records, groups, pairs, fired)
         assign_weights(seqs, self.riel.aggregation, [1.0, self.riel.lambda_kl, self.riel.lambda_sft],
                        constant=self.riel.constant_normalizer or self.rollout.max_new_tokens)
-        plan = plan_microbatches(seqs, self.max_tokens, self.dp_size, self.pad_id)
+        train = seqs
+        if self.riel.skip_zero_advantage and self.riel.beta_ref == 0:  # l_t = -min(r·0, clip(r)·0) = 0, no gradient
+            train = [s for s in seqs if not (s.kind == TokenKind.GRPO and s.advantage == 0.0)]
+        plan = plan_microbatches(train, self.max_tokens, self.dp_size, self.pad_id, share_prompts=self.share_prompts,
+                                 max_row_tokens=self.riel.shared_row_tokens)
         stats = self._stats(groups, pairs, fired, seqs, plan, t_gen)
+        stats["rows/skipped_zero_advantage"] = float(len(seqs) - len(train))
+        stats["tokens/forward"] = float(sum(mb.tokens.numel() for mb in plan[self.dp_rank]))
         return RielStepOutput(plan[self.dp_rank], groups, pairs, fired, stats)
 
     def sequences(self, records: Sequence[Record], groups: Sequence[ScoredGroup], pairs: Sequence[KLPair],
@@ -234,6 +246,7 @@ def build_riel_scheduler(cfg, chunks, tokenizer, expert_prompts: Sequence[str], 
     prompts, the hard-example buffer (seeded from ``cfg.seed`` unless given), microbatches of at most
     ``data.micro_batch_size × data.seq_length`` padded tokens, DP split from megatron's groups."""
     from ..backend import inference
+    from ..backend.attention import supports_shared_rows
     from ..data.templates import default_template, end_of_turn_id
     from .megatron_engine import MegatronEngine
 
@@ -243,8 +256,13 @@ def build_riel_scheduler(cfg, chunks, tokenizer, expert_prompts: Sequence[str], 
     if buffer is None and cfg.riel.hard_example_buffer:
         buffer = HardExampleBuffer.from_config(cfg.riel, seed=cfg.seed)
     dp_rank, dp_size = inference.data_parallel_rank_size()
+    share = cfg.riel.share_prompts
+    if share and not supports_shared_rows(chunks):
+        warnings.warn("riel.share_prompts: this model's attention ignores explicit masks (Transformer Engine); "
+                      "training rows are packed one sequence per row")
+        share = False
     return RielScheduler(engine, ChatRenderer(tokenizer, expert_prompts, template), reward_fn, cfg.riel, cfg.rollout,
                          num_experts=len(expert_prompts),
                          max_tokens_per_microbatch=cfg.data.micro_batch_size * cfg.data.seq_length,
                          pad_id=tokenizer.pad_id, buffer=buffer, dp_rank=dp_rank, dp_size=dp_size,
-                         all_gather=inference.dp_all_gather_objects)
+                         all_gather=inference.dp_all_gather_objects, share_prompts=share)

@@ -127,3 +127,59 @@ def riel_grads(max_tokens: int, overrides: Sequence[str] = ()) -> Dict[str, Any]
     gather_dp_grad_buffers(chunks)
     grads = state.full_state_dict(chunks, cfg.model.num_layers, value=lambda n, p: p.main_grad)
     return {"grads": grads, "loss": float(local), "microbatches": len(mbs)} if dist.get_rank() == 0 else {}
+
+
+def shared_prompt_sequences(seed: int = 5, vocab: int = 100):
+    """Three prompts (lengths 9, 6, 2), each continued by 1-5 responses of different lengths and kinds, plus one
+    sequence with no prompt-mates; the order interleaves prompts."""
+    from megatron_meml.rollout.packing import TrainSequence
+    from megatron_meml.types import TokenKind
+
+    g = torch.Generator().manual_seed(seed)
+    kinds = [TokenKind.GRPO, TokenKind.KL, TokenKind.GRPO, TokenKind.SFT, TokenKind.GRPO]
+    prompts = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in (9, 6, 2)]
+    out = []
+    for i in range(12):
+        p = prompts[i % 3] if i < 11 else torch.randint(0, vocab, (4,), generator=g).tolist()
+        k = kinds[i % len(kinds)]
+        resp = torch.randint(0, vocab, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
+        old = (-torch.rand(len(resp), generator=g) * 5).tolist() if k != TokenKind.SFT else None
+        adv = float(torch.randn(1, generator=g)) if k == TokenKind.GRPO else 0.0
+        out.append(TrainSequence.from_prompt_response(p, resp, k, old, adv, tag=f"s{i}"))
+    return out
+
+
+def shared_rows_grads(share: bool, max_tokens: int = 64, max_row_tokens: int = 24,
+                      overrides: Sequence[str] = ()) -> Dict[str, Any]:
+    """One RIEL forward-backward over :func:`shared_prompt_sequences` packed flat or into prompt-sharing rows; the
+    summed loss, full grads and the per-kind token counts on rank 0."""
+    from functools import partial
+
+    from megatron.core import parallel_state as ps
+    from megatron_meml.algo.objective import riel_loss
+    from megatron_meml.backend import model as M, optimizer as O, parallel, state, step as S
+    from megatron_meml.config import load_config
+    from megatron_meml.rollout.packing import assign_weights, plan_microbatches
+
+    cfg = load_config(None, list(TINY) + list(overrides) + ["riel.lambda_kl=0.5", "riel.lambda_sft=2.0"])
+    info = parallel.initialize(cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size,
+                               seed=cfg.seed)
+    chunks = M.build_model(cfg)
+    opt, _ = O.build_optimizer(cfg, chunks, total_steps=1)
+    seqs = shared_prompt_sequences()
+    assign_weights(seqs, "token_mean", [1.0, cfg.riel.lambda_kl, cfg.riel.lambda_sft])
+    mbs = plan_microbatches(seqs, max_tokens, dp_size=info.dp_size, share_prompts=share,
+                            max_row_tokens=max_row_tokens)[info.dp_rank]
+    O.zero_grads(chunks, opt)
+    res = S.forward_backward(chunks, mbs, partial(riel_loss, riel_cfg=cfg.riel, impl="torch"), temperature=0.7)
+    keys = ["loss", "count/grpo", "count/kl", "count/sft"]
+    local = torch.tensor([sum(r[k] for r in res) for k in keys], dtype=torch.float64)
+    if ps.is_pipeline_last_stage():
+        dist.all_reduce(local, group=ps.get_data_parallel_group())
+    dist.all_reduce(local, group=ps.get_pipeline_model_parallel_group())  # from the last stage to rank 0
+    gather_dp_grad_buffers(chunks)
+    grads = state.full_state_dict(chunks, cfg.model.num_layers, value=lambda n, p: p.main_grad)
+    slots = sum(mb.tokens.shape[1] * mb.tokens.shape[0] for mb in mbs)
+    shared = sum(int(mb.segment_ids is not None) for mb in mbs)
+    return ({"grads": grads, **dict(zip(keys, local.tolist())), "slots": slots, "shared_microbatches": shared}
+            if dist.get_rank() == 0 else {})

@@ -67,3 +67,14 @@ def test_nonfinite_gradients_are_detected():
 def test_finished_stage_checkpoint_restores_trained_weights(tmp_path):
     r = spawn("tests.unit.backend.workers:finished_stage_weights", 1, run_dir=str(tmp_path))[0]
     assert r["loaded"] and r["moved"] > 1e-4 and r["after_vs_trained"] == 0.0
+
+
+def test_sdpa_attention_matches_megatron_attention():
+    """model.attention_impl=sdpa computes megatron's DotProductAttention: causal training, explicit padding masks
+    (finite even on fully masked rows), KV-cache decode with and without a mask, GQA; values and gradients."""
+    r = spawn("tests.unit.backend.workers:sdpa_matches_megatron_attention", 1)[0]
+    for case in ("causal", "explicit_mask", "decode_no_mask", "decode_mask"):
+        assert r[case]["shape"] and r[case]["finite"], case
+        assert r[case]["out"] <= 1e-5 and r[case]["grad"] <= 1e-5, (case, r[case])
+    assert r["model"]["types"] == ("SDPAttention", "DotProductAttention")
+    assert r["model"]["logits"] <= 1e-5 and r["model"]["grads"] <= 1e-5, r["model"]

@@ -96,3 +96,57 @@ def test_collate_is_target_aligned():
     assert mb.kind.tolist() == [[0] * 5, [1] * 5] and mb.kind.dtype == torch.int8
     assert torch.allclose(mb.weight, mb.loss_mask * torch.tensor([[0.1], [0.2]]))
     assert mb.name == "kl"  # 3 KL loss tokens vs 2 GRPO
+
+
+def test_shared_rows_layout():
+    """Two rollouts of prompt [5, 6, 7] share it: slots [5, 6 | 7, 8, 9 | 7, 10], positions restart at the last
+    prompt token, segment ids 0 / 1 / 2, and each segment's loss / old log-prob / advantage stays target-aligned."""
+    from megatron_meml.rollout.packing import shared_rows
+
+    a = TrainSequence.from_prompt_response([5, 6, 7], [8, 9], TokenKind.GRPO, [-0.5, -0.25], advantage=0.75)
+    b = TrainSequence.from_prompt_response([5, 6, 7], [10], TokenKind.KL, [-1.0])
+    c = TrainSequence.from_prompt_response([4, 6, 7], [11, 12], TokenKind.GRPO, [-0.1, -0.2], advantage=-1.0)
+    a.weight, b.weight, c.weight = 0.1, 0.2, 0.3
+    rows = shared_rows([a, c, b], max_row_tokens=100)
+    shared, alone = rows
+    assert shared.tokens == [5, 6, 7, 8, 9, 7, 10]
+    assert shared.position_ids == [0, 1, 2, 3, 4, 2, 3]
+    assert shared.segment_ids == [0, 0, 1, 1, 1, 2, 2]
+    assert shared.loss_mask == [0, 0, 1, 1, 0, 1, 0]
+    assert shared.old_logp == [0, 0, -0.5, -0.25, 0, -1.0, 0]
+    assert shared.advantage == [0, 0, 0.75, 0.75, 0, 0, 0]
+    assert shared.kind[2:] == [0, 0, 0, 1, 1]
+    assert shared.weight == pytest.approx([0, 0, 0.1, 0.1, 0, 0.2, 0])
+    assert alone.tokens == c.tokens and alone.segment_ids is None  # nobody shares its prompt: a flat row
+    assert alone.loss_mask == collate([c], 0).loss_mask[0].tolist()
+    # rows are capped: the second segment does not fit in 6 slots, so the prompt is repeated in a second row
+    # (which, holding one segment, is an ordinary flat row)
+    capped = shared_rows([a, b], max_row_tokens=6)
+    assert [r.tokens for r in capped] == [[5, 6, 7, 8, 9], [5, 6, 7, 10]]
+    assert all(r.segment_ids is None for r in capped)
+
+
+@pytest.mark.parametrize("agg", ["token_mean", "seq_mean_token_mean"])
+def test_shared_rows_keep_the_objective(agg):
+    """The packed objective with prompt sharing equals the per-sequence reference (the stand-in loss depends on
+    the token and its RoPE position, both of which sharing must preserve)."""
+    rng = random.Random(3)
+    prompts = [[3, 4, 5, 6], [7, 8], [9, 10, 11]]
+    seqs = []
+    for i in range(20):
+        kind = TokenKind(i % 3)
+        r = rng.randint(1, 7)
+        lp = [-rng.random() for _ in range(r)] if kind != TokenKind.SFT else None
+        seqs.append(TrainSequence.from_prompt_response(prompts[i % 3], [rng.randint(12, 99) for _ in range(r)], kind,
+                                                       lp, advantage=rng.uniform(-1, 1), tag=str(i)))
+    assign_weights(seqs, agg, COEF)
+    ref = reference(seqs, agg)
+    for max_tokens, dp in [(40, 1), (64, 2), (400, 1)]:
+        plan = plan_microbatches(seqs, max_tokens, dp, share_prompts=True, max_row_tokens=24)
+        total = 0.0
+        for mbs in plan:
+            for mb in mbs:
+                pos = mb.position_ids if mb.position_ids is not None else torch.arange(mb.tokens.shape[1]).expand_as(mb.tokens)
+                total += float((mb.weight * mb.loss_mask * token_loss(mb.tokens, pos)).sum())
+        assert total == pytest.approx(ref, rel=1e-5)
+        assert sum(mb.tokens.numel() for mbs in plan for mb in mbs) < sum(len(s.tokens) for s in seqs) * 1.5

@@ -67,7 +67,7 @@ def reward(text, record):
 
 def make(riel=None, dp_rank=0, dp_size=1, all_gather=None):
     riel = riel or RIELConfig(group_size=G, buffer_k=2, buffer_capacity=2, admit_prob=1.0, max_kl_responses=2,
-                              lambda_kl=0.5, lambda_sft=2.0)
+                              lambda_kl=0.5, lambda_sft=2.0, skip_zero_advantage=False)
     rollout = RolloutConfig(max_new_tokens=8, seed=3)
     sched = RielScheduler(ScriptedEngine(), Renderer(), reward, riel, rollout, num_experts=N,
                           max_tokens_per_microbatch=24, pad_id=PAD, buffer=HardExampleBuffer.from_config(riel, seed=0),
@@ -138,8 +138,48 @@ def test_step_emits_exactly_the_expected_rows():
     assert out.stats["reward/expert1"] == pytest.approx((0.75 + 1) / 2)
 
 
+def test_zero_advantage_rollouts_are_left_out_of_the_forward():
+    """riel.skip_zero_advantage: the 16 GRPO rows with A = 0 (q0's expert 2, all of q1) are not trained on; every
+    other row is emitted with the weight it has when they are kept (the normaliser still counts them)."""
+    riel = RIELConfig(group_size=G, buffer_k=2, buffer_capacity=2, admit_prob=1.0, max_kl_responses=2,
+                      lambda_kl=0.5, lambda_sft=2.0, skip_zero_advantage=True)
+    out = make(riel).step(RECORDS, step=0)
+    kept = [r for r in expected_rows() if not (r[0] == TokenKind.GRPO and r[4] == 0.0)]
+    assert len(expected_rows()) - len(kept) == 16
+    assert Counter(rows(out.microbatches)) == Counter(kept)
+    assert out.stats["rows/skipped_zero_advantage"] == 16
+    assert out.stats["tokens/grpo"] == 72  # reported over all rollouts
+    # with a reference KL the zero-advantage rows still carry a loss, so nothing is skipped
+    riel.beta_ref = 0.1
+    out = make(riel).step(RECORDS, step=0)
+    assert out.stats["rows/skipped_zero_advantage"] == 0 and len(rows(out.microbatches)) == len(expected_rows())
+
+
+def test_shared_prompt_rows_hold_the_same_loss_tokens():
+    """share_prompts=True: fewer padded slots, and the same (kind, target token, old log-prob, advantage, weight)
+    multiset over all loss tokens as the flat packing."""
+    def tokens_of(mbs):
+        out = []
+        for mb in mbs:
+            m = mb.loss_mask > 0
+            tgt = torch.cat([mb.tokens[:, 1:], mb.tokens[:, :1]], 1)
+            for f in zip(mb.kind[m].tolist(), tgt[m].tolist(), mb.old_logp[m].tolist(), mb.advantages[m].tolist(),
+                         mb.weight[m].tolist()):
+                out.append(tuple(round(x, 6) for x in f))
+        return Counter(out)
+
+    flat = make().step(RECORDS, step=0).microbatches
+    sched = make()
+    sched.share_prompts = True
+    shared = sched.step(RECORDS, step=0).microbatches
+    assert tokens_of(shared) == tokens_of(flat)
+    assert any(mb.segment_ids is not None for mb in shared)
+    assert sum(mb.tokens.numel() for mb in shared) < sum(mb.tokens.numel() for mb in flat)
+
+
 def test_buffer_below_capacity_gives_no_sft_and_switches_work():
-    riel = RIELConfig(group_size=G, buffer_k=2, buffer_capacity=3, admit_prob=1.0, inter_expert_kl=False)
+    riel = RIELConfig(group_size=G, buffer_k=2, buffer_capacity=3, admit_prob=1.0, inter_expert_kl=False,
+                      skip_zero_advantage=False)
     sched = make(riel)
     out = sched.step(RECORDS, step=0)
     kinds = Counter(r[0] for r in rows(out.microbatches))

@@ -1,0 +1,142 @@
+"""Attention inputs and core attention of the local (non-Transformer-Engine) layer spec.
+
+1. :class:`SDPAttention`: core attention through ``torch.nn.functional.scaled_dot_product_attention``.
+2. :func:`segment_attention_mask`, :class:`PositionedRotaryEmbedding`, :func:`rope_positions`: what prompt-sharing
+   rows (``rollout/packing.shared_rows``) need: a per-row attention mask and per-slot RoPE positions.
+
+Core attention.
+
+megatron-core's local ``DotProductAttention`` materialises the scores ``[b, np, sq, sk]`` and makes several passes
+over them (baddbmm, mask fill, softmax, bmm, and as many again in backward), after expanding the key/value groups
+with ``repeat_interleave``. :class:`SDPAttention` computes the same function with one fused call: on the CPU that is
+torch's flash-attention kernel (never materialises the scores), on a GPU without TE the flash / memory-efficient
+kernels. It is a subclass, so everything that checks for ``DotProductAttention`` (e.g. the inference runner's
+explicit-mask support) still holds, and it falls back to the parent for the cases it does not reproduce exactly.
+
+Semantics, for query q ``[sq, b, np, hn]`` and key/value ``[sk, b, ng, hn]`` (ng divides np, GQA):
+
+    out[i] = Σ_j softmax_j(scale · q_i·k_j + M_ij) · v_j,   scale = softmax_scale (1/√hn by default)
+
+    attention_mask None, sq == sk > 1  ->  M causal (j ≤ i)                (training, prefill)
+    attention_mask None, sq == 1       ->  M = 0                            (KV-cache decode: all cached slots)
+    attention_mask given (bool, True = masked, broadcastable to [b, 1, sq, sk])
+                                       ->  M = −10000 where masked, else 0  (megatron's ``attention_mask_func``
+                                           fills −10000; a finite value keeps fully masked padding rows finite,
+                                           where −inf would give NaN that reaches the next layer's keys)
+
+Returns the context ``[sq, b, np·hn]`` exactly as the parent does. Falls back to the parent for: a softmax offset
+(off-by-one / learnable softmax), query-key layer scaling, sliding windows, packed sequences, attention bias,
+attention dropout while training, and sq ≠ sk > 1 without a mask.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+from megatron.core.transformer.dot_product_attention import DotProductAttention
+
+MASKED_SCORE = -10000.0  # megatron.core.transformer.utils.attention_mask_func
+
+
+class SDPAttention(DotProductAttention):
+    """``DotProductAttention`` computed by ``F.scaled_dot_product_attention`` (see module docstring)."""
+
+    def _sdpa_applies(self, query, key, attention_mask, attention_bias, packed_seq_params) -> bool:
+        cfg = self.config
+        if self.softmax_offset is not None or cfg.apply_query_key_layer_scaling or packed_seq_params is not None:
+            return False
+        if attention_bias is not None or getattr(self.scale_mask_softmax, "window_size", None) is not None:
+            return False
+        if self.training and self.attention_dropout.p > 0:  # the parent draws dropout from megatron's RNG tracker
+            return False
+        sq, sk = query.shape[0], key.shape[0]
+        return attention_mask is not None or sq == 1 or sq == sk
+
+    def forward(self, query, key, value, attention_mask: Optional[torch.Tensor], attn_mask_type=None,
+                attention_bias=None, packed_seq_params=None):
+        if not self._sdpa_applies(query, key, attention_mask, attention_bias, packed_seq_params):
+            return super().forward(query, key, value, attention_mask, attn_mask_type=attn_mask_type,
+                                   attention_bias=attention_bias, packed_seq_params=packed_seq_params)
+        sq, b, np_, hn = query.shape
+        q = query.permute(1, 2, 0, 3)   # [b, np, sq, hn]
+        k = key.permute(1, 2, 0, 3)     # [b, ng, sk, hn]
+        v = value.permute(1, 2, 0, 3)
+        mask, causal = None, False
+        if attention_mask is not None:
+            mask = torch.zeros(attention_mask.shape, dtype=q.dtype, device=q.device)
+            mask.masked_fill_(attention_mask.to(torch.bool), MASKED_SCORE)
+        elif sq > 1:
+            causal = True
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.softmax_scale,
+                                             enable_gqa=k.shape[1] != np_)  # each kv group serves np/ng heads
+        return ctx.permute(2, 0, 1, 3).reshape(sq, b, np_ * hn)
+
+
+def segment_attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Boolean mask ``[B, 1, S, S]`` (True = masked) for prompt-sharing rows: slot i attends to slot j iff j <= i
+    and slot j is in the shared prompt (segment 0) or in i's own segment."""
+    seg_q, seg_k = segment_ids[:, :, None], segment_ids[:, None, :]
+    S = segment_ids.shape[1]
+    causal = torch.ones(S, S, dtype=torch.bool, device=segment_ids.device).tril()
+    allowed = causal[None] & ((seg_k == 0) | (seg_k == seg_q))
+    return ~allowed[:, None]
+
+
+class PositionedRotaryEmbedding(RotaryEmbedding):
+    """megatron's ``RotaryEmbedding`` that, inside :func:`rope_positions`, returns per-row frequencies
+    ``[S, B, 1, D]`` gathered at explicit ``position_ids`` [B, S] instead of positions ``0..S-1`` (``[S, 1, 1, D]``).
+    megatron's rotary application broadcasts over the batch dimension, so attention needs no change (its M-RoPE
+    path passes the same shape). Outside the context it is the parent, cache included. Installed on a built model
+    by swapping the instance's class (:func:`enable_explicit_positions`), so parameters, buffers and checkpoint
+    names do not change."""
+
+    def forward(self, max_seq_len: int, offset: int = 0, packed_seq: bool = False, cp_group=None):
+        pos = _POSITIONS[0]
+        if pos is None:
+            return super().forward(max_seq_len, offset, packed_seq, cp_group)
+        if pos.shape[1] != max_seq_len or offset:
+            raise ValueError(f"explicit RoPE positions cover {pos.shape[1]} slots, the forward has {max_seq_len}")
+        emb = self.get_emb(int(pos.max()) + 1)[:, 0, 0, :]   # [P, D]
+        return emb[pos.t().to(emb.device)].unsqueeze(2)      # [S, B, 1, D]
+
+
+_POSITIONS: list = [None]
+
+
+@contextlib.contextmanager
+def rope_positions(position_ids: Optional[torch.Tensor]):
+    """Within the block, models whose rotary module is a :class:`PositionedRotaryEmbedding` rotate slot (b, s) by
+    position ``position_ids[b, s]`` (None: the usual 0..S-1)."""
+    prev, _POSITIONS[0] = _POSITIONS[0], position_ids
+    try:
+        yield
+    finally:
+        _POSITIONS[0] = prev
+
+
+def enable_explicit_positions(model) -> bool:
+    """Make ``model.rotary_pos_emb`` a :class:`PositionedRotaryEmbedding` when it is megatron's plain RoPE module.
+    Returns whether explicit positions are available."""
+    rope = getattr(model, "rotary_pos_emb", None)
+    if type(rope) is RotaryEmbedding:
+        rope.__class__ = PositionedRotaryEmbedding
+    return isinstance(rope, PositionedRotaryEmbedding)
+
+
+def supports_shared_rows(chunks) -> bool:
+    """Whether every model chunk can run prompt-sharing rows: core attention that honours an explicit mask
+    (megatron's local ``DotProductAttention`` or :class:`SDPAttention`; Transformer Engine's ignores it) and a
+    :class:`PositionedRotaryEmbedding`."""
+    from .model import unwrap
+
+    for chunk in chunks:
+        gpt = unwrap(chunk)
+        if not isinstance(getattr(gpt, "rotary_pos_emb", None), PositionedRotaryEmbedding):
+            return False
+        if not all(isinstance(layer.self_attention.core_attention, DotProductAttention)
+                   for layer in gpt.decoder.layers):
+            return False
+    return True
