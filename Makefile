@@ -2,18 +2,25 @@
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat setup.py | sha1sum | cut -c1-12)
+SETUP_HASH := $(shell cat setup.py | sha1sum | cut -c1-12)
+STAMP_CORE := $(VENV)/.core-$(SETUP_HASH)
+STAMP := $(VENV)/.installed-$(SETUP_HASH)
 PYTEST_ARGS ?= -m "not slow"
 
 .PHONY: install test test-slow quickstart clean
 
 $(VPY):
 	$(PY) -m venv $(VENV)
-	$(VPY) -m pip install -q --upgrade pip
 
-# torch is pinned first so the CPU build on local disk is taken instead of a multi-GB CUDA download.
-$(STAMP): $(VPY) setup.py
+# torch is pinned first so the CPU build on local disk is taken instead of a multi-GB CUDA download. The quickstart
+# needs only the runtime and its logging outputs (TensorBoard events, the reward plot); the test extras (triton,
+# transformers, pytest, ...) take about as long again to install and come with `make test`.
+$(STAMP_CORE): $(VPY) setup.py
 	$(VPY) -m pip install -q "torch==2.13.0" || $(VPY) -m pip install -q "torch>=2.6"
+	$(VPY) -m pip install -q -e ".[quickstart]"
+	rm -f $(VENV)/.core-* && touch $(STAMP_CORE)
+
+$(STAMP): $(STAMP_CORE)
 	$(VPY) -m pip install -q -e ".[test]"
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
@@ -26,7 +33,7 @@ test: install
 test-slow: install
 	TRITON_INTERPRET=1 $(VPY) -m pytest -q -m slow tests
 
-quickstart: install
+quickstart: $(STAMP_CORE)
 	$(VPY) -m megatron_meml.train examples/quickstart/config.yaml
 
 clean:

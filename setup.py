@@ -35,6 +35,7 @@ extras = {
         "liger-kernel",          # benchmark comparison only
         # transformer-engine, apex and flash-attn come with the NGC image (see Dockerfile); optional imports.
     ],
+    "quickstart": ["tensorboard", "matplotlib"],  # the run directory's TensorBoard events and reward plot
     "logging": ["tensorboard", "matplotlib", "wandb"],
 }
 
