@@ -24,7 +24,7 @@ $(STAMP_CORE): $(VPY) setup.py
 
 $(STAMP): $(STAMP_CORE)
 	$(VPY) -m pip install -q -e ".[test]"
-	-$(VPY) -m compileall -q -j 0 $(VENV)/lib > /dev/null 2>&1  # fails on files for newer Pythons (torch test data)
+	$(VPY) -m compileall -q -j 0 $(VENV)/lib > /dev/null 2>&1 || true  # some third-party files need newer Pythons
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)

@@ -5,10 +5,12 @@ import pytest
 
 from .launcher import spawn
 
+ARGS = dict(max_tokens=64, max_row_tokens=24, sequences="shared")
+
 
 @pytest.fixture(scope="module")
 def flat():
-    r = spawn("tests.distributed.workers:shared_rows_grads", 1, share=False)[0]
+    r = spawn("tests.distributed.workers:riel_grads", 1, **ARGS, share=False)[0]
     assert r["shared_microbatches"] == 0
     return r
 
@@ -22,7 +24,7 @@ def _max_diff(a, b):
                                               (2, ["parallel.pipeline_model_parallel_size=2"])],
                          ids=["single", "tp2", "pp2"])
 def test_shared_rows_match_flat_rows(flat, world, overrides):
-    r = spawn("tests.distributed.workers:shared_rows_grads", world, share=True, overrides=overrides)[0]
+    r = spawn("tests.distributed.workers:riel_grads", world, **ARGS, share=True, overrides=overrides)[0]
     assert r["shared_microbatches"] >= 1 and r["slots"] < flat["slots"]  # prompts really are shared
     for k in ("count/grpo", "count/kl", "count/sft"):
         assert r[k] == flat[k], k  # every loss token is still there
@@ -33,6 +35,6 @@ def test_shared_rows_match_flat_rows(flat, world, overrides):
 
 def test_flat_single_matches_tp_flat(flat):
     """Sanity anchor: the flat reference itself agrees with a TP=2 flat run."""
-    r = spawn("tests.distributed.workers:shared_rows_grads", 2, share=False,
+    r = spawn("tests.distributed.workers:riel_grads", 2, **ARGS, share=False,
               overrides=["parallel.tensor_model_parallel_size=2"])[0]
     assert _max_diff(flat["grads"], r["grads"]) <= 1e-6

@@ -1,7 +1,7 @@
 """Worker functions run on every rank by ``launcher.spawn`` (module-level so spawn can import them)."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -100,9 +100,12 @@ def riel_sequences(n: int = 8, seq: int = 12, vocab: int = 100, seed: int = 11):
     return out
 
 
-def riel_grads(max_tokens: int, overrides: Sequence[str] = ()) -> Dict[str, Any]:
-    """One RIEL forward-backward (GRPO + KL + SFT, token-mean over the global batch, λ1 = 0.5, λ2 = 2) over the
-    fixed sequences packed with ``max_tokens`` per microbatch and split over DP; full grads on rank 0."""
+def riel_grads(max_tokens: int, overrides: Sequence[str] = (), sequences: str = "riel", share: bool = False,
+               max_row_tokens: Optional[int] = None) -> Dict[str, Any]:
+    """One RIEL forward-backward (GRPO + KL + SFT, token-mean over the global batch, λ1 = 0.5, λ2 = 2) over fixed
+    sequences (``riel_sequences`` or ``shared_prompt_sequences``) packed with ``max_tokens`` per microbatch, flat or
+    into prompt-sharing rows, and split over DP. On rank 0: summed loss and per-kind token counts, full grads, the
+    microbatch count, padded slots and how many microbatches hold shared rows."""
     from functools import partial
 
     from megatron.core import parallel_state as ps
@@ -116,17 +119,24 @@ def riel_grads(max_tokens: int, overrides: Sequence[str] = ()) -> Dict[str, Any]
                                seed=cfg.seed)
     chunks = M.build_model(cfg)
     opt, _ = O.build_optimizer(cfg, chunks, total_steps=1)
-    seqs = riel_sequences()
+    seqs = {"riel": riel_sequences, "shared": shared_prompt_sequences}[sequences]()
     assign_weights(seqs, "token_mean", [1.0, cfg.riel.lambda_kl, cfg.riel.lambda_sft])
-    mbs = plan_microbatches(seqs, max_tokens, dp_size=info.dp_size)[info.dp_rank]
+    mbs = plan_microbatches(seqs, max_tokens, dp_size=info.dp_size, share_prompts=share,
+                            max_row_tokens=max_row_tokens)[info.dp_rank]
     O.zero_grads(chunks, opt)
     res = S.forward_backward(chunks, mbs, partial(riel_loss, riel_cfg=cfg.riel, impl="torch"), temperature=0.7)
-    local = torch.tensor([sum(r["loss"] for r in res)], dtype=torch.float64)
+    keys = ["loss", "count/grpo", "count/kl", "count/sft"]
+    local = torch.tensor([sum(r[k] for r in res) for k in keys], dtype=torch.float64)
     if ps.is_pipeline_last_stage():
         dist.all_reduce(local, group=ps.get_data_parallel_group())
+    dist.all_reduce(local, group=ps.get_pipeline_model_parallel_group())  # from the last stage to rank 0
     gather_dp_grad_buffers(chunks)
     grads = state.full_state_dict(chunks, cfg.model.num_layers, value=lambda n, p: p.main_grad)
-    return {"grads": grads, "loss": float(local), "microbatches": len(mbs)} if dist.get_rank() == 0 else {}
+    if dist.get_rank() != 0:
+        return {}
+    return {"grads": grads, **dict(zip(keys, local.tolist())), "microbatches": len(mbs),
+            "slots": sum(mb.tokens.numel() for mb in mbs),
+            "shared_microbatches": sum(int(mb.segment_ids is not None) for mb in mbs)}
 
 
 def shared_prompt_sequences(seed: int = 5, vocab: int = 100):
@@ -147,39 +157,3 @@ def shared_prompt_sequences(seed: int = 5, vocab: int = 100):
         adv = float(torch.randn(1, generator=g)) if k == TokenKind.GRPO else 0.0
         out.append(TrainSequence.from_prompt_response(p, resp, k, old, adv, tag=f"s{i}"))
     return out
-
-
-def shared_rows_grads(share: bool, max_tokens: int = 64, max_row_tokens: int = 24,
-                      overrides: Sequence[str] = ()) -> Dict[str, Any]:
-    """One RIEL forward-backward over :func:`shared_prompt_sequences` packed flat or into prompt-sharing rows; the
-    summed loss, full grads and the per-kind token counts on rank 0."""
-    from functools import partial
-
-    from megatron.core import parallel_state as ps
-    from megatron_meml.algo.objective import riel_loss
-    from megatron_meml.backend import model as M, optimizer as O, parallel, state, step as S
-    from megatron_meml.config import load_config
-    from megatron_meml.rollout.packing import assign_weights, plan_microbatches
-
-    cfg = load_config(None, list(TINY) + list(overrides) + ["riel.lambda_kl=0.5", "riel.lambda_sft=2.0"])
-    info = parallel.initialize(cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size,
-                               seed=cfg.seed)
-    chunks = M.build_model(cfg)
-    opt, _ = O.build_optimizer(cfg, chunks, total_steps=1)
-    seqs = shared_prompt_sequences()
-    assign_weights(seqs, "token_mean", [1.0, cfg.riel.lambda_kl, cfg.riel.lambda_sft])
-    mbs = plan_microbatches(seqs, max_tokens, dp_size=info.dp_size, share_prompts=share,
-                            max_row_tokens=max_row_tokens)[info.dp_rank]
-    O.zero_grads(chunks, opt)
-    res = S.forward_backward(chunks, mbs, partial(riel_loss, riel_cfg=cfg.riel, impl="torch"), temperature=0.7)
-    keys = ["loss", "count/grpo", "count/kl", "count/sft"]
-    local = torch.tensor([sum(r[k] for r in res) for k in keys], dtype=torch.float64)
-    if ps.is_pipeline_last_stage():
-        dist.all_reduce(local, group=ps.get_data_parallel_group())
-    dist.all_reduce(local, group=ps.get_pipeline_model_parallel_group())  # from the last stage to rank 0
-    gather_dp_grad_buffers(chunks)
-    grads = state.full_state_dict(chunks, cfg.model.num_layers, value=lambda n, p: p.main_grad)
-    slots = sum(mb.tokens.shape[1] * mb.tokens.shape[0] for mb in mbs)
-    shared = sum(int(mb.segment_ids is not None) for mb in mbs)
-    return ({"grads": grads, **dict(zip(keys, local.tolist())), "slots": slots, "shared_microbatches": shared}
-            if dist.get_rank() == 0 else {})

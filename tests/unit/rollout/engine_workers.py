@@ -151,7 +151,9 @@ def single_process_checks() -> Dict[str, Any]:
         run_cfg = load_config(None, list(TINY) + [f"rollout.temperature={T}", "rollout.max_new_tokens=12",
                                                   "rollout.seed=11", "riel.group_size=3", "riel.buffer_k=1",
                                                   "riel.buffer_capacity=2", "riel.max_kl_responses=2",
-                                                  "data.micro_batch_size=2", "data.seq_length=100"])
+                                                  "data.micro_batch_size=2", "data.seq_length=100",
+                                                  "riel.skip_zero_advantage=false"])  # compare every rollout
+        assert run_cfg.riel.share_prompts  # the training forward runs on prompt-sharing rows
         sched = build_riel_scheduler(run_cfg, chunks, tok, prompts, lambda text, rec: float(len(text) % 2))
         step = sched.step(records, step=0)
         out.setdefault("sched_kinds", []).append(sorted({mb.name for mb in step.microbatches}))
@@ -163,5 +165,6 @@ def single_process_checks() -> Dict[str, Any]:
                 gap = max(gap, float((lp[sel] - mb.old_logp[sel]).abs().max()))
             n += int(sel.sum())
         out["logprob_gap"][T] = (gap, n, step.stats["tokens/grpo"])
+        out.setdefault("shared_microbatches", []).append(sum(mb.segment_ids is not None for mb in step.microbatches))
 
     return copy.deepcopy(out)

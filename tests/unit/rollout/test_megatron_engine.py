@@ -70,6 +70,7 @@ def test_rollout_logprobs_equal_training_forward(res, temperature):
     gap, n, expected = res["logprob_gap"][temperature]
     assert n == expected > 0  # every GRPO response token was compared
     assert gap < 1e-4
+    assert all(k > 0 for k in res["shared_microbatches"])  # ... read back from prompt-sharing rows
 
 
 def test_engine_leaves_model_as_found(res):
