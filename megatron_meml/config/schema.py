@@ -250,8 +250,11 @@ class RIELConfig:
                               "rows that hold the prompt once (rollout/packing.shared_rows); same loss and gradients "
                               "as one row per sequence. Needs the local layer spec (attention with explicit masks); "
                               "ignored with a warning under Transformer Engine.")
-    shared_row_tokens: int = doc(1024, "Longest prompt-sharing row in tokens; a group that does not fit is split "
-                                 "over several rows (bounds the attention cost of one row).")
+    shared_row_tokens: int = doc(512, "Longest prompt-sharing row in tokens; a group that does not fit is split "
+                                 "over several rows. Bounds the attention cost of a row (its mask is dense): "
+                                 "tools/bench_riel_packing.py on the 2x96 CPU model, 100-token prompts, G=8: "
+                                 "16-32-token responses 0.28x the flat time (1024: 0.21x); 100-200-token responses "
+                                 "1.03x (1024: 1.18x).")
     max_nonfinite_steps: int = doc(3, "Abort MEF or RIEL after this many consecutive NaN/inf steps (each is skipped).")
 
     def __post_init__(self):
