@@ -73,6 +73,15 @@ class ModelShape:
     qkv_bias: bool
 
     @classmethod
+    def of(cls, f) -> "ModelShape":
+        """From a dict of ModelConfig fields (``checkpoint_io.model_fields`` / ``model_fields_from_hf`` style);
+        ``vocab`` is the stored ``vocab_size`` as given."""
+        hd = f.get("kv_channels") or int(f["hidden_size"]) // int(f["num_attention_heads"])
+        return cls(layers=int(f["num_layers"]), hidden=int(f["hidden_size"]), ffn=int(f["ffn_hidden_size"]),
+                   heads=int(f["num_attention_heads"]), groups=int(f["num_query_groups"]), head_dim=int(hd),
+                   vocab=int(f["vocab_size"]), qkv_bias=bool(f["add_qkv_bias"]), tied=bool(f["tie_word_embeddings"]))
+
+    @classmethod
     def from_config(cls, cfg, tp: int = 1) -> "ModelShape":
         m = cfg.model
         return cls(layers=m.num_layers, hidden=m.hidden_size, ffn=m.ffn_hidden_size, heads=m.num_attention_heads,

@@ -36,11 +36,11 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..planning import ModelShape
 from . import checkpoint_io as io
 from .checkpoint_io import CheckpointError
 
@@ -61,27 +61,8 @@ GLOBAL_MAP: Dict[str, str] = {"embedding.word_embeddings.weight": "model.embed_t
                               "output_layer.weight": "lm_head.weight"}
 
 
-@dataclass(frozen=True)
-class Shape:
-    """The shape facts the mapping needs (from a ModelConfig or the stored checkpoint fields)."""
-
-    layers: int
-    hidden: int
-    ffn: int
-    heads: int
-    groups: int
-    head_dim: int
-    vocab: int
-    qkv_bias: bool
-    tied: bool
-
-    @classmethod
-    def of(cls, f: Dict[str, object]) -> "Shape":
-        """From a dict of ModelConfig fields (``checkpoint_io.model_fields`` / ``model_fields_from_hf`` style)."""
-        hd = f.get("kv_channels") or int(f["hidden_size"]) // int(f["num_attention_heads"])
-        return cls(layers=int(f["num_layers"]), hidden=int(f["hidden_size"]), ffn=int(f["ffn_hidden_size"]),
-                   heads=int(f["num_attention_heads"]), groups=int(f["num_query_groups"]), head_dim=int(hd),
-                   vocab=int(f["vocab_size"]), qkv_bias=bool(f["add_qkv_bias"]), tied=bool(f["tie_word_embeddings"]))
+# The shape facts the mapping needs (from a ModelConfig or the stored checkpoint fields): the planner's shape.
+Shape = ModelShape
 
 
 def megatron_names(s: Shape, stage: int = 0, pp: int = 1) -> List[str]:
