@@ -25,8 +25,9 @@ from .backend import parallel
 from .backend.step import forward_backward
 from .config import Config, ConfigError, save_config, to_dict
 from .data import (load_dataset, load_expert_prompts, read_mef, render, synthetic_mef_rows, tokenizer_from_config)
+from .data.preflight import check_run_inputs
 from .data.collate import count_loss_tokens, sft_microbatches
-from .data.mef import MEFRow
+from .data.mef import MEFRow, describe_mef_rows
 from .checkpointing import Checkpointer
 from .metrics import MetricsLogger
 from .types import MicroBatch, Record
@@ -57,6 +58,7 @@ class Run:
 
 def setup(cfg: Config, config_dir: Optional[str] = None) -> Run:
     """Initialise process groups, build the model, load tokenizer and expert prompts, open the run directory."""
+    check_run_inputs(cfg)  # a missing dataset / trace / shard file is one line now, not a traceback later
     p = cfg.parallel
     info = parallel.initialize(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, seed=cfg.seed,
                                backend=p.backend, timeout_minutes=p.timeout_minutes)
@@ -77,7 +79,7 @@ def setup(cfg: Config, config_dir: Optional[str] = None) -> Run:
         save_config(cfg, os.path.join(cfg.logging.run_dir, "config.yaml"))
     logger = MetricsLogger(cfg.logging.run_dir, enabled=info.is_logging_rank, tensorboard=cfg.logging.tensorboard,
                            wandb_project=cfg.logging.wandb_project, config=to_dict(cfg))
-    prompts = load_expert_prompts(cfg.experts, config_dir)
+    prompts = load_expert_prompts(cfg.experts)  # @file prompts: relative to the working directory
     say = print if info.is_logging_rank else (lambda *_: None)
     ckpt = Checkpointer(cfg, cfg.logging.run_dir, say=say)
     return Run(cfg, info, chunks, tokenizer, cfg.data.chat_template, prompts, logger, ckpt, config_dir)
@@ -179,7 +181,7 @@ def run_mef(run: Run) -> Dict[str, float]:
     optimizer, scheduler = boptim.build_optimizer(cfg, run.chunks, lr=cfg.mef.lr, total_steps=steps)
     state = run.ckpt.resume("mef", run.chunks, optimizer, scheduler) or {}
     start = state.get("step", -1) + 1
-    run.say(f"MEF: {len(rows)} traces from {cfg.experts.num_experts} experts, {steps} steps of {gbs} sequences")
+    run.say(f"MEF: {describe_mef_rows(rows, cfg.experts.num_experts)}; {steps} steps of {gbs} sequences")
     bar = _progress(run, steps, "MEF")
     if bar is not None:
         bar.update(start)

@@ -183,7 +183,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                   file=sys.stderr)
             return 2
     cfg = load_config(args.experts_config)
-    prompts = load_expert_prompts(cfg.experts, os.path.dirname(os.path.abspath(args.experts_config)))
+    prompts = load_expert_prompts(cfg.experts)  # @file prompts: relative to the working directory
     experts = [int(e) for e in args.experts.split(",")] if args.experts else list(range(1, len(prompts)))
     bad = [e for e in experts if not 1 <= e < len(prompts)]
     if bad or not experts:

@@ -156,6 +156,26 @@ def model_fields_from_hf(path: str) -> Dict[str, Any]:
     return out
 
 
+def hf_config_path(model: Dict[str, Any]) -> Optional[str]:
+    """The HF ``config.json`` the model shape comes from: ``model.hf_config`` when set, else
+    ``<model.init_from_hf>/config.json`` when ``model.init_from_hf`` is set, else None. Relative paths are relative
+    to the working directory (the one path rule, config/schema.py). A model folder without a config.json is a
+    ConfigError naming ``model.init_from_hf``."""
+    if model.get("hf_config"):
+        return os.path.expanduser(str(model["hf_config"]))
+    folder = model.get("init_from_hf")
+    if not folder:
+        return None
+    folder = os.path.expanduser(str(folder))
+    cfg_json = os.path.join(folder, "config.json")
+    if not os.path.isfile(cfg_json):
+        what = "no such folder" if not os.path.isdir(folder) else "no config.json in it"
+        raise ConfigError(f"config key `model.init_from_hf`: {os.path.abspath(folder)}: {what}; set it to a local "
+                          f"Hugging Face model folder (config.json + *.safetensors), or set model.hf_config to the "
+                          f"config.json that gives the model shape")
+    return cfg_json
+
+
 def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
     """Deep merge of two config trees (``over`` wins; sections merge key by key, values replace)."""
     out = dict(base)
@@ -200,10 +220,8 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
         _set_dotted(tree, k.strip(), _parse_scalar(v))
         if k.startswith("model."):
             explicit_model.add(k.split(".", 1)[1])
-    hf_path = (tree.get("model") or {}).get("hf_config")
-    if hf_path:
-        base = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
-        resolved = hf_path if os.path.isabs(hf_path) or os.path.exists(hf_path) else os.path.join(base, hf_path)
+    resolved = hf_config_path(tree.get("model") or {})
+    if resolved:
         for k, v in model_fields_from_hf(resolved).items():
             if k not in explicit_model:
                 tree.setdefault("model", {})[k] = v

@@ -3,9 +3,17 @@ change values. Each field carries its documentation in the ``metadata={"doc": ..
 ``python -m megatron_meml.train --help-config``). Validation happens in ``__post_init__`` and names the field.
 
 Sections: model, parallel, precision, optimizer, data, experts, mef, riel, rollout, eval, checkpoint, logging.
+
+Paths: ONE rule for every path a config holds (``model.hf_config``, ``model.init_from``, ``model.init_from_hf``,
+``data.path``, ``data.tokenizer_path``, ``experts.prompts`` ``@file`` entries, ``mef.traces``, ``checkpoint.dir``,
+``logging.run_dir``): a relative path is relative to the working directory of the command, whether it is written in
+a YAML file or given as a ``key=value`` override, so the same text means the same file in both places and in the
+``config.yaml`` a run saves. The example configs are written for running from the checkout's root, as the README's
+commands do. The one exception is ``base:`` (a YAML include), which names a file relative to the including file.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -33,7 +41,8 @@ class ModelConfig:
     ``hf_config`` fills every shape field from a HF ``config.json`` (explicit overrides still win)."""
 
     arch: str = doc("qwen2", "Architecture family: `qwen2` (qkv bias, ChatML) or `llama` (no qkv bias).")
-    hf_config: Optional[str] = doc(None, "Path to a HF config.json; shape fields are read from it when set.")
+    hf_config: Optional[str] = doc(None, "Path to a HF config.json; shape fields are read from it when set. When null "
+                                   "and model.init_from_hf is set, the config.json inside model.init_from_hf is read.")
     num_layers: int = doc(2, "Number of transformer layers.")
     hidden_size: int = doc(64, "Model width H.")
     ffn_hidden_size: int = doc(176, "SwiGLU intermediate size.")
@@ -158,7 +167,10 @@ class DataConfig:
     """Datasets and tokenization."""
 
     name: str = doc("synthetic", "Dataset: synthetic | gsm8k | mathqa | strategyqa.")
-    path: str = doc("../shared/data", "Root folder of the offline datasets (not used by `synthetic`).")
+    path: str = field(default_factory=lambda: os.environ.get("MEML_DATA") or "data", metadata={"doc": (
+        "Root folder of the datasets and tokenizer files (not used by `synthetic`): <path>/gsm8k/, mathqa/, "
+        "strategyqa/, tokenizers/, as tools/prepare_data.py writes them. Default: $MEML_DATA when set, else "
+        "`data` under the working directory.")})
     train_split: str = doc("train", "Split used for training.")
     eval_split: str = doc("test", "Held-out split used for evaluation.")
     tokenizer: str = doc("byte", "byte | qwen2.5 | llama3 | a path to a HF tokenizer.json.")
@@ -169,12 +181,21 @@ class DataConfig:
     global_batch_size: int = doc(32, "Sequences per optimizer step over all DP ranks (SFT stages).")
     seed: int = doc(1234, "Seed of splits, shuffling and synthetic generation.")
     on_bad_record: str = doc("error", "error | skip: what a malformed record does (skips are counted).")
+    loader: str = doc("default", "MEF batches: `default` renders and tokenizes rows in the training process; `dali` "
+                      "reads pre-tokenized shards (tools/pretokenize.py) through an NVIDIA DALI pipeline with "
+                      "prefetch (pip install .[dali]); same batches, same loss.")
+    shards: Optional[str] = doc(None, "Folder of pre-tokenized MEF shards (tools/pretokenize.py) for data.loader=dali.")
+    prefetch: int = doc(2, "data.loader=dali: batches prepared ahead of the training step (DALI prefetch queue depth).")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
         _check(self.name in ("synthetic", "gsm8k", "mathqa", "strategyqa"), "data.name",
                f"unknown dataset {self.name!r}")
         _check(self.on_bad_record in ("error", "skip"), "data.on_bad_record", "must be `error` or `skip`")
+        _check(self.loader in ("default", "dali"), "data.loader", f"must be `default` or `dali`, got {self.loader!r}")
+        _check(self.loader != "dali" or bool(self.shards), "data.shards",
+               "data.loader=dali reads pre-tokenized shards: set data.shards to the folder tools/pretokenize.py wrote")
+        _check(self.prefetch >= 1, "data.prefetch", f"must be >= 1, got {self.prefetch}")
         _check(self.seq_length > 0, "data.seq_length", "must be positive")
         _check(self.micro_batch_size > 0, "data.micro_batch_size", "must be positive")
         _check(self.global_batch_size % self.micro_batch_size == 0, "data.global_batch_size",
@@ -205,7 +226,9 @@ class MEFConfig:
     """Stage 1: multi-expert fine-tuning on teacher traces."""
 
     enabled: bool = doc(True, "Run the MEF stage.")
-    traces: Optional[str] = doc(None, "MEF JSONL {id, question, expert, response, answer}; null = build from data.")
+    traces: Optional[str] = doc(None, "MEF JSONL {id, question, expert, response, answer}, as tools/build_mef_data.py "
+                                "writes it (gold rationales as expert 0 + verified teacher traces); null = the "
+                                "dataset rationale as expert 0 only (the synthetic task: its N solution styles).")
     epochs: float = doc(1.0, "Passes over the MEF data (paper: 1).")
     max_steps: Optional[int] = doc(None, "Stop after this many optimizer steps (overrides epochs when smaller).")
     lr: float = doc(1e-5, "Peak LR of MEF (paper: 1e-5).")

@@ -6,15 +6,17 @@ Datasets and splits (file names under ``<data root>/<name>/``):
   * ``strategyqa`` train | dev                          (train.json, dev.json)
   * ``synthetic``  train | test, generated (``path`` is ignored; keyword arguments go to ``load_synthetic``)
 
-``path`` may be the data root (``shared/data``), the dataset folder, or the split file itself. Splits are the
-files as published, in file order, so they are deterministic; shuffling is the consumer's business.
-A relative data path (``data.path``, default ``../shared/data``) is resolved against the working directory when it
-exists there, else against the repository root (the folder above the ``megatron_meml`` package).
+``path`` may be the data root (the folder ``tools/prepare_data.py`` writes), the dataset folder, or the split file
+itself. Splits are the files as published, in file order, so they are deterministic; shuffling is the consumer's
+business. ``path=None`` means :func:`default_data_root`: ``$MEML_DATA`` when set, else ``data`` under the working
+directory. A relative path is relative to the working directory, like every path of the config (see
+config/schema.py). A missing split file is a one-line :class:`DataError` that names ``data.path`` and
+``tools/prepare_data.py``.
 """
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
 from ..types import Record
 from . import gsm8k, mathqa, strategyqa
@@ -24,25 +26,28 @@ from .synthetic import load_synthetic
 T = TypeVar("T")
 
 LOADERS = {"gsm8k": gsm8k.load_gsm8k, "mathqa": mathqa.load_mathqa, "strategyqa": strategyqa.load_strategyqa}
-SPLIT_FILES: Dict[str, Dict[str, str]] = {"gsm8k": gsm8k.SPLITS, "mathqa": mathqa.SPLITS,
+SPLIT_FILES: Dict[str, Dict[str, Union[str, Tuple[str, ...]]]] = {"gsm8k": gsm8k.SPLITS, "mathqa": mathqa.SPLITS,
                                           "strategyqa": strategyqa.SPLITS}
 DATASETS = tuple(LOADERS) + ("synthetic",)
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_DATA_DIR = "data"
+PREPARE_HINT = "python tools/prepare_data.py --out {root}"
 
 
 def default_data_root() -> str:
-    """``$MEML_DATA`` when set, else ``<repo>/../shared/data``."""
-    return os.environ.get("MEML_DATA") or os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "data"))
+    """``$MEML_DATA`` when set, else ``data`` (relative to the working directory)."""
+    return os.environ.get("MEML_DATA") or DEFAULT_DATA_DIR
 
 
 def resolve_data_path(path: Optional[str]) -> str:
-    """An absolute data path: None -> :func:`default_data_root`; relative -> cwd if it exists there, else the
-    repository root (see module docstring)."""
-    if path is None:
-        return default_data_root()
-    if os.path.isabs(path) or os.path.exists(path):
-        return os.path.abspath(path)
-    return os.path.normpath(os.path.join(REPO_ROOT, path))
+    """An absolute data path: None -> :func:`default_data_root`; a relative path is taken from the working
+    directory (``~`` is expanded)."""
+    return os.path.abspath(os.path.expanduser(default_data_root() if path is None else path))
+
+
+def missing_data_message(root: str, what: str, tried: Sequence[str]) -> str:
+    """The one line shown when a data file is missing: names ``data.path`` and the tool that writes the layout."""
+    return (f"{what} not found (looked for {' and '.join(tried)}); set data.path (or $MEML_DATA) to the folder that "
+            f"holds the datasets, or write them there with `{PREPARE_HINT.format(root=root)}`")
 
 
 def split_file(name: str, path: Optional[str], split: str) -> str:
@@ -55,11 +60,12 @@ def split_file(name: str, path: Optional[str], split: str) -> str:
     root = resolve_data_path(path)
     if os.path.isfile(root):
         return root
-    tried = [os.path.join(root, name, files[split]), os.path.join(root, files[split])]
+    names = files[split] if isinstance(files[split], tuple) else (files[split],)
+    tried = [os.path.join(d, f) for f in names for d in (os.path.join(root, name), root)]
     for cand in tried:
         if os.path.isfile(cand):
             return cand
-    raise DataError(root, None, f"no {name} {split!r} file; looked for {' and '.join(tried)}")
+    raise DataError(root, None, missing_data_message(root, f"the {name} {split!r} split", tried))
 
 
 def load_dataset_with_summary(name: str, path: Optional[str], split: str, on_bad_record: str = "error",

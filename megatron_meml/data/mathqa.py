@@ -5,9 +5,9 @@ File format: one JSON array of objects ``{"Problem", "Rationale", "options", "co
 2% of records hold the Python repr of a list instead (``"['a ) 2 : 3', 'b ) 4 : 5', ...]"``) and a JSON list is
 accepted too. ``correct`` is a letter a-e.
 
-Splits: ``dev`` (4,475), ``test`` (2,985), ``challenge_test`` (604). The official train.json is not in the offline
-data, so ``train`` loads ``dev`` (same records, same ids) and logs a warning saying so (use ``dev`` for training
-and ``test`` for eval).
+Splits: ``train`` (29,837, train.json), ``dev`` (4,475), ``test`` (2,985), ``challenge_test`` (604).
+tools/prepare_data.py writes train.json from the Hugging Face copy; an offline copy without it (the shared
+snapshot has none) loads ``dev`` for ``train`` (same records, same ids) and logs a warning saying so.
 
 Record produced:
   * ``id``        ``mathqa-<split>-<k>`` (k = 0-based ordinal of the element in the array)
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import os
 import re
 from typing import Dict, List, Tuple
 
@@ -30,7 +31,8 @@ from .jsonio import iter_json_array, read_items
 
 log = logging.getLogger(__name__)
 
-SPLITS = {"dev": "dev.json", "test": "test.json", "challenge_test": "challenge_test.json", "train": "dev.json"}
+SPLITS = {"dev": "dev.json", "test": "test.json", "challenge_test": "challenge_test.json",
+          "train": ("train.json", "dev.json")}  # the first file found; dev.json stands in for a missing train.json
 LETTERS = "abcde"
 _ITEM = re.compile(r"^\s*([a-e])\s*\)\s*(.*?)\s*$", re.S)
 
@@ -105,8 +107,9 @@ def convert(obj: dict, index: int, split: str) -> Record:
 
 def load_mathqa(path: str, split: str, on_bad_record: str = "error") -> Tuple[List[Record], LoadSummary]:
     """Records of one MathQA JSON file (``path`` is the file)."""
-    if split == "train":
-        log.warning("mathqa: the offline data has no train.json (see shared/data/README.md); split 'train' "
-                    "loads dev.json (4,475 records, ids mathqa-dev-*). Use split 'dev' to say so explicitly.")
+    if split == "train" and os.path.basename(path) == "dev.json":
+        log.warning("mathqa: no train.json next to %s; split 'train' loads dev.json (4,475 records, ids "
+                    "mathqa-dev-*). Use split 'dev' to say so explicitly, or write train.json with "
+                    "tools/prepare_data.py.", path)
         split = "dev"
     return read_items(path, iter_json_array(path), lambda obj, i: convert(obj, i, split), on_bad_record)

@@ -58,11 +58,24 @@ def test_path_forms_and_determinism():
     assert by_root == by_folder == by_file
 
 
-def test_relative_data_path_resolves_against_repo_root(tmp_path, monkeypatch):
+def test_relative_data_path_resolves_against_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert resolve_data_path("../shared/data") == os.path.normpath(os.path.join(REPO, "..", "shared", "data"))
-    (tmp_path / "mydata").mkdir()
-    assert resolve_data_path("mydata") == str(tmp_path / "mydata")
+    monkeypatch.delenv("MEML_DATA", raising=False)
+    assert resolve_data_path("mydata") == str(tmp_path / "mydata")  # whether or not it exists
+    assert resolve_data_path(None) == str(tmp_path / "data")        # the default: data/ under the working dir
+    monkeypatch.setenv("MEML_DATA", str(tmp_path / "elsewhere"))
+    assert resolve_data_path(None) == str(tmp_path / "elsewhere")
+
+
+@needs_data
+def test_mathqa_train_prefers_train_json(tmp_path):
+    """tools/prepare_data.py writes mathqa/train.json; only without it does `train` fall back to dev.json."""
+    (tmp_path / "mathqa").mkdir()
+    src = split_file("mathqa", DATA, "test")
+    (tmp_path / "mathqa" / "train.json").write_bytes(open(src, "rb").read())
+    assert split_file("mathqa", str(tmp_path), "train").endswith("train.json")
+    train = load_dataset("mathqa", str(tmp_path), "train")
+    assert len(train) == 2985 and train[0].id == "mathqa-train-0"
 
 
 def test_synthetic_ignores_path_and_takes_kwargs():

@@ -1,0 +1,46 @@
+"""Check, before any process group or model is built, that the files a run will read exist.
+
+A run reads the train split (MEF without traces, RIEL), the eval split (evaluation), the MEF trace file
+(``mef.traces``) and, for ``data.loader=dali``, the pre-tokenized shards. Without this check a missing file shows
+up minutes later as a traceback from inside a stage; here it is one :class:`ConfigError` line naming the config
+key and the tool that writes the file:
+
+  * a dataset split -> ``data.path`` and ``tools/prepare_data.py``
+  * ``mef.traces``  -> ``tools/build_mef_data.py``
+  * ``data.shards`` -> ``tools/pretokenize.py``
+
+Relative paths are relative to the working directory (the one path rule, config/schema.py).
+"""
+from __future__ import annotations
+
+import os
+
+from ..config.schema import ConfigError
+from .dataset import split_file
+from .errors import DataError
+
+
+def check_run_inputs(cfg) -> None:
+    """Raise :class:`ConfigError` (one line) when a file the configured stages read is missing."""
+    d = cfg.data
+    if d.name != "synthetic":
+        splits = []
+        if cfg.riel.enabled or (cfg.mef.enabled and (not cfg.mef.traces or cfg.mef.drop_unverified)):
+            splits.append(("data.train_split", d.train_split))
+        if cfg.eval.enabled:
+            splits.append(("data.eval_split", d.eval_split))
+        for key, split in splits:
+            try:
+                split_file(d.name, d.path, split)
+            except DataError as e:
+                raise ConfigError(f"config key `data.path` ({e.path}): {e.reason}") from None
+            except ValueError as e:
+                raise ConfigError(f"config key `{key}`: {e}") from None
+    if cfg.mef.enabled and cfg.mef.traces and d.loader != "dali" and not os.path.isfile(cfg.mef.traces):
+        raise ConfigError(
+            f"config key `mef.traces`: file not found: {os.path.abspath(cfg.mef.traces)}; build it with `python "
+            f"tools/build_mef_data.py --data {d.name} --data-path {d.path} --out {cfg.mef.traces}` (add --traces "
+            f"TEACHER.jsonl for teacher experts), or set mef.traces=null to fine-tune on the dataset rationale alone")
+    if d.loader == "dali" and cfg.mef.enabled and not os.path.isfile(os.path.join(d.shards or "", "index.json")):
+        raise ConfigError(f"config key `data.shards`: no index.json in {os.path.abspath(d.shards or '.')}; write "
+                          f"the shards with `python tools/pretokenize.py CONFIG.yaml --out {d.shards}`")
