@@ -1,37 +1,25 @@
 """StrategyQA verifier: yes/no (true/false) against ``record.answer`` (``"yes"`` or ``"no"``).
 
-The final answer is read from ``#### x`` / ``\\boxed{x}`` / "the answer is x" (see answers.py) when it starts with
-yes/no/true/false; else from the last non-empty line when it holds exactly one polarity (both -> ``ambiguous``);
-else from the response's first word ("Yes. Because ..."). Nothing found -> ``no_answer``.
+Extraction (answers.py, the one place for the rules): the last explicit answer statement that starts with
+yes/no/true/false wins ("the answer is: no", "**Answer:** Yes", "\\boxed{yes}", a line "Yes." / "**True**" /
+"No, because ..."). With none, the last non-empty line when it names exactly one polarity ("The statement is
+true."; both -> ``ambiguous``), else the response's first word ("Yes. Because ..."). Nothing found -> ``no_answer``.
 """
 from __future__ import annotations
 
-import re
-from typing import Optional
-
 from ..types import Record
-from .answers import candidates, clean
+from .answers import BARE_POLARITY, last_line, polarities, read_polarity, statements
 from .registry import AMBIGUOUS, NO_ANSWER, Verdict, judge, register_verifier
-
-_POLARITY = {"yes": "yes", "true": "yes", "no": "no", "false": "no"}
-_LEADING = re.compile(r"^\W*(yes|no|true|false)\b", re.I)
-_ANY = re.compile(r"\b(yes|no|true|false)\b", re.I)
-
-
-def read_polarity(text: str) -> Optional[str]:
-    m = _LEADING.match(clean(text))
-    return _POLARITY[m.group(1).lower()] if m else None
 
 
 @register_verifier("strategyqa")
 def verify_strategyqa(response: str, record: Record) -> Verdict:
     gold = record.answer.strip().lower()
-    for _, cand in candidates(response):
-        found = read_polarity(cand)
+    for st in reversed(statements(response, BARE_POLARITY)):
+        found = read_polarity(st.text)
         if found is not None:
             return judge(found == gold)
-    lines = [ln for ln in response.strip().splitlines() if ln.strip()]
-    seen = {_POLARITY[w.lower()] for w in _ANY.findall(lines[-1])} if lines else set()
+    seen = polarities(last_line(response))
     if len(seen) == 2:
         return Verdict(0.0, AMBIGUOUS)
     if len(seen) == 1:

@@ -78,7 +78,9 @@ def test_long_garbage_is_fast(name):
     """Inputs just under the length cap that make naive regexes backtrack quadratically stay fast."""
     record = RECORDS[name]
     for head, unit, tail in [("5", " ", "." * 9000 + "#"), ("#### 16", " ", "x"), ("The answer is a", " ", "#"),
-                             ("#### ", "{", "1"), ("\\boxed{", "\\boxed{", ""), ("", "1,", "x"), ("(a", " .", "(")]:
+                             ("#### ", "{", "1"), ("\\boxed{", "\\boxed{", ""), ("", "1,", "x"), ("(a", " .", "("),
+                             ("#### 16", " ", "(x)"), ("The answer is (", " ", ")"), ("answer: 5,", " ", "x"),
+                             ("Yes", " ", "-"), ("is the answer", " is the answer", "")]:
         text = (head + unit * 19000)[:19000 - len(tail)] + tail
         start = time.perf_counter()
         score, reason = verify_detailed(name, text, record)
