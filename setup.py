@@ -37,6 +37,9 @@ extras = {
     ],
     "quickstart": ["tensorboard", "matplotlib"],  # the run directory's TensorBoard events and reward plot
     "logging": ["tensorboard", "matplotlib", "wandb"],
+    # data.loader=dali (pre-tokenized MEF shards through an NVIDIA DALI pipeline); the CUDA 12 wheel also runs the
+    # CPU pipelines the loader uses. Not part of `test`: the DALI tests skip with the reason where it is missing.
+    "dali": ["nvidia-dali-cuda120"],
 }
 
 setup(

@@ -24,10 +24,11 @@ from .backend import optimizer as boptim
 from .backend import parallel
 from .backend.step import forward_backward
 from .config import Config, ConfigError, save_config, to_dict
-from .data import (load_dataset, load_expert_prompts, read_mef, render, synthetic_mef_rows, tokenizer_from_config)
+from .data import load_dataset, load_expert_prompts, read_mef, synthetic_mef_rows, tokenizer_from_config
 from .data.preflight import check_run_inputs
 from .data.collate import count_loss_tokens, sft_microbatches
-from .data.mef import MEFRow, describe_mef_rows
+from .data.mef import MEFRow
+from .data.mef_batches import RenderedMEFBatches
 from .checkpointing import Checkpointer
 from .metrics import MetricsLogger
 from .types import MicroBatch, Record
@@ -97,13 +98,14 @@ def load_records(cfg: Config, split: str) -> List[Record]:
     return load_dataset(d.name, d.path, split, on_bad_record=d.on_bad_record, **kw)
 
 
-def mef_rows(run: Run) -> List[MEFRow]:
+def mef_rows(cfg: Config, say=print) -> List[MEFRow]:
     """MEF data: the configured trace file, or for the synthetic task the offline "teachers" (one solution style
     per expert), or for a real dataset without traces the dataset rationale as expert 0 only.
 
     With ``mef.drop_unverified`` a trace whose final answer fails the dataset's verifier is dropped (counted and
-    reported); the verifier sees the dataset record of the trace's id when the train split has it."""
-    cfg = run.cfg
+    reported); the verifier sees the dataset record of the trace's id when the train split has it. The rows come
+    shuffled with ``data.seed``: MEF step s trains rows (s * global_batch_size + i) mod N (tools/pretokenize.py
+    writes them in this order for ``data.loader=dali``)."""
     n = cfg.experts.num_experts
     if cfg.mef.traces:
         rows = [r for r in read_mef(cfg.mef.traces, on_bad_record=cfg.data.on_bad_record) if r.expert < n]
@@ -113,8 +115,8 @@ def mef_rows(run: Run) -> List[MEFRow]:
             by_id = {r.id: r for r in load_records(cfg, cfg.data.train_split)}
             kept = [r for r in rows if verify(cfg.data.name, r.response,
                                               by_id.get(r.id) or Record(r.id, r.question, r.answer, "")) > 0]
-            run.say(f"MEF: dropped {len(rows) - len(kept)} of {len(rows)} traces whose final answer fails the "
-                    f"{cfg.data.name} verifier (mef.drop_unverified)")
+            say(f"MEF: dropped {len(rows) - len(kept)} of {len(rows)} traces whose final answer fails the "
+                f"{cfg.data.name} verifier (mef.drop_unverified)")
             rows = kept
     else:
         records = load_records(cfg, cfg.data.train_split)
@@ -169,9 +171,14 @@ def train_sft_step(run: Run, examples, optimizer, scheduler, coef: float = 1.0) 
 def run_mef(run: Run) -> Dict[str, float]:
     """Stage 1: multi-expert SFT. Returns the first and last step's loss."""
     cfg = run.cfg
-    rows = mef_rows(run)
     gbs = cfg.data.global_batch_size
-    steps = max(1, math.ceil(cfg.mef.epochs * len(rows) / gbs))
+    if cfg.data.loader == "dali":  # pre-tokenized rows through a DALI pipeline (data/dali_loader.py)
+        from .data.dali_loader import DaliMEFBatches
+
+        batches = DaliMEFBatches(cfg, run.tokenizer, run.prompts)
+    else:
+        batches = RenderedMEFBatches(mef_rows(cfg, run.say), run.tokenizer, run.template, run.prompts, gbs)
+    steps = max(1, math.ceil(cfg.mef.epochs * batches.rows / gbs))
     if cfg.mef.max_steps is not None:
         steps = min(steps, cfg.mef.max_steps)
     if run.ckpt.stage_done("mef"):
@@ -181,7 +188,8 @@ def run_mef(run: Run) -> Dict[str, float]:
     optimizer, scheduler = boptim.build_optimizer(cfg, run.chunks, lr=cfg.mef.lr, total_steps=steps)
     state = run.ckpt.resume("mef", run.chunks, optimizer, scheduler) or {}
     start = state.get("step", -1) + 1
-    run.say(f"MEF: {describe_mef_rows(rows, cfg.experts.num_experts)}; {steps} steps of {gbs} sequences")
+    run.say(f"MEF: {batches.describe(cfg.experts.num_experts)}; {steps} steps of {gbs} sequences")
+    batches.start(start)
     bar = _progress(run, steps, "MEF")
     if bar is not None:
         bar.update(start)
@@ -189,10 +197,7 @@ def run_mef(run: Run) -> Dict[str, float]:
     bad_in_a_row = 0
     for step in range(start, steps):
         t0 = time.time()
-        batch = [rows[(step * gbs + i) % len(rows)] for i in range(gbs)]
-        examples = [render(run.template, run.tokenizer, run.prompts[r.expert], r.question, r.response)
-                    for r in batch]
-        m = train_sft_step(run, examples, optimizer, scheduler)
+        m = train_sft_step(run, batches.batch(step), optimizer, scheduler)
         bad_in_a_row = bad_in_a_row + 1 if m["skipped"] else 0
         if bad_in_a_row:
             run.say(f"MEF step {step}: non-finite gradients, step skipped ({bad_in_a_row} in a row)")
@@ -210,6 +215,7 @@ def run_mef(run: Run) -> Dict[str, float]:
             bar.update(1)
         run.ckpt.after_step("mef", step, run.chunks, optimizer, scheduler,
                             lambda: {"first_loss": first, "last_loss": last}, last=step == steps - 1)
+    batches.close()
     if bar is not None:
         bar.close()
     run.say(f"MEF loss: start {first:.4f} -> end {last:.4f}")

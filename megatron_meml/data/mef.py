@@ -123,9 +123,13 @@ def build_mef_data(records: Sequence[Record], trace_files: Iterable[str], verifi
 
 
 def describe_mef_rows(rows: Sequence[MEFRow], num_experts: int) -> str:
-    """One line with the real per-expert row counts, e.g. ``7473 traces (expert 0: 7473, expert 1: 0, expert 2: 0;
-    experts 1, 2 have none: set mef.traces, see tools/build_mef_data.py)``."""
-    counts = Counter(r.expert for r in rows)
+    """One line with the real per-expert row counts, e.g. ``7473 traces (expert 0: 7473, expert 1: 0, expert 2: 0);
+    experts 1, 2 have no MEF traces ...``."""
+    return describe_expert_counts(Counter(r.expert for r in rows), num_experts)
+
+
+def describe_expert_counts(counts: Counter, num_experts: int) -> str:
+    """:func:`describe_mef_rows` from per-expert row counts."""
     parts = ", ".join(f"expert {e}: {counts.get(e, 0)}" for e in range(num_experts))
     empty = [str(e) for e in range(num_experts) if not counts.get(e)]
     note = ""
@@ -133,7 +137,7 @@ def describe_mef_rows(rows: Sequence[MEFRow], num_experts: int) -> str:
         which = "expert" if len(empty) == 1 else "experts"
         note = (f"; {which} {', '.join(empty)} {'has' if len(empty) == 1 else 'have'} no MEF traces (their prompts are "
                 f"trained in RIEL only; add teacher traces with tools/build_mef_data.py --traces)")
-    return f"{len(rows)} traces ({parts}){note}"
+    return f"{sum(counts.values())} traces ({parts}){note}"
 
 
 def synthetic_mef_rows(records: Sequence[Record], num_experts: int) -> List[MEFRow]:

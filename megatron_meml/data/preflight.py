@@ -41,6 +41,9 @@ def check_run_inputs(cfg) -> None:
             f"config key `mef.traces`: file not found: {os.path.abspath(cfg.mef.traces)}; build it with `python "
             f"tools/build_mef_data.py --data {d.name} --data-path {d.path} --out {cfg.mef.traces}` (add --traces "
             f"TEACHER.jsonl for teacher experts), or set mef.traces=null to fine-tune on the dataset rationale alone")
-    if d.loader == "dali" and cfg.mef.enabled and not os.path.isfile(os.path.join(d.shards or "", "index.json")):
-        raise ConfigError(f"config key `data.shards`: no index.json in {os.path.abspath(d.shards or '.')}; write "
-                          f"the shards with `python tools/pretokenize.py CONFIG.yaml --out {d.shards}`")
+    if d.loader == "dali" and cfg.mef.enabled:
+        from .dali_loader import import_dali
+        from .shards import read_index
+
+        import_dali()          # one line naming data.loader when NVIDIA DALI is not installed
+        read_index(d.shards)   # one line naming data.shards when the shards are missing or incomplete

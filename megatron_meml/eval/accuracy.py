@@ -2,30 +2,21 @@
 
 For each question q and expert e the model answers greedily under P_e (inference in the paper uses one expert
 prompt, greedy). ``accuracy[e]`` is the verifier's mean score of expert e. The majority vote takes every expert's
-final answer (the verifier family's answer extraction: ``#### x``, ``\\boxed{x}``, "the answer is x", else the
-last number), picks the most frequent one (ties: the answer of the lowest expert index among the tied), and scores
-the response of the first expert that gave it.
+final answer (``rewards.answers.answer_key``: the last explicit answer statement, normalised as a number, option
+letter or yes/no, else the last number), picks the most frequent one (ties: the answer of the lowest expert index
+among the tied), and scores the response of the first expert that gave it.
 """
 from __future__ import annotations
 
 import json
 import os
 from collections import Counter
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
 
-from ..rewards.answers import candidates, clean, last_number
+from ..rewards.answers import answer_key
 from ..types import Record, Request, Rollout
 
 RewardFn = Callable[[str, Record], float]
-
-
-def answer_key(text: str) -> Optional[str]:
-    """A normalised final answer of a response (None when it states none)."""
-    found = candidates(text)
-    if found:
-        return clean(found[0][1]).lower()
-    number = last_number(text)
-    return None if number is None else str(number)
 
 
 def majority_index(texts: Sequence[str]) -> int:

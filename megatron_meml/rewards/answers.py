@@ -253,7 +253,28 @@ def last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-# kept for callers of the previous API (synthetic verifier, tools)
+def answer_key(text: str) -> Optional[str]:
+    """A dataset-agnostic normalised final answer, for comparing responses with each other (the majority vote in
+    eval/accuracy.py): the last explicit statement read as a number (``"18"``, ``"1/2"``), else as an option letter
+    (``"(c)"``), else as a polarity (``"yes"``), else its cleaned lower-case text; with no statement, the last
+    number. None when the response states nothing."""
+    found = statements(text, BARE_POLARITY)
+    for st in reversed(found):
+        value = read_number(st)
+        if value is not None:
+            return str(value)
+        letter = read_letter(st.text)
+        if letter is not None:
+            return f"({letter})"
+        polarity = read_polarity(st.text)
+        if polarity is not None:
+            return polarity
+    if found and clean(found[-1].text):
+        return clean(found[-1].text).lower()
+    number = last_number(text)
+    return None if number is None else str(number)
+
+
 def after_hashes(text: str) -> Optional[str]:
     found = _HASHES.findall(text)
     return found[-1].strip() if found else None

@@ -1,6 +1,5 @@
 """MEF rows from a trace file: traces whose final answer fails the verifier are dropped unless told otherwise."""
 import json
-from types import SimpleNamespace
 
 from megatron_meml.config import load_config
 from megatron_meml.trainer import mef_rows
@@ -15,9 +14,8 @@ def test_unverified_traces_are_dropped_and_counted(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     said = []
     cfg = load_config(None, [f"mef.traces={path}", "data.synthetic.num_train=5", "data.synthetic.num_test=5"])
-    run = SimpleNamespace(cfg=cfg, say=said.append)
-    kept = mef_rows(run)
+    kept = mef_rows(cfg, said.append)
     assert sorted((r.id, r.expert) for r in kept) == [("a", 0), ("b", 1)]  # wrong answer and unknown expert out
     assert said == ["MEF: dropped 1 of 3 traces whose final answer fails the synthetic verifier (mef.drop_unverified)"]
     cfg.mef.drop_unverified = False
-    assert len(mef_rows(SimpleNamespace(cfg=cfg, say=said.append))) == 3
+    assert len(mef_rows(cfg, said.append)) == 3
