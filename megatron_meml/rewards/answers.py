@@ -7,7 +7,8 @@ answer is (b) ... wait ... the answer is (c)") is judged on its final word, and 
 the answer ("the answer is clear") does not hide an earlier one. Only when no statement can be read does a
 verifier fall back to a looser rule (GSM8K: the last number; StrategyQA: the polarity of the last line).
 
-Statement kinds (``Statement.kind``; each statement's text runs to the end of its line, at most 300 characters):
+Statement kinds (``Statement.kind``; each statement's text runs to the end of its line, at most 300 characters; only
+the last 64 statements of a response are tried):
   * ``hashes``   ``#### x`` (GSM8K's own format)
   * ``boxed``    ``\\boxed{x}`` / ``\\fbox{x}`` (balanced braces; the text is the box's content)
   * ``stated``   a cue, then the answer: "answer is", "answer:", "answer =", "answer would/should/will/must be"
@@ -88,6 +89,7 @@ def _line_end(text: str, pos: int) -> int:
 
 
 MAX_STATEMENT = 300  # characters of a statement's text kept: an answer is short, and this bounds the work per statement
+MAX_STATEMENTS = 64  # only the last 64 statements are tried: more is a degenerate response, and this bounds the work
 
 
 def _next_line(text: str, pos: int) -> str:
@@ -140,7 +142,7 @@ def statements(text: str, bare: Optional[Pattern] = None) -> List[Statement]:
             out.append(Statement(lo + hit.start(), "postfix", hit.group(1)))
     if bare is not None:
         out += [Statement(m.start(), "bare", m.group(0).strip()) for m in bare.finditer(text)]
-    return sorted(out, key=lambda s: s.start)
+    return sorted(out, key=lambda s: s.start)[-MAX_STATEMENTS:]
 
 
 def clean(candidate: str) -> str:
