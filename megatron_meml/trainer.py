@@ -25,10 +25,10 @@ from .backend import parallel
 from .backend.step import forward_backward
 from .config import Config, ConfigError, save_config, to_dict
 from .data import load_dataset, load_expert_prompts, read_mef, synthetic_mef_rows, tokenizer_from_config
-from .data.preflight import check_run_inputs
 from .data.collate import count_loss_tokens, sft_microbatches
 from .data.mef import MEFRow
 from .data.mef_batches import RenderedMEFBatches
+from .data.preflight import check_run_inputs
 from .checkpointing import Checkpointer
 from .metrics import MetricsLogger
 from .types import MicroBatch, Record

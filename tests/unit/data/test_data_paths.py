@@ -90,3 +90,21 @@ def test_help_config_shows_the_data_default(monkeypatch):
     monkeypatch.delenv("MEML_DATA", raising=False)
     line = next(x for x in describe() if x.startswith("data.path "))
     assert line.startswith("data.path (str) = 'data'") and "tools/prepare_data.py" in line and "MEML_DATA" in line
+
+
+def test_examples_hold_no_machine_specific_paths():
+    """`grep -r shared/ examples` finds nothing; the only path outside the checkout a paper config may hold is the
+    model folder, and that one is a relative `models/...` marked as a user placeholder."""
+    from tests.conftest import ROOT
+
+    for folder, _, files in os.walk(os.path.join(ROOT, "examples")):
+        for name in files:
+            text = open(os.path.join(folder, name), encoding="utf-8").read()
+            assert "shared/" not in text, os.path.join(folder, name)
+    paper = os.path.join(ROOT, "examples", "paper")
+    for name in sorted(os.listdir(paper)):
+        for line in open(os.path.join(paper, name), encoding="utf-8"):
+            value = line.split("#")[0].split(":", 1)[-1].strip().strip("\"'")
+            assert not value.startswith(("/", "~")), (name, line)
+            if "init_from_hf:" in line:
+                assert value.startswith("models/") and "USER PLACEHOLDER" in line, line
