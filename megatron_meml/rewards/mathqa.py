@@ -35,8 +35,18 @@ def _text(value: str) -> str:
     return _SPACE.sub("", clean(value).lower()).strip(".,;:!")
 
 
-def match_value(candidate: str, options: Dict[str, str]) -> List[str]:
+class Options:
+    """A record's options with their comparison forms computed once per verification (text, number)."""
+
+    def __init__(self, options: Dict[str, str]):
+        self.raw = options
+        self.text = {k: _text(v) for k, v in options.items()}
+        self.number = {k: plain_number(v) for k, v in options.items()}
+
+
+def match_value(candidate: str, options) -> List[str]:
     """Letters of the options whose value equals ``candidate`` (rule 3 of the module docstring)."""
+    opts = options if isinstance(options, Options) else Options(options)
     candidate = drop_remark(candidate) or candidate
     clause = clean(candidate)
     num = plain_number(clause)
@@ -44,34 +54,34 @@ def match_value(candidate: str, options: Dict[str, str]) -> List[str]:
         clause = clean(first_clause(candidate))
         num = plain_number(clause)
     if num is not None:
-        return [k for k, v in options.items() if plain_number(v) == num]
+        return [k for k, v in opts.number.items() if v == num]
     text = _text(clause)
-    same = [k for k, v in options.items() if text and _text(v) == text]
+    same = [k for k, v in opts.text.items() if text and v == text]
     latex = candidate.strip().rstrip(".")
     if same or "\\" not in latex or not re.search(r"\d", latex) or len(latex) > 200:
         return same
-    values = {k: plain_number(v) for k, v in options.items()}
-    return [k for k, v in values.items() if v is not None and symbolic_equal(str(v), latex)]
+    return [k for k, v in opts.number.items() if v is not None and symbolic_equal(str(v), latex)]
 
 
-def read_option(candidate: str, options: Dict[str, str]) -> List[str]:
+def read_option(candidate: str, options) -> List[str]:
     """The option letters a statement's text names (empty when it names none)."""
+    opts = options if isinstance(options, Options) else Options(options)
     for text in (candidate, drop_remark(candidate), first_clause(candidate)):
         whole = _text(text)
         if whole and plain_number(text) is None:
-            exact = [k for k, v in options.items() if _text(v) == whole]
+            exact = [k for k, v in opts.text.items() if v == whole]
             if exact:
                 return exact
     letter = read_letter(candidate)
-    if letter is not None and letter in options:
+    if letter is not None and letter in opts.raw:
         return [letter]
-    return match_value(candidate, options)
+    return match_value(candidate, opts)
 
 
 @register_verifier("mathqa")
 def verify_mathqa(response: str, record: Record) -> Verdict:
     gold = record.answer.strip().lower()
-    options = record.meta.get("options", {})
+    options = Options(record.meta.get("options", {}))
     for st in reversed(statements(response, BARE_LETTER)):
         letters = read_option(st.text, options)
         if letters:
