@@ -1,0 +1,38 @@
+"""Decode attention over a slot-major KV cache with ragged lengths (plain torch; the spec of the Triton kernel).
+
+One query token per row; row b is cache slot b and attends to that slot's first ``lengths[b]`` keys:
+
+    q        [B, nh, hn]          nh query heads (this TP rank's), hn head dim
+    k_cache  [N, ng, C, hn]       N >= B slots, ng key/value groups (ng divides nh), C slots of capacity
+    v_cache  [N, ng, C, hn]
+    lengths  [B] int              valid keys of each row (0 -> the row's output is 0)
+
+    out[b, h] = Σ_{j < len_b} softmax_j(scale · q[b, h] · k[b, g(h), j]) · v[b, g(h), j],   g(h) = h // (nh / ng)
+
+GQA without copies: the nh/ng query heads of a group are one [rep, hn] matrix against the group's keys (no
+``repeat_interleave`` of the cache). Scores and softmax in fp32 (megatron's ``attention_softmax_in_fp32``), the
+value product in the cache dtype. ``max_len`` (a host int >= max(lengths), default C) bounds the keys read, so
+the call needs no host sync.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor,
+                     scale: float, max_len: Optional[int] = None) -> torch.Tensor:
+    B, nh, hn = q.shape
+    ng = k_cache.shape[1]
+    L = k_cache.shape[2] if max_len is None else max(1, min(int(max_len), k_cache.shape[2]))
+    k = k_cache[:B, :, :L]                                                   # [B, ng, L, hn] (a view)
+    v = v_cache[:B, :, :L]
+    qg = q.view(B, ng, nh // ng, hn)
+    s = torch.matmul(qg, k.transpose(-1, -2)).float() * scale                # [B, ng, rep, L]
+    valid = torch.arange(L, device=q.device)[None, :] < lengths.to(q.device)[:, None]   # [B, L]
+    s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    p = torch.where(valid.any(-1)[:, None, None, None], p, torch.zeros_like(p))   # empty rows: 0, not NaN
+    out = torch.matmul(p.to(v.dtype), v)                                    # [B, ng, rep, hn]
+    return out.reshape(B, nh, hn)
