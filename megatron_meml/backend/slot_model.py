@@ -1,0 +1,349 @@
+"""This rank's stage of a megatron GPTModel run over a slot-major KV cache that this object owns: the model side of
+the continuous engine (``rollout/continuous_engine.py`` schedules; everything that touches megatron is here).
+
+Why not ``GPTModel.forward``: profiling the static engine's decode step on the CPU (4 layers, hidden 128, 64 rows,
+~170 cached tokens, fp32, one thread; cProfile) gave 55 ms per step, of which megatron's attention module took 38 ms:
+16 ms re-applying RoPE to every *cached* key each step (the static cache stores un-rotated keys), 11 ms SDPA with
+a dense float mask and a GQA expansion, the rest module plumbing (the CPU runtime's ``TorchFunctionMode`` saw
+36k calls per generation). Here the layers are driven directly with megatron's own submodules and weights --
+``input_layernorm``, ``self_attention.get_query_key_value_tensors`` (``linear_qkv`` + split + optional q/k norms),
+``linear_proj`` (row-parallel: all-reduces under TP), ``pre_mlp_layernorm``, ``mlp``, ``final_layernorm``,
+``output_layer`` (gathered over TP) and the vocab-parallel ``embedding`` -- with our own attention:
+  * keys are rotated **once**, when written; RoPE cos/sin come from megatron's ``rotary_pos_emb.get_emb`` (the
+    same ``cos(freqs).to(dtype)`` values megatron multiplies by, llama3 scaling included);
+  * decode attention is ``meml_kernels.decode_attention`` (GQA without copies, ragged per-slot lengths);
+  * prefill attention is SDPA over the slot's cached prefix plus the new chunk (causal by absolute position).
+Under TP each rank holds its ``nh/TP`` query heads and ``ng/TP`` key/value groups (megatron's partition of
+``linear_qkv``) and attends over them; ``linear_proj`` sums the heads across ranks. Under PP each stage caches its
+own layers and hands ``[T, 1, H]`` hidden states to the next (``dist.send``/``recv``); the last stage returns logits.
+
+Cache layout: **slot-contiguous**, ``k, v: [layers, N slots, ng, C + 1, hn]``; slot s holds one request's positions
+``0..C-1``; column C is a scratch column that idle rows of a padded decode batch write to. Chosen over paging
+because every request's footprint is known when it is admitted (prompt + ``max_new_tokens``), so a pool of
+``token_budget / C`` slots has no fragmentation to page away; decode then reads ``k[:B]`` as a plain strided view
+(no block-table gather in the torch twin, no indirection in the kernel), prefix sharing is a copy of the prompt's
+rows into the group's other slots (``copy_prefix``), and the decode step has fixed shapes per batch bucket, which
+CUDA graphs need. The cost is memory: each slot reserves C = max(prompt + max_new) of the call.
+
+CUDA graphs (CUDA only, ``cuda_graphs=True``): the decode step (embedding or received hidden -> layers -> logits)
+is captured once per batch bucket (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, ... <= N) into a shared memory pool and
+replayed with the batch padded to its bucket (padded rows: token 0, the scratch column, length 0 -- their attention
+output is 0 and their logits are ignored). Off on the CPU, where there is nothing to capture.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from .model import unwrap
+
+
+class UnsupportedModel(ValueError):
+    """The model uses a feature the slot model does not reproduce (the engine falls back to ``static``)."""
+
+
+def _ps():
+    from megatron.core import parallel_state as ps
+
+    return ps
+
+
+@dataclass
+class StageComm:
+    """Pipeline hand-off of one rank: who sends hidden states to whom, who samples (the last stage). Defaults from
+    megatron's parallel state; pass your own for an engine on other process groups."""
+
+    first: bool = True
+    last: bool = True
+    pp_size: int = 1
+    group: object = None
+    prev_rank: Optional[int] = None
+    next_rank: Optional[int] = None
+    last_rank: Optional[int] = None
+
+    @classmethod
+    def from_megatron(cls) -> "StageComm":
+        ps = _ps()
+        if not ps.model_parallel_is_initialized() or ps.get_pipeline_model_parallel_world_size() == 1:
+            return cls()
+        return cls(first=ps.is_pipeline_first_stage(), last=ps.is_pipeline_last_stage(),
+                   pp_size=ps.get_pipeline_model_parallel_world_size(), group=ps.get_pipeline_model_parallel_group(),
+                   prev_rank=ps.get_pipeline_model_parallel_prev_rank(),
+                   next_rank=ps.get_pipeline_model_parallel_next_rank(),
+                   last_rank=ps.get_pipeline_model_parallel_last_rank())
+
+
+def unsupported_reason(chunks: Sequence[torch.nn.Module]) -> Optional[str]:
+    """Why these chunks cannot run on the slot model (None when they can)."""
+    if len(chunks) != 1:
+        return "one model chunk per rank (no virtual pipeline stages)"
+    model = unwrap(chunks[0])
+    cfg = model.config
+    checks = {
+        "rotary position embedding": getattr(model, "position_embedding_type", "rope") == "rope",
+        "no interleaved RoPE": not getattr(cfg, "rotary_interleaved", False),
+        "no multi-latent attention": not getattr(cfg, "multi_latent_attention", False),
+        "no residual after the layer norm": not getattr(cfg, "apply_residual_connection_post_layernorm", False),
+        "vanilla softmax": getattr(cfg, "softmax_type", "vanilla") == "vanilla",
+        "no sliding window": getattr(cfg, "window_size", None) is None,
+        "no attention output gate": not getattr(cfg, "attention_output_gate", False),
+        "no query-key layer scaling": not getattr(cfg, "apply_query_key_layer_scaling", False),
+        "no sequence parallelism": not getattr(cfg, "sequence_parallel", False),
+        "no context parallelism": getattr(cfg, "context_parallel_size", 1) == 1,
+        "no MoE": not getattr(cfg, "num_moe_experts", None),
+    }
+    bad = [k for k, ok in checks.items() if not ok]
+    return None if not bad else "needs " + ", ".join(bad)
+
+
+def batch_buckets(n_slots: int) -> List[int]:
+    """Decode batch sizes captured as CUDA graphs: powers of two to 32, then steps of 16 / 32 / 64 up to N."""
+    out, b = [], 1
+    while b < min(32, n_slots):
+        out.append(b)
+        b *= 2
+    b = 32
+    while b < n_slots:
+        out.append(b)
+        b += 16 if b < 128 else (32 if b < 256 else 64)
+    out.append(n_slots)
+    return sorted(set(x for x in out if x <= n_slots))
+
+
+class SlotModel:
+    """The decode/prefill forward of this rank's stage over ``num_slots`` cache slots of ``capacity`` tokens.
+
+    Methods (every rank of the model-parallel group calls them with the same arguments, in the same order):
+      * :meth:`prefill` -- segments (slot, start, tokens): writes their K/V and returns logits ``[nb, V]`` of each
+        segment's last token (last stage; None elsewhere);
+      * :meth:`decode` -- one token for each of the slots ``0..B-1``: writes K/V at ``positions`` and returns logits
+        ``[B, V]``; rows with ``active[b] == False`` compute garbage into the scratch column;
+      * :meth:`copy_prefix` -- copy cache positions ``[0, n)`` of one slot into others (a group's shared prompt);
+      * :meth:`move_slot` -- relocate a slot's first n positions (compaction);
+      * :meth:`broadcast_from_last_stage`.
+    Must run inside :func:`backend.inference.generation_mode` (eval, no_grad).
+    """
+
+    def __init__(self, chunks: Sequence[torch.nn.Module], num_slots: int, capacity: int,
+                 comm: Optional[StageComm] = None, attention_impl: str = "auto", cuda_graphs: bool = False):
+        reason = unsupported_reason(chunks)
+        if reason:
+            raise UnsupportedModel(reason)
+        self.model = model = unwrap(chunks[0])
+        self.comm = comm or StageComm.from_megatron()
+        cfg = model.config
+        self.layers = list(model.decoder.layers)
+        self.device = next(model.parameters()).device
+        self.dtype = cfg.params_dtype
+        self.hidden = cfg.hidden_size
+        att = self.layers[0].self_attention if self.layers else None
+        self.nh = att.num_attention_heads_per_partition if att else 0
+        self.ng = att.num_query_groups_per_partition if att else 0
+        self.hn = att.hidden_size_per_attention_head if att else 0
+        self.scale = cfg.softmax_scale if getattr(cfg, "softmax_scale", None) else self.hn ** -0.5
+        self.num_slots, self.capacity = int(num_slots), int(capacity)
+        self.C = self.capacity + 1  # + the scratch column
+        shape = (len(self.layers), self.num_slots, self.ng, self.C, self.hn)
+        self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        emb = model.rotary_pos_emb.get_emb(self.C)  # megatron's own frequencies [C, 1, 1, rot]
+        self.rot = emb.shape[-1]
+        self.cos = torch.cos(emb).to(self.dtype)[:, 0, 0]  # [C, rot], exactly what megatron multiplies by
+        self.sin = torch.sin(emb).to(self.dtype)[:, 0, 0]
+        self.attention_impl = attention_impl
+        self.use_graphs = bool(cuda_graphs) and self.device.type == "cuda"
+        self.buckets = batch_buckets(self.num_slots)
+        self._graphs: Dict[int, tuple] = {}
+        self._pool = None
+        self.vocab_out = None
+
+    # ---------------------------------------------------------------------------------------------- pieces
+    def _rope(self, t: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """t [T, heads, hn] rotated at ``positions`` [T] (megatron's non-interleaved rotate-half formula)."""
+        cos, sin = self.cos[positions][:, None, :], self.sin[positions][:, None, :]
+        x, rest = t[..., :self.rot], t[..., self.rot:]
+        x1, x2 = torch.chunk(x, 2, dim=-1)
+        x = x * cos + torch.cat((-x2, x1), dim=-1) * sin
+        return x if rest.shape[-1] == 0 else torch.cat((x, rest), dim=-1)
+
+    def _stage_input(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """[T, 1, H]: the embedding on the first stage, the previous stage's output elsewhere."""
+        if self.comm.first:
+            return self.model.embedding(input_ids=tokens[None], position_ids=positions[None])
+        x = torch.empty(tokens.shape[0], 1, self.hidden, dtype=self.dtype, device=self.device)
+        dist.recv(x, src=self.comm.prev_rank, group=self.comm.group)
+        return x
+
+    def _stage_output(self, x: torch.Tensor, rows: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """Send to the next stage, or (last stage) fp32 logits ``[R, V_padded]`` of ``rows`` (None: all)."""
+        if not self.comm.last:
+            dist.send(x.contiguous(), dst=self.comm.next_rank, group=self.comm.group)
+            return None
+        return self._logits(x if rows is None else x.index_select(0, rows))
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = m.decoder.final_layernorm(x) if getattr(m.decoder, "final_layernorm", None) is not None else x
+        weight = m.shared_embedding_or_output_weight() if m.share_embeddings_and_output_weights else None
+        logits, _ = m.output_layer(x, weight=weight, runtime_gather_output=True)
+        return logits[:, 0].float()
+
+    def _layers(self, x: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, attend) -> torch.Tensor:
+        """x [T, 1, H] through this stage's layers; token t's K/V go to (slots[t], positions[t]);
+        ``attend(li, q [T, nh, hn]) -> [T, nh * hn]`` reads the cache after the write."""
+        for li, layer in enumerate(self.layers):
+            att = layer.self_attention
+            h = layer.input_layernorm(x)
+            q, k, v = att.get_query_key_value_tensors(h)[:3]          # [T, 1, nh|ng, hn]
+            q = self._rope(q[:, 0], positions)
+            self.k[li][slots, :, positions] = self._rope(k[:, 0], positions)
+            self.v[li][slots, :, positions] = v[:, 0]
+            ctx = attend(li, q)[:, None]                               # [T, 1, nh * hn]
+            out, bias = att.linear_proj(ctx)
+            x = x + (out if bias is None else out + bias)
+            h = layer.pre_mlp_layernorm(x)
+            out, bias = layer.mlp(h)
+            x = x + (out if bias is None else out + bias)
+        return x
+
+    # ---------------------------------------------------------------------------------------------- prefill
+    def prefill(self, tokens: torch.Tensor, seg_slot: Sequence[int], seg_start: Sequence[int],
+                seg_len: Sequence[int]) -> Optional[torch.Tensor]:
+        """Segments b = 0..nb-1, concatenated in ``tokens`` [T]: segment b is ``seg_len[b]`` tokens of slot
+        ``seg_slot[b]`` at positions ``seg_start[b]..``; it attends to the slot's cached positions before it and
+        causally within itself (chunked prefill = later segments of the same prompt). Returns logits ``[nb, V]``
+        of each segment's last token on the last stage, None elsewhere."""
+        dev = self.device
+        nb = len(seg_slot)
+        lens = torch.tensor(seg_len, dtype=torch.long)
+        starts = torch.tensor(seg_start, dtype=torch.long)
+        seg_of = torch.repeat_interleave(torch.arange(nb), lens)                 # [T]
+        offs = torch.arange(int(lens.sum())) - torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
+        positions = (starts[seg_of] + offs).to(dev)
+        slots = torch.tensor(seg_slot, dtype=torch.long)[seg_of].to(dev)
+        maxq, maxk = int(lens.max()), int((starts + lens).max())
+        flat = (seg_of * maxq + offs).to(dev)                                    # token -> padded [nb, maxq] cell
+        qpos = torch.full((nb * maxq,), -1, dtype=torch.long, device=dev)
+        qpos[flat] = positions
+        allowed = torch.arange(maxk, device=dev)[None, :] <= qpos.view(nb, maxq)[:, :, None].clamp_min(0)
+        slot_idx = torch.tensor(seg_slot, dtype=torch.long, device=dev)
+
+        def attend(li: int, q: torch.Tensor) -> torch.Tensor:
+            qp = torch.zeros(nb * maxq, self.nh, self.hn, dtype=q.dtype, device=dev)
+            qp[flat] = q
+            qp = qp.view(nb, maxq, self.nh, self.hn).transpose(1, 2)            # [nb, nh, maxq, hn]
+            kk = self.k[li].index_select(0, slot_idx)[:, :, :maxk]               # [nb, ng, maxk, hn]
+            vv = self.v[li].index_select(0, slot_idx)[:, :, :maxk]
+            ctx = torch.nn.functional.scaled_dot_product_attention(
+                qp, kk, vv, attn_mask=allowed[:, None], scale=self.scale, enable_gqa=self.ng != self.nh)
+            return ctx.transpose(1, 2).reshape(nb * maxq, self.nh * self.hn)[flat]
+
+        x = self._layers(self._stage_input(tokens.to(dev), positions), slots, positions, attend)
+        last_tok = (torch.cumsum(lens, 0) - 1).to(dev)
+        return self._stage_output(x, last_tok)
+
+    # ---------------------------------------------------------------------------------------------- decode
+    def _decode_eager(self, x: torch.Tensor, positions: torch.Tensor, lengths: torch.Tensor,
+                      max_len: int) -> torch.Tensor:
+        from meml_kernels.decode_attention import decode_attention
+
+        slots = torch.arange(x.shape[0], device=self.device)
+
+        def attend(li: int, q: torch.Tensor) -> torch.Tensor:
+            out = decode_attention(q, self.k[li], self.v[li], lengths, self.scale, max_len=max_len,
+                                   impl=self.attention_impl)
+            return out.reshape(q.shape[0], self.nh * self.hn)
+
+        return self._layers(x, slots, positions, attend)
+
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, active: torch.Tensor,
+               max_len: int) -> Optional[torch.Tensor]:
+        """One token per slot ``0..B-1`` (``tokens``, ``positions`` [B]); inactive rows are redirected to the
+        scratch column with length 0. ``max_len`` (host int) >= every active row's ``position + 1``. Returns logits
+        ``[B, V]`` on the last stage (None elsewhere)."""
+        dev = self.device
+        B = tokens.shape[0]
+        positions = torch.where(active, positions, torch.full_like(positions, self.capacity))
+        lengths = torch.where(active, positions + 1, torch.zeros_like(positions))
+        tokens = torch.where(active, tokens, torch.zeros_like(tokens))
+        if self.use_graphs:
+            return self._decode_graph(tokens.to(dev), positions.to(dev), lengths.to(dev))
+        x = self._stage_input(tokens.to(dev), positions.to(dev))
+        x = self._decode_eager(x, positions.to(dev), lengths.to(dev), max_len)
+        return self._stage_output(x, None)
+
+    def _decode_graph(self, tokens, positions, lengths):
+        """Pad the batch to its bucket and replay (capturing on first use) that bucket's CUDA graph. The graph
+        covers embedding (first stage) or the static hidden input, the layers, and the logits (last stage); the
+        pipeline send/recv stay outside it."""
+        B = tokens.shape[0]
+        bucket = next(b for b in self.buckets if b >= B)
+        if bucket not in self._graphs:
+            self._capture(bucket)
+        g, tok_buf, pos_buf, len_buf, x_buf, out = self._graphs[bucket]
+        tok_buf.zero_()
+        pos_buf.fill_(self.capacity)
+        len_buf.zero_()
+        tok_buf[:B], pos_buf[:B], len_buf[:B] = tokens, positions, lengths
+        if not self.comm.first:
+            dist.recv(x_buf[:B], src=self.comm.prev_rank, group=self.comm.group)
+        g.replay()
+        if not self.comm.last:
+            dist.send(out[:B].contiguous(), dst=self.comm.next_rank, group=self.comm.group)
+            return None
+        return out[:B].clone()
+
+    def _graph_body(self, tok_buf, pos_buf, len_buf, x_buf):
+        x = self.model.embedding(input_ids=tok_buf[None], position_ids=pos_buf[None]) if self.comm.first else x_buf
+        x = self._decode_eager(x, pos_buf, len_buf, self.C)
+        return self._logits(x) if self.comm.last else x
+
+    def _capture(self, bucket: int) -> None:
+        dev = self.device
+        tok_buf = torch.zeros(bucket, dtype=torch.long, device=dev)
+        pos_buf = torch.full((bucket,), self.capacity, dtype=torch.long, device=dev)
+        len_buf = torch.zeros(bucket, dtype=torch.long, device=dev)
+        x_buf = torch.zeros(bucket, 1, self.hidden, dtype=self.dtype, device=dev)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up (allocator, Triton autotune/compile) outside the capture
+            for _ in range(2):
+                self._graph_body(tok_buf, pos_buf, len_buf, x_buf)
+        torch.cuda.current_stream().wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, pool=self._pool):
+            out = self._graph_body(tok_buf, pos_buf, len_buf, x_buf)
+        self._graphs[bucket] = (g, tok_buf, pos_buf, len_buf, x_buf, out)
+
+    # ---------------------------------------------------------------------------------------------- cache ops
+    def copy_prefix(self, src: int, dst: Sequence[int], n: int) -> None:
+        """Positions ``[0, n)`` of slot ``src`` into every slot of ``dst`` (all layers)."""
+        if not dst or not self.layers:
+            return
+        idx = torch.tensor(list(dst), dtype=torch.long, device=self.device)
+        self.k[:, idx, :, :n] = self.k[:, src:src + 1, :, :n]
+        self.v[:, idx, :, :n] = self.v[:, src:src + 1, :, :n]
+
+    def move_slot(self, src: int, dst: int, n: int) -> None:
+        """Relocate positions ``[0, n)`` of slot ``src`` to slot ``dst`` (decode batch compaction)."""
+        if self.layers:
+            self.k[:, dst, :, :n] = self.k[:, src, :, :n]
+            self.v[:, dst, :, :n] = self.v[:, src, :, :n]
+
+    def broadcast_from_last_stage(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The last stage's ``tensor`` on every stage (same shape and dtype everywhere); identity without PP."""
+        if self.comm.pp_size > 1:
+            tensor = tensor.contiguous()
+            dist.broadcast(tensor, src=self.comm.last_rank, group=self.comm.group)
+        return tensor
+
+    def close(self) -> None:
+        """Free the cache and the captured graphs."""
+        self.k = self.v = None
+        self._graphs.clear()
+        self._pool = None
