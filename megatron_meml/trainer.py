@@ -225,11 +225,11 @@ def run_mef(run: Run) -> Dict[str, float]:
 def make_engine(run: Run):
     """The KV-cache generation engine on the training weights (stops on the chat template's end of turn)."""
     from .data.templates import default_template, end_of_turn_id
-    from .rollout.megatron_engine import MegatronEngine
+    from .rollout.engine import build_engine
 
     template = run.template or default_template(run.tokenizer)
     stops = sorted({end_of_turn_id(template, run.tokenizer), run.tokenizer.eos_id})
-    return MegatronEngine(run.chunks, run.tokenizer, run.cfg.rollout.token_budget, stop_token_ids=stops)
+    return build_engine(run.cfg.rollout, run.chunks, run.tokenizer, stop_token_ids=stops)
 
 
 def evaluate_experts(run: Run, stage: str) -> Dict[str, object]:

@@ -32,6 +32,7 @@ output is 0 and their logits are ignored). Off on the CPU, where there is nothin
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -39,6 +40,15 @@ import torch
 import torch.distributed as dist
 
 from .model import unwrap
+
+
+def _plain_torch():
+    """Run the body without the CPU runtime's ``TorchFunctionMode`` (``backend/cpu_runtime.py``): the slot model
+    never asks for a CUDA device, and the mode's per-op Python hook was ~10% of a CPU decode step. A no-op on CUDA
+    (no mode is installed there)."""
+    if torch.cuda.is_available():
+        return contextlib.nullcontext()
+    return torch._C.DisableTorchFunction()
 
 
 class UnsupportedModel(ValueError):
@@ -241,9 +251,10 @@ class SlotModel:
                 qp, kk, vv, attn_mask=allowed[:, None], scale=self.scale, enable_gqa=self.ng != self.nh)
             return ctx.transpose(1, 2).reshape(nb * maxq, self.nh * self.hn)[flat]
 
-        x = self._layers(self._stage_input(tokens.to(dev), positions), slots, positions, attend)
-        last_tok = (torch.cumsum(lens, 0) - 1).to(dev)
-        return self._stage_output(x, last_tok)
+        with _plain_torch():
+            x = self._layers(self._stage_input(tokens.to(dev), positions), slots, positions, attend)
+            last_tok = (torch.cumsum(lens, 0) - 1).to(dev)
+            return self._stage_output(x, last_tok)
 
     # ---------------------------------------------------------------------------------------------- decode
     def _decode_eager(self, x: torch.Tensor, positions: torch.Tensor, lengths: torch.Tensor,
@@ -271,9 +282,10 @@ class SlotModel:
         tokens = torch.where(active, tokens, torch.zeros_like(tokens))
         if self.use_graphs:
             return self._decode_graph(tokens.to(dev), positions.to(dev), lengths.to(dev))
-        x = self._stage_input(tokens.to(dev), positions.to(dev))
-        x = self._decode_eager(x, positions.to(dev), lengths.to(dev), max_len)
-        return self._stage_output(x, None)
+        with _plain_torch():
+            x = self._stage_input(tokens.to(dev), positions.to(dev))
+            x = self._decode_eager(x, positions.to(dev), lengths.to(dev), max_len)
+            return self._stage_output(x, None)
 
     def _decode_graph(self, tokens, positions, lengths):
         """Pad the batch to its bucket and replay (capturing on first use) that bucket's CUDA graph. The graph

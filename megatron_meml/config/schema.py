@@ -300,16 +300,30 @@ class RolloutConfig:
     temperature: float = doc(1.0, "Sampling temperature (also applied in the training log-prob forward).")
     top_p: float = doc(1.0, "Nucleus sampling threshold (1 = off).")
     top_k: int = doc(0, "Top-k sampling (0 = off).")
-    token_budget: int = doc(8192, "Max prompt+generated tokens in one generation batch.")
+    token_budget: int = doc(8192, "KV-cache positions for generation: the continuous engine's slot pool (slots x "
+                                  "(prompt + max_new_tokens)), the static engine's batch (rows x longest).")
     stop_strings: List[str] = doc([], "Extra stop strings besides EOS.")
-    engine: str = doc("static", "Generation engine: `static` (megatron's static KV cache on the training weights, CPU "
-                               "and GPU). megatron's dynamic engine (paged KV, continuous batching) is not wired yet.")
+    engine: str = doc("continuous", "Generation engine. `continuous`: continuous batching over a pool of decode slots "
+                                   "with our own slot-major KV cache (megatron's layers driven directly, ragged "
+                                   "decode attention, a group's prompt prefilled once; rollout/continuous_engine.py). "
+                                   "`static`: megatron's static KV cache, lock-step batches (rollout/megatron_engine.py). "
+                                   "Both give the same tokens and log-probs for the same seeds; `continuous` falls "
+                                   "back to `static` with a warning for models it does not reproduce (e.g. MLA).")
+    max_slots: int = doc(0, "continuous engine: concurrent requests at most (0 = as many as rollout.token_budget holds "
+                            "at prompt + max_new_tokens positions each).")
+    prefill_tokens: int = doc(2048, "continuous engine: prompt tokens per prefill forward; longer prompts are "
+                                    "prefilled in chunks across iterations.")
+    cuda_graphs: bool = doc(True, "continuous engine: capture the decode step as CUDA graphs per batch bucket (CUDA "
+                                  "only; ignored on the CPU).")
     seed: int = doc(0, "Base seed; request i of step s uses hash(seed, step, i).")
 
     def __post_init__(self):
         _check(self.temperature > 0, "rollout.temperature", "must be positive (use top_k=1 for greedy)")
         _check(0 < self.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
-        _check(self.engine == "static", "rollout.engine", f"only `static` is available, got {self.engine!r}")
+        _check(self.engine in ("continuous", "static"), "rollout.engine",
+               f"must be `continuous` or `static`, got {self.engine!r}")
+        _check(self.max_slots >= 0, "rollout.max_slots", "must be >= 0 (0 = as many as the token budget holds)")
+        _check(self.prefill_tokens >= 1, "rollout.prefill_tokens", "must be >= 1")
 
 
 @dataclass

@@ -66,3 +66,32 @@ class GenerationEngine(Protocol):
     """Anything that turns requests into rollouts under the contract of this module."""
 
     def generate(self, requests: Sequence[Request], params: SamplingParams) -> List[Rollout]: ...
+
+
+def build_engine(rollout_cfg, chunks, tokenizer, stop_token_ids=None, vocab_size=None, engine=None,
+                 **overrides) -> GenerationEngine:
+    """The engine ``rollout_cfg.engine`` names (``cfg.rollout``) on ``chunks`` (this rank's model chunks; the
+    pipeline groups default to megatron's: pass ``comm=backend.slot_model.StageComm(...)`` in ``overrides`` for
+    others). ``continuous`` falls back to ``static`` with a warning when the model uses a feature the slot model
+    does not reproduce. ``engine`` overrides the configured name; other keyword arguments go to the engine."""
+    import warnings
+
+    from .megatron_engine import MegatronEngine
+
+    name = engine or rollout_cfg.engine
+    if name == "continuous":
+        from ..backend.slot_model import unsupported_reason
+        from .continuous_engine import ContinuousEngine
+
+        reason = unsupported_reason(chunks)
+        if reason is None:
+            kw = dict(max_slots=rollout_cfg.max_slots, prefill_tokens=rollout_cfg.prefill_tokens,
+                      cuda_graphs=rollout_cfg.cuda_graphs)
+            kw.update(overrides)
+            return ContinuousEngine(chunks, tokenizer, rollout_cfg.token_budget, stop_token_ids=stop_token_ids,
+                                    vocab_size=vocab_size, **kw)
+        warnings.warn(f"rollout.engine=continuous: {reason}; using the static engine")
+    elif name != "static":
+        raise ValueError(f"config key `rollout.engine`: must be `continuous` or `static`, got {name!r}")
+    return MegatronEngine(chunks, tokenizer, rollout_cfg.token_budget, stop_token_ids=stop_token_ids,
+                          vocab_size=vocab_size, **{k: v for k, v in overrides.items() if k in ("use_cache", "layout")})

@@ -242,17 +242,17 @@ class RielScheduler:
 
 def build_riel_scheduler(cfg, chunks, tokenizer, expert_prompts: Sequence[str], reward_fn: RewardFn,
                          buffer: Optional[HardExampleBuffer] = None) -> RielScheduler:
-    """The training setup: the megatron engine on ``chunks`` (stop on the template's end-of-turn and EOS), chat
+    """The training setup: the ``rollout.engine`` engine on ``chunks`` (stop on the template's end-of-turn and EOS), chat
     prompts, the hard-example buffer (seeded from ``cfg.seed`` unless given), microbatches of at most
     ``data.micro_batch_size × data.seq_length`` padded tokens, DP split from megatron's groups."""
     from ..backend import inference
     from ..backend.attention import supports_shared_rows
     from ..data.templates import default_template, end_of_turn_id
-    from .megatron_engine import MegatronEngine
+    from .engine import build_engine
 
     template = cfg.data.chat_template or default_template(tokenizer)
     stop_ids = sorted({end_of_turn_id(template, tokenizer), tokenizer.eos_id})
-    engine = MegatronEngine(chunks, tokenizer, cfg.rollout.token_budget, stop_token_ids=stop_ids)
+    engine = build_engine(cfg.rollout, chunks, tokenizer, stop_token_ids=stop_ids)
     if buffer is None and cfg.riel.hard_example_buffer:
         buffer = HardExampleBuffer.from_config(cfg.riel, seed=cfg.seed)
     dp_rank, dp_size = inference.data_parallel_rank_size()

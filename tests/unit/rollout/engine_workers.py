@@ -59,6 +59,15 @@ def parallel_generation(overrides: Sequence[str] = ()) -> Dict[str, Any]:
     ro = MegatronEngine(chunks, tok).generate(reqs, sampled)
     out["sampled"] = _ids(ro)
     out["sampled_logprobs"] = [r.logprobs for r in ro]
+    # the continuous engine: one pool, then a pool of 3 slots with 5-token prefill chunks (slot reuse, a group
+    # admitted in parts, chunked prefill, compaction), on every stage and TP rank
+    from megatron_meml.rollout.continuous_engine import ContinuousEngine
+
+    for name, kw in (("continuous", {}), ("continuous_small", dict(token_budget=3 * 40, prefill_tokens=5))):
+        out[f"{name}_greedy"] = _ids(ContinuousEngine(chunks, tok, **kw).generate(reqs, greedy))
+        ro = ContinuousEngine(chunks, tok, **kw).generate(reqs, sampled)
+        out[f"{name}_sampled"] = _ids(ro)
+        out[f"{name}_sampled_logprobs"] = [r.logprobs for r in ro]
     return out
 
 
@@ -133,6 +142,22 @@ def single_process_checks() -> Dict[str, Any]:
     inside = got[7]
     out["alone"], out["inside"] = (alone.response_ids, alone.logprobs), (inside.response_ids, inside.logprobs)
     out["twin"], out["twin_alone"] = got[-1].response_ids, eng.generate([twin], sampled)[0].response_ids
+
+    # 5. the continuous engine against the static one: greedy / stop tokens / stop string / sampled, with a pool
+    # that holds everything and with 3 slots + 5-token prefill chunks (slot reuse, groups admitted in parts)
+    from megatron_meml.rollout.continuous_engine import ContinuousEngine
+
+    cont = {}
+    for name, kw in (("pool", {}), ("small", dict(token_budget=3 * 48, prefill_tokens=5))):
+        c = ContinuousEngine(chunks, tok, **kw)
+        cont[name] = {"greedy": _ids(c.generate(reqs, greedy)), "stats": dict(c.last_stats)}
+        cont[name]["stop"] = _ids(ContinuousEngine(chunks, tok, stop_token_ids=stops, **kw).generate(reqs, greedy))
+        ro = c.generate(batch, sampled)
+        cont[name]["sampled"] = [(r.response_ids, r.logprobs) for r in ro]
+        r = c.generate(reqs[:1], SamplingParams(max_new_tokens=24, top_k=1, stop_strings=(stop,)))[0]
+        cont[name]["stop_string"] = (r.response_ids, r.finish_reason, r.text)
+    out["continuous"] = cont
+    out["static_sampled"] = [(r.response_ids, r.logprobs) for r in got]
 
     # the engine left the model exactly as it found it (checked before the training forward below, whose pipeline
     # schedule itself tags layers with `current_microbatch`)

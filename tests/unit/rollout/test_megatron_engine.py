@@ -2,14 +2,12 @@
 All checks share one model build (``engine_workers.single_process_checks``)."""
 import pytest
 
-from tests.distributed.launcher import spawn
-
 from .engine_workers import PROMPT_LENS
 
 
 @pytest.fixture(scope="module")
-def res():
-    return spawn("tests.unit.rollout.engine_workers:single_process_checks", 1)[0]
+def res(engine_checks):
+    return engine_checks
 
 
 def test_greedy_kv_cache_matches_full_reforward(res):
