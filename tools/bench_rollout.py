@@ -1,8 +1,17 @@
-"""Generated tokens per second: our megatron KV-cache engine vs HF transformers ``generate`` (KV cache), greedy, on
-the same tiny Qwen2-shaped model (random weights; both built from the same shape), the same prompts, in one run.
+"""Generated tokens per second: our engines (``continuous``: slot pool + own KV cache, the default; ``static``:
+megatron's static KV cache) vs HF transformers ``generate`` (KV cache), greedy, on the same tiny Qwen2-shaped model
+(random weights; both built from the same shape), the same prompts, in one run.
 
     python tools/bench_rollout.py [--batch 16] [--new-tokens 64] [--layers 2] [--hidden 128] [--repeats 5]
     python tools/bench_rollout.py --batch 48 --group 8 --min-prompt 60 --max-prompt 100 --new-tokens 48  # RIEL-shaped
+    python tools/bench_rollout.py --lengths longtail --batch 64 --group 8 --min-prompt 90 --max-prompt 110
+
+``--lengths uniform`` (default): every request generates exactly ``--new-tokens``; engines: continuous, static and
+HF; last line ``ours/hf tokens per second: <continuous / hf>``. ``--lengths longtail``: each request's
+``max_new_tokens`` is drawn from a long-tailed distribution on [8, 512] (log-normal, median ``--new-tokens``,
+sigma 1, clipped), one draw per request (the G samples of a group share the prompt, not the length: in RL they
+stop at different points); HF ``generate`` has no per-request limit, so the longtail run compares continuous with
+static only; last line ``continuous/static tokens per second: <ratio>``.
 
 Prompts have different lengths (HF gets them left-padded with an attention mask, ours right-aligned in its cache);
 no stop token is set, so every request generates exactly ``--new-tokens`` tokens in both engines. Runs alternate
@@ -41,7 +50,19 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lengths", choices=("uniform", "longtail"), default="uniform")
+    p.add_argument("--max-tail", type=int, default=512, help="longtail: largest max_new_tokens")
+    p.add_argument("--token-budget", type=int, default=0,
+                   help="KV positions for both engines (0: every request at once)")
+    p.add_argument("--no-hf", action="store_true", help="skip the HF baseline")
     return p.parse_args(argv)
+
+
+def longtail_lengths(n: int, median: int, hi: int, seed: int, lo: int = 8):
+    """n draws of round(exp(N(log median, 1))) clipped to [lo, hi] (a long tail: a few requests run to ``hi``)."""
+    g = torch.Generator().manual_seed(seed + 7)
+    x = torch.exp(torch.randn(n, generator=g, dtype=torch.float64) + torch.log(torch.tensor(float(median))))
+    return x.round().clamp(lo, hi).long().tolist()
 
 
 class _Tok:
@@ -78,10 +99,19 @@ def build_hf(a):
     return Qwen2ForCausalLM(c).eval()
 
 
+def _timed(fn, expect: int):
+    t0 = time.perf_counter()
+    n = fn()
+    dt = time.perf_counter() - t0
+    assert n == expect, (n, expect)
+    return n / dt
+
+
 def main(argv=None) -> float:
     a = parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    from megatron_meml.rollout.continuous_engine import ContinuousEngine
     from megatron_meml.rollout.engine import SamplingParams
     from megatron_meml.rollout.megatron_engine import MegatronEngine
     from megatron_meml.types import Request
@@ -92,54 +122,68 @@ def main(argv=None) -> float:
     lens = torch.randint(a.min_prompt, a.max_prompt + 1, (a.batch // a.group,), generator=g).tolist()
     prompts = [p for n in lens for p in [torch.randint(1, a.vocab, (n,), generator=g).tolist()] * a.group]
     lens = [len(p) for p in prompts]
+    longtail = a.lengths == "longtail"
+    new = longtail_lengths(a.batch, a.new_tokens, a.max_tail, a.seed) if longtail else [a.new_tokens] * a.batch
+    expect = sum(new)
 
     chunks = build_ours(a)
     tok = _Tok(a.vocab)
-    engine = MegatronEngine(chunks, tok, token_budget=a.batch * (a.max_prompt + a.new_tokens), stop_token_ids=[])
-    requests = [Request(prompt_ids=p, qid=str(i), seed=i) for i, p in enumerate(prompts)]
-    params = SamplingParams(max_new_tokens=a.new_tokens, top_k=1)
+    budget = a.token_budget or a.batch * (a.max_prompt + max(new))
+    engines = {"continuous": ContinuousEngine(chunks, tok, token_budget=budget, stop_token_ids=[]),
+               "static": MegatronEngine(chunks, tok, token_budget=budget, stop_token_ids=[])}
+    requests = [Request(prompt_ids=p, qid=str(i), seed=i, max_new_tokens=n)
+                for i, (p, n) in enumerate(zip(prompts, new))]
+    params = SamplingParams(max_new_tokens=max(new), top_k=1)
+    runs = {k: (lambda e=e: sum(len(r.response_ids) for r in e.generate(requests, params)))
+            for k, e in engines.items()}
 
-    hf = build_hf(a)
-    P = max(lens)
-    ids = torch.zeros(a.batch, P, dtype=torch.long)
-    mask = torch.zeros(a.batch, P, dtype=torch.long)
-    for i, p in enumerate(prompts):  # left padding
-        ids[i, P - len(p):] = torch.tensor(p)
-        mask[i, P - len(p):] = 1
+    if not longtail and not a.no_hf:
+        hf = build_hf(a)
+        P = max(lens)
+        ids = torch.zeros(a.batch, P, dtype=torch.long)
+        mask = torch.zeros(a.batch, P, dtype=torch.long)
+        for i, p in enumerate(prompts):  # left padding
+            ids[i, P - len(p):] = torch.tensor(p)
+            mask[i, P - len(p):] = 1
 
-    def run_ours():
-        t0 = time.perf_counter()
-        out = engine.generate(requests, params)
-        dt = time.perf_counter() - t0
-        n = sum(len(r.response_ids) for r in out)
-        assert n == a.batch * a.new_tokens, n
-        return n / dt
+        def run_hf():
+            with torch.no_grad():
+                out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=a.new_tokens, do_sample=False,
+                                  use_cache=True, pad_token_id=0, eos_token_id=None)
+            return (out.shape[1] - P) * a.batch
 
-    def run_hf():
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=a.new_tokens, do_sample=False,
-                              use_cache=True, pad_token_id=0, eos_token_id=None)
-        dt = time.perf_counter() - t0
-        n = (out.shape[1] - P) * a.batch
-        assert n == a.batch * a.new_tokens, n
-        return n / dt
+        runs["hf"] = run_hf
 
-    run_ours(), run_hf()  # warm-up
-    ours, theirs = [], []
+    same = [r.response_ids for r in engines["continuous"].generate(requests, params)] == \
+        [r.response_ids for r in engines["static"].generate(requests, params)]  # also the warm-up
+    for fn in runs.values():
+        fn()
+    rates = {k: [] for k in runs}
     for _ in range(a.repeats):
-        ours.append(run_ours())
-        theirs.append(run_hf())
-    o, h = max(ours), max(theirs)
+        for k, fn in runs.items():
+            rates[k].append(_timed(fn, expect))
     print(f"model: {a.layers} layers, hidden {a.hidden}, ffn {a.ffn}, heads {a.heads}/{a.kv_heads}, vocab {a.vocab}; "
           f"batch {a.batch} ({a.batch // a.group} distinct prompts), prompts {min(lens)}..{max(lens)} tokens, "
-          f"{a.new_tokens} new tokens, greedy, torch threads {torch.get_num_threads()}, {a.repeats} timed runs each")
-    for name, runs in (("ours (megatron static KV cache)", ours), ("hf transformers generate", theirs)):
-        print(f"{name:32s} best {max(runs):8.1f}  median {statistics.median(runs):8.1f} tokens/s  "
-              f"runs: {', '.join(f'{x:.0f}' for x in runs)}")
-    print(f"median ratio: {statistics.median(ours) / statistics.median(theirs):.3f}")
-    print(f"ours/hf tokens per second: {o / h:.3f}")
-    return o / h
+          f"new tokens {'exactly %d' % a.new_tokens if not longtail else 'longtail %d..%d (median %d, mean %.0f)' % (min(new), max(new), sorted(new)[len(new) // 2], expect / len(new))}, "
+          f"greedy, KV budget {budget}, torch threads {torch.get_num_threads()}, {a.repeats} timed runs each")
+    names = {"continuous": "ours (continuous engine)", "static": "ours (static engine)", "hf": "hf transformers generate"}
+    for k, r in rates.items():
+        print(f"{names[k]:32s} best {max(r):8.1f}  median {statistics.median(r):8.1f} tokens/s  "
+              f"runs: {', '.join(f'{x:.0f}' for x in r)}")
+    print(f"continuous and static emit identical tokens: {same}")
+    st = engines["continuous"].last_stats
+    print(f"continuous engine: {st.get('steps')} forwards ({st.get('prefill_steps')} prefill, "
+          f"{st.get('decode_steps')} decode), peak {st.get('peak_slots')} slots")
+    c_s = max(rates["continuous"]) / max(rates["static"])
+    print(f"median ratio continuous/static: {statistics.median(rates['continuous']) / statistics.median(rates['static']):.3f}")
+    if "hf" in rates:
+        print(f"median ratio ours/hf: {statistics.median(rates['continuous']) / statistics.median(rates['hf']):.3f}")
+        print(f"continuous/static tokens per second: {c_s:.3f}")
+        ratio = max(rates["continuous"]) / max(rates["hf"])
+        print(f"ours/hf tokens per second: {ratio:.3f}")
+        return ratio
+    print(f"continuous/static tokens per second: {c_s:.3f}")
+    return c_s
 
 
 if __name__ == "__main__":

@@ -168,7 +168,43 @@ class SlotModel:
         self.buckets = batch_buckets(self.num_slots)
         self._graphs: Dict[int, tuple] = {}
         self._pool = None
-        self.vocab_out = None
+        self.tp_group, self.tp_size = None, 1
+        self.fast = self._fast_plan(model)
+
+    def _fast_plan(self, model):
+        """Per-layer modules for :meth:`_layers_fast` when every layer is the plain local spec (megatron's
+        Column/RowParallelLinear, no q/k norms, no clamped GLU); None otherwise (Transformer Engine layers run through
+        their module calls, where CUDA graphs take the Python cost away)."""
+        from types import SimpleNamespace
+
+        from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+        from megatron.core.transformer.identity_op import IdentityOp
+
+        cfg = model.config
+        if getattr(cfg, "activation_func_clamp_value", None) is not None or getattr(cfg, "glu_linear_offset", 0.0):
+            return None
+        if getattr(cfg, "use_te_activation_func", False) or cfg.bias_activation_fusion or cfg.sequence_parallel:
+            return None
+        plan = []
+        for layer in self.layers:
+            att, mlp = layer.self_attention, layer.mlp
+            linears = (getattr(att, "linear_qkv", None), getattr(att, "linear_proj", None),
+                       getattr(mlp, "linear_fc1", None), getattr(mlp, "linear_fc2", None))
+            if [type(m) for m in linears] != [ColumnParallelLinear, RowParallelLinear, ColumnParallelLinear,
+                                             RowParallelLinear]:
+                return None
+            if any(not (n is None or isinstance(n, IdentityOp)) for n in (getattr(att, "q_layernorm", None),
+                                                                           getattr(att, "k_layernorm", None))):
+                return None
+            if att.num_query_groups_per_partition * att.world_size != cfg.num_query_groups:
+                return None  # fewer KV groups than TP ranks: megatron all-gathers the QKV output
+            plan.append(SimpleNamespace(ln1=layer.input_layernorm, ln2=layer.pre_mlp_layernorm, wqkv=linears[0],
+                                        wproj=linears[1], wfc1=linears[2], wfc2=linears[3],
+                                        glu=cfg.gated_linear_unit, act=cfg.activation_func))
+        if plan:
+            self.tp_group = getattr(plan[0].wproj, "tp_group", None) or _ps().get_tensor_model_parallel_group()
+            self.tp_size = dist.get_world_size(self.tp_group) if dist.is_initialized() else 1
+        return plan
 
     # ---------------------------------------------------------------------------------------------- pieces
     def _rope(self, t: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -204,6 +240,8 @@ class SlotModel:
     def _layers(self, x: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, attend) -> torch.Tensor:
         """x [T, 1, H] through this stage's layers; token t's K/V go to (slots[t], positions[t]);
         ``attend(li, q [T, nh, hn]) -> [T, nh * hn]`` reads the cache after the write."""
+        if self.fast is not None:
+            return self._layers_fast(x, slots, positions, attend)
         for li, layer in enumerate(self.layers):
             att = layer.self_attention
             h = layer.input_layernorm(x)
@@ -218,6 +256,37 @@ class SlotModel:
             out, bias = layer.mlp(h)
             x = x + (out if bias is None else out + bias)
         return x
+
+    def _layers_fast(self, x, slots, positions, attend):
+        """The same function on the local layer spec with the linear layers' weights applied by ``F.linear``:
+        column-parallel ``linear_qkv`` / ``linear_fc1`` need no communication in the forward (no sequence
+        parallelism), row-parallel ``linear_proj`` / ``linear_fc2`` all-reduce their partial sums over the
+        tensor-parallel group, then add their bias -- megatron's own order. The QKV split is megatron's layout,
+        ``[T, ng, (nh/ng + 2), hn]`` per rank; the GLU is ``act(x_gate) * x_up`` of megatron's MLP."""
+        F = torch.nn.functional
+        x = x[:, 0]
+        rep = self.nh // self.ng if self.ng else 0
+        for li, f in enumerate(self.fast):
+            h = f.ln1(x)
+            qkv = F.linear(h, f.wqkv.weight, f.wqkv.bias).view(-1, self.ng, rep + 2, self.hn)
+            q = self._rope(qkv[:, :, :rep].reshape(-1, self.nh, self.hn), positions)
+            self.k[li][slots, :, positions] = self._rope(qkv[:, :, rep], positions)
+            self.v[li][slots, :, positions] = qkv[:, :, rep + 1]
+            x = x + self._row_parallel(attend(li, q), f.wproj)
+            h = F.linear(f.ln2(x), f.wfc1.weight, f.wfc1.bias)
+            if f.glu:
+                gate, up = torch.chunk(h, 2, dim=-1)
+                h = f.act(gate) * up
+            else:
+                h = f.act(h)
+            x = x + self._row_parallel(h, f.wfc2)
+        return x[:, None]
+
+    def _row_parallel(self, x: torch.Tensor, layer) -> torch.Tensor:
+        out = torch.nn.functional.linear(x, layer.weight)
+        if self.tp_size > 1:
+            dist.all_reduce(out, group=self.tp_group)
+        return out if layer.bias is None else out + layer.bias
 
     # ---------------------------------------------------------------------------------------------- prefill
     def prefill(self, tokens: torch.Tensor, seg_slot: Sequence[int], seg_start: Sequence[int],
