@@ -57,6 +57,10 @@ class SDPAttention(DotProductAttention):
 
     def forward(self, query, key, value, attention_mask: Optional[torch.Tensor], attn_mask_type=None,
                 attention_bias=None, packed_seq_params=None):
+        layout = _segment_layout(attention_mask)
+        if layout is not None and query.shape[0] == key.shape[0] and \
+                self._sdpa_applies(query, key, attention_mask, attention_bias, packed_seq_params):
+            return segment_attention(query, key, value, layout, self.softmax_scale)
         if not self._sdpa_applies(query, key, attention_mask, attention_bias, packed_seq_params):
             return super().forward(query, key, value, attention_mask, attn_mask_type=attn_mask_type,
                                    attention_bias=attention_bias, packed_seq_params=packed_seq_params)
@@ -77,12 +81,106 @@ class SDPAttention(DotProductAttention):
 
 def segment_attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
     """Boolean mask ``[B, 1, S, S]`` (True = masked) for prompt-sharing rows: slot i attends to slot j iff j <= i
-    and slot j is in the shared prompt (segment 0) or in i's own segment."""
+    and slot j is in the shared prompt (segment 0) or in i's own segment. The returned tensor is remembered with its
+    ``segment_ids``: :class:`SDPAttention` then computes the same attention segment by segment
+    (:func:`segment_attention`) instead of over the dense ``S x S`` mask."""
     seg_q, seg_k = segment_ids[:, :, None], segment_ids[:, None, :]
     S = segment_ids.shape[1]
     causal = torch.ones(S, S, dtype=torch.bool, device=segment_ids.device).tril()
     allowed = causal[None] & ((seg_k == 0) | (seg_k == seg_q))
-    return ~allowed[:, None]
+    mask = ~allowed[:, None]
+    _SEGMENTS[0] = (mask, segment_ids, None)
+    return mask
+
+
+_SEGMENTS: list = [None]  # (the latest segment mask, its segment_ids, its index plan once built)
+
+
+def _segment_layout(attention_mask):
+    """The index plan of ``attention_mask`` when it is the latest :func:`segment_attention_mask` (else None)."""
+    entry = _SEGMENTS[0]
+    if attention_mask is None or entry is None or attention_mask is not entry[0]:
+        return None
+    if entry[2] is None:
+        plan = _segment_plan(entry[1])
+        _SEGMENTS[0] = (entry[0], entry[1], plan)
+        return plan
+    return entry[2]
+
+
+def _segment_plan(seg: torch.Tensor):
+    """Index tensors of :func:`segment_attention` for segment ids ``seg`` [B, S] (0 = the row's shared prefix, a
+    contiguous run at the start; k >= 1 = continuation k, contiguous; -1 = padding). None when a row does not
+    have that shape (the dense-mask path then runs)."""
+    B, S = seg.shape
+    dev = seg.device
+    P = (seg == 0).sum(1)                                                     # [B] prefix length
+    ar = torch.arange(S, device=dev)
+    if not bool(((seg == 0) == (ar[None, :] < P[:, None])).all()):
+        return None
+    cont = seg > 0
+    starts = cont & torch.cat([torch.ones(B, 1, dtype=torch.bool, device=dev), seg[:, 1:] != seg[:, :-1]], 1)
+    sb, ss = starts.nonzero(as_tuple=True)                                    # [n] segment (row, first slot)
+    n = sb.numel()
+    sid = seg[sb, ss]
+    lens = (seg[sb] == sid[:, None]).sum(1)                                   # [n]
+    if n and not bool((seg[sb, (ss + lens - 1).clamp_max(S - 1)] == sid).all()):
+        return None
+    Pm = int(P.max()) if B else 0
+    rm = int(lens.max()) if n else 0
+    pad = B * S                                                               # index of an appended zero row
+    qi = ss[:, None] + torch.arange(rm, device=dev)[None, :]                  # [n, rm]
+    qvalid = torch.arange(rm, device=dev)[None, :] < lens[:, None]
+    q_idx = torch.where(qvalid, sb[:, None] * S + qi.clamp_max(S - 1), torch.full_like(qi, pad))
+    pj = torch.arange(Pm, device=dev)[None, :]
+    pvalid = pj < P[sb][:, None]                                              # [n, Pm]
+    p_idx = torch.where(pvalid, sb[:, None] * S + pj, torch.full_like(qi[:, :1].expand(-1, Pm), pad))
+    k_idx = torch.cat([p_idx, q_idx], 1)                                      # [n, Pm + rm]
+    own = torch.arange(rm, device=dev)
+    allowed = torch.cat([pvalid[:, None, :].expand(-1, rm, -1),
+                         (own[None, None, :] <= own[None, :, None]) & qvalid[:, None, :]], 2)   # [n, rm, Pm + rm]
+    allowed |= ~qvalid[:, :, None]                                             # padded queries: anything finite
+    return dict(B=B, S=S, P=P, Pm=Pm, n=n, q_idx=q_idx, k_idx=k_idx, qvalid=qvalid, allowed=allowed[:, None],
+                pref_valid=ar[None, :Pm] < P[:, None], scatter=q_idx[qvalid])
+
+
+def segment_attention(query, key, value, plan, scale) -> torch.Tensor:
+    """The attention of :func:`segment_attention_mask` without the dense ``S x S`` mask (same function, up to fp32
+    rounding; tests/distributed/test_shared_rows.py compares losses and gradients with one row per sequence):
+      * each row's shared prefix (segment 0, slots ``[0, P_b)``): causal SDPA over the first ``max P`` slots
+        (``is_causal``: the flash kernel skips the upper triangle; keys beyond ``P_b`` are never visible to a
+        prefix query);
+      * each continuation (row b, slots ``[s, s + r)``): its queries against ``[prefix of b] ++ [itself]`` gathered
+        into ``[n_segments, max P + max r]`` keys, causal within itself -- cost ``Σ r·(P + r)`` instead of ``S²``
+        per row (a 507-slot row of a 100-token prompt and seven 57-token continuations: 4.5x fewer scores);
+      * padding slots (-1) get 0 (they carry no loss and no real slot attends to them).
+    query ``[S, B, np, hn]``, key/value ``[S, B, ng, hn]`` -> ``[S, B, np·hn]``."""
+    S, B, np_, hn = query.shape
+    ng = key.shape[2]
+    gqa = ng != np_
+    q = query.transpose(0, 1)                                                  # [B, S, np, hn]
+    k = key.transpose(0, 1)
+    v = value.transpose(0, 1)
+    out = torch.zeros(B * S + 1, np_, hn, dtype=query.dtype, device=query.device)
+    Pm = plan["Pm"]
+    if Pm:
+        ctx = F.scaled_dot_product_attention(q[:, :Pm].transpose(1, 2), k[:, :Pm].transpose(1, 2),
+                                             v[:, :Pm].transpose(1, 2), is_causal=True, scale=scale,
+                                             enable_gqa=gqa)                    # [B, np, Pm, hn]
+        rows = torch.arange(B, device=query.device)[:, None] * S + torch.arange(Pm, device=query.device)[None, :]
+        out = out.index_copy(0, rows[plan["pref_valid"]], ctx.transpose(1, 2)[plan["pref_valid"]])
+    if plan["n"]:
+        zq = torch.zeros(1, np_, hn, dtype=query.dtype, device=query.device)
+        zk = torch.zeros(1, ng, hn, dtype=key.dtype, device=key.device)
+        qf = torch.cat([q.reshape(B * S, np_, hn), zq])
+        kf = torch.cat([k.reshape(B * S, ng, hn), zk])
+        vf = torch.cat([v.reshape(B * S, ng, hn), zk])
+        qs = qf[plan["q_idx"]].transpose(1, 2)                                 # [n, np, rm, hn]
+        ks = kf[plan["k_idx"]].transpose(1, 2)                                 # [n, ng, Pm + rm, hn]
+        vs = vf[plan["k_idx"]].transpose(1, 2)
+        ctx = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=plan["allowed"], scale=scale, enable_gqa=gqa)
+        out = out.index_copy(0, plan["scatter"], ctx.transpose(1, 2)[plan["qvalid"]])
+    return out[:B * S].view(B, S, np_ * hn).transpose(0, 1).contiguous()
 
 
 class PositionedRotaryEmbedding(RotaryEmbedding):
