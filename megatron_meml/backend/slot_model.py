@@ -207,13 +207,17 @@ class SlotModel:
         return plan
 
     # ---------------------------------------------------------------------------------------------- pieces
-    def _rope(self, t: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """t [T, heads, hn] rotated at ``positions`` [T] (megatron's non-interleaved rotate-half formula)."""
-        cos, sin = self.cos[positions][:, None, :], self.sin[positions][:, None, :]
+    def _rope(self, t: torch.Tensor, positions: torch.Tensor, cs=None) -> torch.Tensor:
+        """t [T, heads, hn] rotated at ``positions`` [T] (megatron's non-interleaved rotate-half formula);
+        ``cs`` = :meth:`_cos_sin` of the positions, computed once per forward and shared by every layer."""
+        cos, sin = cs if cs is not None else self._cos_sin(positions)
         x, rest = t[..., :self.rot], t[..., self.rot:]
         x1, x2 = torch.chunk(x, 2, dim=-1)
         x = x * cos + torch.cat((-x2, x1), dim=-1) * sin
         return x if rest.shape[-1] == 0 else torch.cat((x, rest), dim=-1)
+
+    def _cos_sin(self, positions: torch.Tensor):
+        return self.cos[positions][:, None, :], self.sin[positions][:, None, :]
 
     def _stage_input(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """[T, 1, H]: the embedding on the first stage, the previous stage's output elsewhere."""
@@ -266,11 +270,14 @@ class SlotModel:
         F = torch.nn.functional
         x = x[:, 0]
         rep = self.nh // self.ng if self.ng else 0
+        cs = self._cos_sin(positions)
         for li, f in enumerate(self.fast):
             h = f.ln1(x)
             qkv = F.linear(h, f.wqkv.weight, f.wqkv.bias).view(-1, self.ng, rep + 2, self.hn)
-            q = self._rope(qkv[:, :, :rep].reshape(-1, self.nh, self.hn), positions)
-            self.k[li][slots, :, positions] = self._rope(qkv[:, :, rep], positions)
+            qk = self._rope(qkv[:, :, :rep + 1].reshape(-1, self.ng * (rep + 1), self.hn), positions, cs)
+            qk = qk.view(-1, self.ng, rep + 1, self.hn)               # q and k rotated in one pass
+            q = qk[:, :, :rep].reshape(-1, self.nh, self.hn)
+            self.k[li][slots, :, positions] = qk[:, :, rep]
             self.v[li][slots, :, positions] = qkv[:, :, rep + 1]
             x = x + self._row_parallel(attend(li, q), f.wproj)
             h = F.linear(f.ln2(x), f.wfc1.weight, f.wfc1.bias)

@@ -35,7 +35,7 @@ def test_matches_twin_and_fp64(nh, ng, hn):
     lengths = torch.tensor([0, 1, 33, 70, 64])
     scale = 1 / math.sqrt(hn)
     want = fp64_formula(q, k, v, lengths, scale)
-    for impl in ("torch", "triton"):
+    for impl in ("torch", "triton", "auto"):  # auto on CPU tensors: the SDPA form
         got = decode_attention(q, k, v, lengths, scale, impl=impl)
         torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=1e-5, msg=impl)
         assert torch.all(got[0] == 0)  # an empty row is 0, not NaN
