@@ -7,7 +7,9 @@
 #   1. GPU tests:      python3 -m pytest -m gpu tests/gpu -q          -> $OUT/pytest_gpu.log
 #   2. kernel bench:   tools/bench_kernels.py --gpu                   -> $OUT/bench.log, bench.json, bench_table.md
 #   3. training check: tools/gpu_train_check.py (when present)        -> $OUT/train_check.log
-# and prints a summary table LAST. Worst case (every step at its timeout) ends in about 6.5 minutes.
+#   4. rollout check:  tools/gpu_rollout_check.py (1.5B shape, 256 requests x 512 new tokens, MBU, HF baseline)
+#                                                                      -> $OUT/rollout_check.log
+# and prints a summary table LAST. Worst case (every step at its timeout) ends in about 10.5 minutes.
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -64,6 +66,8 @@ else
   STEPS+=("train-check|skipped (tools/gpu_train_check.py absent)|0|-")
 fi
 
+run_step rollout-check 240 rollout_check.log -- python3 tools/gpu_rollout_check.py --deadline 150
+
 # --- key numbers, then the summary table (last)
 key_pytest=$(grep -E "passed|failed|error|skipped" "$OUT/pytest_gpu.log" | tail -n 1)
 key_bench=$(python3 - "$OUT/bench.json" <<'EOF' 2>/dev/null
@@ -77,6 +81,7 @@ print("; ".join(out))
 EOF
 )
 key_train=$( [ -f "$OUT/train_check.log" ] && tail -n 1 "$OUT/train_check.log" )
+key_rollout=$( [ -f "$OUT/rollout_check.log" ] && grep '^| rollout | [0-9]' "$OUT/rollout_check.log" | tail -n 1 | sed 's/^| //; s/ |$//; s/ | /; /g' )
 echo
 echo "| step | status | seconds | key numbers |"
 echo "|---|---|---:|---|"
@@ -86,6 +91,7 @@ for s in "${STEPS[@]}"; do
     gpu-tests) key=$key_pytest ;;
     bench) key=$key_bench ;;
     train-check) key=${key_train:-} ;;
+    rollout-check) key=${key_rollout:-} ;;
     *) key= ;;
   esac
   echo "| $name | $status | $secs | ${key:-see $OUT/$log} |"

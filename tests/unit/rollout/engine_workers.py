@@ -193,3 +193,31 @@ def single_process_checks() -> Dict[str, Any]:
         out.setdefault("shared_microbatches", []).append(sum(mb.segment_ids is not None for mb in step.microbatches))
 
     return copy.deepcopy(out)
+
+
+def continuous_cuda_checks() -> Dict[str, Any]:
+    """On CUDA: the continuous engine with CUDA graphs (Triton decode attention) vs without graphs vs the static
+    engine -- greedy and sampled tokens, log-probs, and a pool small enough to pad decode batches to buckets."""
+    from megatron_meml.data.tokenizer import ByteTokenizer
+    from megatron_meml.rollout.continuous_engine import ContinuousEngine
+    from megatron_meml.rollout.engine import SamplingParams
+    from megatron_meml.rollout.megatron_engine import MegatronEngine
+
+    cfg, info, chunks = _setup()
+    tok = ByteTokenizer()
+    reqs = make_requests()
+    twin = copy.deepcopy(reqs[1])
+    twin.seed += 1
+    reqs.append(twin)
+    out: Dict[str, Any] = {}
+    for pname, params in (("greedy", SamplingParams(max_new_tokens=16, top_k=1)),
+                          ("sampled", SamplingParams(max_new_tokens=16, temperature=0.8, top_p=0.95))):
+        ro = MegatronEngine(chunks, tok).generate(reqs, params)
+        out[f"static_{pname}"] = [(r.response_ids, r.logprobs) for r in ro]
+        for name, kw in (("graphs", dict(cuda_graphs=True)), ("eager", dict(cuda_graphs=False)),
+                         ("graphs_small", dict(cuda_graphs=True, token_budget=3 * 40, prefill_tokens=5))):
+            eng = ContinuousEngine(chunks, tok, **kw)
+            ro = eng.generate(reqs, params)
+            out[f"{name}_{pname}"] = [(r.response_ids, r.logprobs) for r in ro]
+            out[f"{name}_captured"] = len(eng._model._graphs) if eng._model is not None else 0
+    return out
