@@ -315,6 +315,8 @@ class RolloutConfig:
                                     "prefilled in chunks across iterations.")
     cuda_graphs: bool = doc(True, "continuous engine: capture the decode step as CUDA graphs per batch bucket (CUDA "
                                   "only; ignored on the CPU).")
+    keep_cache: bool = doc(False, "continuous engine: keep the KV pool and its CUDA graphs between generate calls "
+                                  "(no re-capture each step, but the cache memory stays allocated during training).")
     seed: int = doc(0, "Base seed; request i of step s uses hash(seed, step, i).")
 
     def __post_init__(self):

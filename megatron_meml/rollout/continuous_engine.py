@@ -72,13 +72,15 @@ class ContinuousEngine:
         cuda_graphs: capture the decode step per batch bucket (CUDA only; ``rollout.cuda_graphs``).
         attention_impl: ``meml_kernels.decode_attention`` impl (``auto``: Triton on CUDA, torch on the CPU).
         comm: pipeline hand-off (``backend.slot_model.StageComm``; default: megatron's parallel state).
+        keep_cache: keep the KV pool (and its CUDA graphs) between calls (``rollout.keep_cache``); by default it is
+            freed when ``generate`` returns, so training gets the memory back.
     ``last_stats``: tokens, seconds, steps (forwards), prefill/decode forwards, peak busy slots of the latest call.
     """
 
     def __init__(self, chunks: Sequence[torch.nn.Module], tokenizer, token_budget: int = 8192,
                  stop_token_ids: Optional[Sequence[int]] = None, vocab_size: Optional[int] = None,
                  max_slots: int = 0, prefill_tokens: int = 2048, cuda_graphs: bool = True,
-                 attention_impl: str = "auto", comm=None):
+                 attention_impl: str = "auto", comm=None, keep_cache: bool = False):
         from ..backend.slot_model import unsupported_reason
 
         reason = unsupported_reason(chunks)
@@ -96,8 +98,9 @@ class ContinuousEngine:
         self.cuda_graphs = bool(cuda_graphs)
         self.attention_impl = attention_impl
         self.comm = comm
+        self.keep_cache = bool(keep_cache)
         self.last_stats: Dict[str, float] = {}
-        self._model = None  # the SlotModel, kept across calls while the pool shape fits (CUDA graphs persist)
+        self._model = None  # the SlotModel; kept across calls with keep_cache while the pool shape fits
 
     # ------------------------------------------------------------------------------------------------ setup
     def _pool(self, n_slots: int, capacity: int):
@@ -137,8 +140,12 @@ class ContinuousEngine:
             n_slots = min(n_slots, self.max_slots)
         with inference.generation_mode(self.chunks):
             model = self._pool(n_slots, C)
-            run = _Run(self, model, requests, max_new, params, n_slots)
-            out = run.loop()
+            try:
+                run = _Run(self, model, requests, max_new, params, n_slots)
+                out = run.loop()
+            finally:
+                if not self.keep_cache:
+                    self.release()
         self.last_stats = dict(run.stats, seconds=time.perf_counter() - t0,
                                tokens=float(sum(len(r.response_ids) for r in out)))
         return out

@@ -86,7 +86,7 @@ def build_engine(rollout_cfg, chunks, tokenizer, stop_token_ids=None, vocab_size
         reason = unsupported_reason(chunks)
         if reason is None:
             kw = dict(max_slots=rollout_cfg.max_slots, prefill_tokens=rollout_cfg.prefill_tokens,
-                      cuda_graphs=rollout_cfg.cuda_graphs)
+                      cuda_graphs=rollout_cfg.cuda_graphs, keep_cache=rollout_cfg.keep_cache)
             kw.update(overrides)
             return ContinuousEngine(chunks, tokenizer, rollout_cfg.token_budget, stop_token_ids=stop_token_ids,
                                     vocab_size=vocab_size, **kw)

@@ -214,8 +214,9 @@ def continuous_cuda_checks() -> Dict[str, Any]:
                           ("sampled", SamplingParams(max_new_tokens=16, temperature=0.8, top_p=0.95))):
         ro = MegatronEngine(chunks, tok).generate(reqs, params)
         out[f"static_{pname}"] = [(r.response_ids, r.logprobs) for r in ro]
-        for name, kw in (("graphs", dict(cuda_graphs=True)), ("eager", dict(cuda_graphs=False)),
-                         ("graphs_small", dict(cuda_graphs=True, token_budget=3 * 40, prefill_tokens=5))):
+        for name, kw in (("graphs", dict(cuda_graphs=True, keep_cache=True)), ("eager", dict(cuda_graphs=False)),
+                         ("graphs_small", dict(cuda_graphs=True, keep_cache=True, token_budget=3 * 40,
+                                               prefill_tokens=5))):
             eng = ContinuousEngine(chunks, tok, **kw)
             ro = eng.generate(reqs, params)
             out[f"{name}_{pname}"] = [(r.response_ids, r.logprobs) for r in ro]
