@@ -162,11 +162,14 @@ def main(argv=None) -> float:
     for _ in range(a.repeats):
         for k, fn in runs.items():
             rates[k].append(_timed(fn, expect))
+    lengths = f"exactly {a.new_tokens}" if not longtail else \
+        f"longtail {min(new)}..{max(new)} (median {sorted(new)[len(new) // 2]}, mean {expect / len(new):.0f})"
     print(f"model: {a.layers} layers, hidden {a.hidden}, ffn {a.ffn}, heads {a.heads}/{a.kv_heads}, vocab {a.vocab}; "
           f"batch {a.batch} ({a.batch // a.group} distinct prompts), prompts {min(lens)}..{max(lens)} tokens, "
-          f"new tokens {'exactly %d' % a.new_tokens if not longtail else 'longtail %d..%d (median %d, mean %.0f)' % (min(new), max(new), sorted(new)[len(new) // 2], expect / len(new))}, "
-          f"greedy, KV budget {budget}, torch threads {torch.get_num_threads()}, {a.repeats} timed runs each")
-    names = {"continuous": "ours (continuous engine)", "static": "ours (static engine)", "hf": "hf transformers generate"}
+          f"new tokens {lengths}, greedy, KV budget {budget}, torch threads {torch.get_num_threads()}, "
+          f"{a.repeats} timed runs each")
+    names = {"continuous": "ours (continuous engine)", "static": "ours (static engine)",
+             "hf": "hf transformers generate"}
     for k, r in rates.items():
         print(f"{names[k]:32s} best {max(r):8.1f}  median {statistics.median(r):8.1f} tokens/s  "
               f"runs: {', '.join(f'{x:.0f}' for x in r)}")
@@ -175,7 +178,8 @@ def main(argv=None) -> float:
     print(f"continuous engine: {st.get('steps')} forwards ({st.get('prefill_steps')} prefill, "
           f"{st.get('decode_steps')} decode), peak {st.get('peak_slots')} slots")
     c_s = max(rates["continuous"]) / max(rates["static"])
-    print(f"median ratio continuous/static: {statistics.median(rates['continuous']) / statistics.median(rates['static']):.3f}")
+    med = {k: statistics.median(r) for k, r in rates.items()}
+    print(f"median ratio continuous/static: {med['continuous'] / med['static']:.3f}")
     if "hf" in rates:
         print(f"median ratio ours/hf: {statistics.median(rates['continuous']) / statistics.median(rates['hf']):.3f}")
         print(f"continuous/static tokens per second: {c_s:.3f}")

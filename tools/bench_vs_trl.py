@@ -95,7 +95,8 @@ class Ours:
             f"model.num_layers={a.layers}", f"model.hidden_size={a.hidden}", f"model.ffn_hidden_size={a.ffn}",
             f"model.num_attention_heads={a.heads}", f"model.num_query_groups={a.kv_heads}", "model.vocab_size=259",
             f"model.padded_vocab_size={a.vocab}", "model.max_position_embeddings=1024", "data.tokenizer=byte",
-            "data.seq_length=256", "data.micro_batch_size=64", "data.global_batch_size=64", f"rollout.max_new_tokens={a.max_new}",
+            "data.seq_length=256", "data.micro_batch_size=64", "data.global_batch_size=64",
+            f"rollout.max_new_tokens={a.max_new}",
             f"rollout.engine={a.engine}", "rollout.token_budget=65536", "rollout.temperature=1.0",
             f"riel.questions_per_step={a.questions}", f"riel.group_size={a.group}", "riel.lr=1e-6",
             "optimizer.lr_warmup_steps=0", f"seed={a.seed}"])

@@ -254,7 +254,8 @@ class _Run:
             job.logits = None if logits is None else logits[k:k + 1]
             self._start_decoding(members, job.logits)
             job.admitted = []
-            job.leader_slot, job.done_tokens = -1, 0  # a later member (pool was full) copies from a live slot or prefills anew
+            # a member admitted later (the pool was full) copies from a live slot, or prefills anew
+            job.leader_slot, job.done_tokens = -1, 0
 
     def _start_decoding(self, members, logits_row) -> None:
         """Sample the first response token of each (slot, request) in ``members`` from one prompt's logits."""
