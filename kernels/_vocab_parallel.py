@@ -16,6 +16,12 @@ with M = max_p m_p and a_p = exp(m_p - M),
 Then  lse = M + log s,  log p(target) = tgt - lse,  entropy = -sum p log p = log s - u / s.
 Across a tensor-parallel group this costs exactly two all-reduces of [T]-sized tensors: MAX of m, then one SUM of
 the stacked [3, T] (s, u, tgt). [T, V] is never gathered.
+
+Padded vocabulary (``vocab_limit``): embedding tables are padded past the tokenizer's real vocabulary (to a
+multiple of 64·TP, or Qwen2.5's 151936 rows for 151665 ids); padded ids must get no probability mass. Global ids
+>= vocab_limit are excluded from every row statistic: each shard reduces only its columns below the limit
+(:func:`local_vocab_end`), so they add nothing to s, u or the max and their gradient is exactly 0. A shard that
+lies wholly in the padding contributes the neutral stats (m, s, u, tgt) = (-1e30, 0, 0, 0) (:func:`empty_stats`).
 """
 from __future__ import annotations
 
@@ -84,6 +90,22 @@ def default_vocab_start(v_local: int, group) -> int:
     """First global vocabulary id of this rank's shard, for equal shards in rank order (Megatron's layout)."""
     rank, _ = group_rank_size(group)
     return rank * v_local
+
+
+def local_vocab_end(v_local: int, vocab_start: int, vocab_limit: int | None) -> int:
+    """Columns [0, end) of a shard starting at global id ``vocab_start`` lie below ``vocab_limit`` (all when None)."""
+    if vocab_limit is None:
+        return v_local
+    if vocab_limit <= 0:
+        raise ValueError(f"vocab_limit must be > 0, got {vocab_limit}")
+    return max(0, min(v_local, vocab_limit - vocab_start))
+
+
+def empty_stats(t: int, device) -> RowStats:
+    """The stats of an empty vocabulary slice, [1, T] each: neutral under :func:`merge_partials` / all-reduce."""
+    m = torch.full((1, t), -1e30, dtype=torch.float32, device=device)
+    z = torch.zeros((1, t), dtype=torch.float32, device=device)
+    return RowStats(m, z, z.clone(), z.clone())
 
 
 def valid_rows(targets: torch.Tensor, ignore_index: int, mask: torch.Tensor | None) -> torch.Tensor:

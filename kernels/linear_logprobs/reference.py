@@ -55,12 +55,14 @@ def row_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
 
 def backward(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
              lse: torch.Tensor, entropy: torch.Tensor, g_logp: torch.Tensor, g_entropy: torch.Tensor | None,
-             inv_temp: float, vocab_start: int) -> tuple[torch.Tensor, torch.Tensor]:
+             inv_temp: float, vocab_start: int, v_end: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(dhidden [T, H] in hidden's dtype, dweight [V, H] in weight's dtype) from upstream g_logp / g_entropy [T].
 
     dz_tile = [g (onehot - p) - h p (log p + H)] * inv_temp, recomputed per tile from the saved global lse.
+    Only the first ``v_end`` rows of weight (default all) are in the softmax; dweight[v_end:] is 0.
     """
-    t, v = hidden.shape[0], weight.shape[0]
+    t = hidden.shape[0]
+    v = weight.shape[0] if v_end is None else v_end
     dev = hidden.device
     g = torch.where(valid, g_logp.float(), 0.0)
     hg = None if g_entropy is None else torch.where(valid, g_entropy.float(), 0.0)

@@ -166,10 +166,11 @@ def row_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
 
 def backward(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
              lse: torch.Tensor, entropy: torch.Tensor, g_logp: torch.Tensor, g_entropy: torch.Tensor | None,
-             inv_temp: float, vocab_start: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dhidden [T, H] hidden dtype, dweight [V, H] weight dtype); see the module docstring."""
+             inv_temp: float, vocab_start: int, v_end: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dhidden [T, H] hidden dtype, dweight [V, H] weight dtype); see the module docstring. Only the first
+    ``v_end`` rows of weight (default all) are in the softmax: dweight[v_end:] = 0."""
     t, h = hidden.shape
-    v = weight.shape[0]
+    v = weight.shape[0] if v_end is None else v_end
     cfg = _config(hidden, weight, backward=True)
     bv = cfg["BLOCK_V"]
     if interpreting():
@@ -178,8 +179,10 @@ def backward(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, 
         vc = max(bv, BWD_CHUNK_BYTES // max(1, t * hidden.element_size()) // bv * bv)
     vc = min(vc, triton.cdiv(v, bv) * bv)
     dw = torch.empty_like(weight)
+    if v < weight.shape[0]:
+        dw[v:].zero_()
     dh = torch.zeros((t, h), dtype=torch.float32, device=hidden.device)
-    if t == 0:
+    if t == 0 or v == 0:
         return dh.to(hidden.dtype), dw.zero_()
     dz = torch.empty((t, vc), dtype=hidden.dtype, device=hidden.device)
     g = g_logp.float().contiguous()

@@ -58,13 +58,14 @@ def row_stats(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, 
 
 def dlogits(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, lse: torch.Tensor,
             entropy: torch.Tensor, g_logp: torch.Tensor, g_entropy: torch.Tensor | None, inv_temp: float,
-            vocab_start: int) -> torch.Tensor:
+            vocab_start: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """Gradient w.r.t. the logits [T, V] (logits dtype) from upstream g_logp [T] and g_entropy [T] (or None).
 
-    lse, entropy: the global fp32 [T] values of the forward. Invalid rows get a zero gradient.
+    lse, entropy: the global fp32 [T] values of the forward. Invalid rows get a zero gradient. Written into
+    ``out`` ([T, V], may be a column slice of a wider tensor) when given.
     """
     t, v = logits.shape
-    out = torch.empty_like(logits)
+    out = torch.empty_like(logits) if out is None else out
     local, in_shard = _local_targets(targets, vocab_start, v)
     g = torch.where(valid, g_logp.float(), 0.0)
     h = None if g_entropy is None else torch.where(valid, g_entropy.float(), 0.0)

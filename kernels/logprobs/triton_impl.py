@@ -106,12 +106,16 @@ def row_stats(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, 
 
 def dlogits(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, lse: torch.Tensor,
             entropy: torch.Tensor, g_logp: torch.Tensor, g_entropy: torch.Tensor | None, inv_temp: float,
-            vocab_start: int) -> torch.Tensor:
-    """Triton twin of ``reference.dlogits``: dlogits [T, V] in the logits dtype."""
+            vocab_start: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Triton twin of ``reference.dlogits``: dlogits [T, V] in the logits dtype (into ``out`` when given: a
+    [T, V] tensor or column slice with unit column stride)."""
     t, v = logits.shape
     if logits.stride(1) != 1:
         logits = logits.contiguous()
-    out = torch.empty((t, v), dtype=logits.dtype, device=logits.device)
+    if out is None:
+        out = torch.empty((t, v), dtype=logits.dtype, device=logits.device)
+    elif out.stride(1) != 1 or out.shape != (t, v):
+        raise ValueError(f"out must be [{t}, {v}] with unit column stride, got {tuple(out.shape)} {out.stride()}")
     if t == 0:
         return out
     cfg = _launch_config(v, GPU_BWD)

@@ -122,3 +122,65 @@ def test_vocab_shard_stats_with_targets_outside_the_shard():
         torch.testing.assert_close(partial_tgt.sum(0), want.tgt)
         inside = (targets >= start) & (targets < start + 70)
         assert torch.all(want.tgt[~inside] == 0) and torch.all(want.tgt[inside] != 0)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
+def test_vocab_limit_leaves_padded_ids_out(dtype):
+    """vocab_limit=77 of 101 rows (the limit inside an interpreter tile): log-probs, entropy and gradients equal
+    the float64 formula on the first 77 rows alone; the padded rows get exactly zero gradient; and the result is
+    the logits path with the padded logits set to a large negative value (how backend/model.py masks them)."""
+    dtype = DTYPES[dtype]
+    gen = torch.Generator().manual_seed(12)
+    t, h, v, limit, temperature = 29, 24, 101, 77, 0.9
+    hidden, weight, _ = _inputs(gen, t, h, v, dtype)
+    targets = torch.randint(0, limit, (t,), generator=gen)
+    targets[3] = -100
+    valid = targets != -100
+    g_logp, g_ent = torch.randn(t, generator=gen), torch.randn(t, generator=gen)
+    lp, ent, h64, w64 = _naive(hidden, weight[:limit], targets, valid, temperature)
+    ((lp * g_logp.double()).sum() + (ent * g_ent.double()).sum()).backward()
+    for impl in ("torch", "triton"):
+        x, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        out = linear_token_logprobs(x, w, targets, temperature=temperature, vocab_limit=limit,
+                                    return_entropy=True, impl=impl)
+        ((out.logp * g_logp).sum() + (out.entropy * g_ent).sum()).backward()
+        torch.testing.assert_close(out.logp.double(), lp.detach(), atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(out.entropy.double(), ent.detach(), atol=2e-5, rtol=1e-5)
+        _close_grad(x.grad, h64.grad, dtype)
+        _close_grad(w.grad[:limit], w64.grad, dtype)
+        assert torch.all(w.grad[limit:] == 0)
+    # the masked-logits twin (float32 so the comparison is tight)
+    from meml_kernels.logprobs import token_logprobs
+    logits = (hidden.float() @ weight.float().t()).requires_grad_()
+    masked = torch.where(torch.arange(v) < limit, logits, torch.full((), -1e4))
+    ref = token_logprobs(masked, targets, temperature=temperature, impl="torch").logp
+    got = linear_token_logprobs(hidden.float(), weight.float(), targets, temperature=temperature,
+                                vocab_limit=limit, impl="torch").logp
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_vocab_limit_shards_merge_like_one_vocabulary():
+    """Tensor-parallel shards of a padded vocabulary (V=2x64, limit 70): shard 1 keeps 6 columns, a third shard
+    past the limit is empty (neutral stats); merged they give the single-shard answer."""
+    from meml_kernels import _vocab_parallel as vp
+    from meml_kernels.linear_logprobs import triton_impl
+    gen = torch.Generator().manual_seed(13)
+    hidden, weight, _ = _inputs(gen, 17, 16, 192, torch.float32)
+    targets = torch.randint(0, 70, (17,), generator=gen)
+    valid = torch.ones(17, dtype=torch.bool)
+    whole = vp.finish_stats(reference.row_stats(hidden, weight[:70], targets, valid, 1.0, 0, True), valid)
+    for engine in (reference, triton_impl):
+        parts = []
+        for start in (0, 64, 128):
+            end = vp.local_vocab_end(64, start, 70)
+            shard = weight[start:start + end]
+            st = vp.empty_stats(17, hidden.device) if end == 0 else \
+                engine.row_stats(hidden, shard, targets, valid, 1.0, start, True)
+            parts.append(vp.merge_partials(st) if st.m.dim() == 2 else st)
+        stacked = vp.RowStats(*(torch.stack([p[i] for p in parts]) for i in range(4)))
+        got = vp.finish_stats(vp.merge_partials(stacked), valid)
+        for a, b in zip(got, whole):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert vp.local_vocab_end(64, 128, 70) == 0 and vp.local_vocab_end(64, 64, 70) == 6
+    with pytest.raises(ValueError, match="vocab_limit"):
+        vp.local_vocab_end(64, 0, 0)

@@ -111,3 +111,23 @@ def test_vocab_shard_stats_with_targets_outside_the_shard():
             torch.testing.assert_close(a, b)
         inside = (targets >= start) & (targets < start + 70)
         assert torch.all(want.tgt[~inside] == 0) and torch.all(want.tgt[inside] != 0)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_vocab_limit_on_logits(impl):
+    """logits [T, 101] with vocab_limit=77: the float64 log-softmax of the first 77 columns; columns 77.. get an
+    exactly zero gradient (written into the full-width gradient)."""
+    gen = torch.Generator().manual_seed(21)
+    t, v, limit = 23, 101, 77
+    logits, _, mask = _inputs(gen, t, v, torch.float32)
+    targets = torch.randint(0, limit, (t,), generator=gen)
+    valid = mask
+    want_lp, want_ent, x64 = logprobs_f64(logits[:, :limit], targets, valid, 0.8)
+    (want_lp.sum() + 0.5 * want_ent.sum()).backward()
+    x = logits.clone().requires_grad_()
+    out = token_logprobs(x, targets, temperature=0.8, mask=mask, vocab_limit=limit, return_entropy=True, impl=impl)
+    (out.logp.sum() + 0.5 * out.entropy.sum()).backward()
+    torch.testing.assert_close(out.logp.double(), want_lp.detach(), atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(out.entropy.double(), want_ent.detach(), atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(x.grad[:, :limit].double(), x64.grad, atol=2e-6, rtol=1e-5)
+    assert torch.all(x.grad[:, limit:] == 0)
