@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.distributed as dist
 
+from .algo.objective import sft_loss  # Σ_t weight_t · mask_t · (−log p_t), fusable into the log-prob kernel
 from .backend import model as bmodel
 from .backend import optimizer as boptim
 from .backend import parallel
@@ -136,12 +137,6 @@ def reduce_metrics(results: Sequence[Dict[str, float]], keys: Sequence[str]) -> 
     if ps.is_pipeline_last_stage() and ps.get_data_parallel_world_size() > 1:
         dist.all_reduce(vec, group=ps.get_data_parallel_group())
     return dict(zip(keys, vec.tolist()))
-
-
-def sft_loss(logp: torch.Tensor, mb: MicroBatch):
-    """Σ_t weight_t · mask_t · (−log p_t): token-mean NLL once the weights hold 1 / N_global."""
-    loss = -(logp * mb.weight * mb.loss_mask).sum()
-    return loss, {"tokens": mb.loss_mask.sum()}
 
 
 def train_sft_step(run: Run, examples, optimizer, scheduler, coef: float = 1.0) -> Dict[str, float]:
@@ -270,9 +265,7 @@ def riel_questions(records: Sequence[Record], step: int, per_step: int, seed: in
 def run_riel(run: Run) -> Dict[str, float]:
     """Stage 2, per step: generate -> reward -> advantage -> E+/E- and O+ -> hard-example admission -> one
     forward-backward over GRPO + KL (+ SFT when the buffer fires) microbatches -> one optimizer step."""
-    from functools import partial
-
-    from .algo.objective import riel_loss
+    from .algo.objective import RielObjective
     from .rollout.scheduler import build_riel_scheduler, verifier_reward
 
     cfg = run.cfg
@@ -288,7 +281,7 @@ def run_riel(run: Run) -> Dict[str, float]:
         sched.buffer.load_state_dict(state["buffer"])
     start, bad_in_a_row = state.get("step", -1) + 1, state.get("bad_in_a_row", 0)
     ref = ReferencePolicy(run) if cfg.riel.beta_ref > 0 else None
-    loss_fn = partial(riel_loss, riel_cfg=cfg.riel)
+    loss_fn = RielObjective(cfg.riel)
     keys = [f"{a}/{k}" for a in ("loss", "count") for k in ("grpo", "kl", "sft")] + ["count/clipped", "loss"]
     run.say(f"RIEL: {steps} steps x {cfg.riel.questions_per_step} questions x {cfg.experts.num_experts} experts "
             f"x G={cfg.riel.group_size}")

@@ -8,35 +8,100 @@ already holds the global normaliser and λ1 / λ2 — ``rollout/packing.assign_w
     SFT:  l_t = −log π(y_t | q, P_e, y_<t)
     loss  = Σ_t w_t · m_t · l_t
 
-The arithmetic (and dL/dlogp in the same pass) is ``meml_kernels.token_loss``; this wrapper adds the metrics:
-each term's share of the loss and the GRPO clip fraction.
+The arithmetic (and dL/dlogp in the same pass) is ``meml_kernels.token_loss``; this module adds the metrics: each
+term's share of the loss and the GRPO clip fraction.
+
+Two ways to evaluate an objective, same result (``tests/distributed/test_fused_output.py``):
+  * ``objective(logp, mb) -> (loss, metrics)``: from per-token log-probs [B, S] (the logits path, and any caller
+    that already has log-probs).
+  * ``objective.loss_inputs(mb)`` -> ``TokenLossInputs``, handed to the log-prob kernel, which runs the token loss
+    as its epilogue (``backend/output_layer.py``: straight from hidden states, no logits), then
+    ``objective.reduce(per_token_loss, clipped, mb) -> (loss, metrics)``.
+``backend.step.forward_backward`` takes the second way for any loss function that has ``loss_inputs``
+(:class:`TokenObjective`), the first for plain callables.
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Protocol, Tuple, runtime_checkable
 
 import torch
 
-from meml_kernels.token_loss import token_loss
+from meml_kernels.token_loss import TokenLossInputs, token_loss
 
 from ..types import MicroBatch, TokenKind
 
+Metrics = Dict[str, torch.Tensor]
 
-def riel_loss(logp: torch.Tensor, mb: MicroBatch, riel_cfg, impl: str = "auto") -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+
+@runtime_checkable
+class TokenObjective(Protocol):
+    """A loss that is a weighted sum of per-token ``meml_kernels.token_loss`` terms (fusable into the kernel)."""
+
+    def loss_inputs(self, mb: MicroBatch) -> TokenLossInputs: ...
+
+    def reduce(self, per_token: torch.Tensor, clipped: torch.Tensor, mb: MicroBatch) -> Tuple[torch.Tensor, Metrics]: ...
+
+    def __call__(self, logp: torch.Tensor, mb: MicroBatch) -> Tuple[torch.Tensor, Metrics]: ...
+
+
+class _TokenObjectiveBase:
+    impl: str = "auto"
+
+    def __call__(self, logp: torch.Tensor, mb: MicroBatch) -> Tuple[torch.Tensor, Metrics]:
+        """(scalar loss, metrics) from ``logp`` [B, S] fp32 with grad."""
+        x = self.loss_inputs(mb)
+        out = token_loss(logp, x.old_logp, x.advantages, x.kind, x.mask, x.weight, ref_logp=x.ref_logp,
+                         eps_low=x.eps_low, eps_high=x.eps_high, beta=x.beta, ref_kl=x.ref_kl,
+                         kl_estimator=x.kl_estimator, impl=self.impl)
+        return self.reduce(out.loss, out.clipped, mb)
+
+
+class RielObjective(_TokenObjectiveBase):
+    """GRPO + inter-expert KL + SFT of RIEL (module docstring); metrics loss/<kind>, count/<kind>, count/clipped."""
+
+    def __init__(self, riel_cfg, impl: str = "auto"):
+        self.cfg, self.impl = riel_cfg, impl
+
+    def loss_inputs(self, mb: MicroBatch) -> TokenLossInputs:
+        c = self.cfg
+        zeros = torch.zeros(mb.tokens.shape, dtype=torch.float32, device=mb.tokens.device)
+        return TokenLossInputs(mb.old_logp if mb.old_logp is not None else zeros,
+                               mb.advantages if mb.advantages is not None else zeros, mb.kind.to(torch.int8),
+                               mb.loss_mask, mb.weight, mb.ref_logp if c.beta_ref > 0 else None,
+                               c.eps_low, c.eps_high, c.beta_ref, c.ref_kl_estimator, c.kl_estimator)
+
+    def reduce(self, per_token: torch.Tensor, clipped: torch.Tensor, mb: MicroBatch) -> Tuple[torch.Tensor, Metrics]:
+        per = per_token.detach()
+        metrics: Metrics = {}
+        active = mb.loss_mask > 0
+        for kind in TokenKind:
+            sel = (mb.kind == int(kind)) & active
+            metrics[f"loss/{kind.name.lower()}"] = per[sel].sum()
+            metrics[f"count/{kind.name.lower()}"] = sel.sum().float()
+        grpo = (mb.kind == int(TokenKind.GRPO)) & active
+        metrics["count/clipped"] = (clipped & grpo).sum().float()
+        return per_token.sum(), metrics
+
+
+class SFTObjective(_TokenObjectiveBase):
+    """Σ_t weight_t · mask_t · (−log p_t): token-mean NLL once the weights hold 1 / N_global (MEF, and the SFT
+    microbatches of tests and tools). Metric ``tokens``: the microbatch's loss tokens."""
+
+    def __init__(self, impl: str = "auto"):
+        self.impl = impl
+
+    def loss_inputs(self, mb: MicroBatch) -> TokenLossInputs:
+        zeros = torch.zeros(mb.tokens.shape, dtype=torch.float32, device=mb.tokens.device)
+        kind = torch.full(mb.tokens.shape, int(TokenKind.SFT), dtype=torch.int8, device=mb.tokens.device)
+        return TokenLossInputs(zeros, zeros, kind, mb.loss_mask, mb.weight)
+
+    def reduce(self, per_token: torch.Tensor, clipped: torch.Tensor, mb: MicroBatch) -> Tuple[torch.Tensor, Metrics]:
+        return per_token.sum(), {"tokens": mb.loss_mask.sum()}
+
+
+def riel_loss(logp: torch.Tensor, mb: MicroBatch, riel_cfg, impl: str = "auto") -> Tuple[torch.Tensor, Metrics]:
     """(scalar loss, metrics) of one microbatch. ``logp`` [B, S] fp32 with grad; ``mb`` tensors [B, S]."""
-    zeros = torch.zeros_like(logp)
-    out = token_loss(logp, mb.old_logp if mb.old_logp is not None else zeros,
-                     mb.advantages if mb.advantages is not None else zeros, mb.kind.to(torch.int8),
-                     mb.loss_mask, mb.weight, ref_logp=mb.ref_logp if riel_cfg.beta_ref > 0 else None,
-                     eps_low=riel_cfg.eps_low, eps_high=riel_cfg.eps_high, beta=riel_cfg.beta_ref,
-                     ref_kl=riel_cfg.ref_kl_estimator, kl_estimator=riel_cfg.kl_estimator, impl=impl)
-    per_token = out.loss.detach()
-    metrics: Dict[str, torch.Tensor] = {}
-    active = mb.loss_mask > 0
-    for kind in TokenKind:
-        sel = (mb.kind == int(kind)) & active
-        metrics[f"loss/{kind.name.lower()}"] = per_token[sel].sum()
-        metrics[f"count/{kind.name.lower()}"] = sel.sum().float()
-    grpo = (mb.kind == int(TokenKind.GRPO)) & active
-    metrics["count/clipped"] = (out.clipped & grpo).sum().float()
-    return out.loss.sum(), metrics
+    return RielObjective(riel_cfg, impl)(logp, mb)
+
+
+sft_loss = SFTObjective()

@@ -15,6 +15,8 @@ tensors cross ranks; [T, V] is never gathered. On CUDA the Triton kernels run, o
 
 ``token_logprobs_and_loss`` is the fused variant: the per-token RL/SFT loss (``meml_kernels.token_loss``) and its
 dL/dlogp are computed in the same forward, so the backward is one pass from the loss straight to the logits.
+``vocab_limit`` (the real vocabulary size) leaves the padded embedding columns out of the softmax. The training
+forward's fused path (hidden x W, no logits) is ``backend/output_layer.py``.
 """
 from __future__ import annotations
 
@@ -52,17 +54,18 @@ def resolve_tp(v_local: int, tp_group=None, vocab_start: Optional[int] = None):
 def token_logprobs_and_loss(logits_local: torch.Tensor, targets: torch.Tensor, tp_group=None,
                             temperature: float = 1.0, vocab_start: Optional[int] = None, impl: str = "auto",
                             ignore_index: int = -100, mask: Optional[torch.Tensor] = None,
-                            return_entropy: bool = False, loss: Optional[TokenLossInputs] = None) -> LogprobsOutput:
+                            return_entropy: bool = False, loss: Optional[TokenLossInputs] = None,
+                            vocab_limit: Optional[int] = None) -> LogprobsOutput:
     """Full form: LogprobsOutput(logp, entropy or None, loss or None, clipped or None), each shaped like targets."""
     group, start = resolve_tp(logits_local.shape[-1], tp_group, vocab_start)
     return _kernel_token_logprobs(logits_local, targets, temperature=temperature, ignore_index=ignore_index,
-                                  mask=mask, vocab_start=start, tp_group=group, return_entropy=return_entropy,
-                                  loss=loss, impl=impl)
+                                  mask=mask, vocab_start=start, vocab_limit=vocab_limit, tp_group=group,
+                                  return_entropy=return_entropy, loss=loss, impl=impl)
 
 
 def token_logprobs(logits_local: torch.Tensor, targets: torch.Tensor, tp_group=None, temperature: float = 1.0,
                    vocab_start: Optional[int] = None, impl: str = "auto", ignore_index: int = -100,
-                   mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                   mask: Optional[torch.Tensor] = None, vocab_limit: Optional[int] = None) -> torch.Tensor:
     """fp32 log-probs shaped like ``targets``; see the module docstring."""
     return token_logprobs_and_loss(logits_local, targets, tp_group, temperature, vocab_start, impl, ignore_index,
-                                   mask).logp
+                                   mask, vocab_limit=vocab_limit).logp

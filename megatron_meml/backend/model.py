@@ -124,6 +124,9 @@ def build_gpt(cfg: Config, pre_process: bool = True, post_process: bool = True, 
             share_embeddings_and_output_weights=cfg.model.tie_word_embeddings, position_embedding_type="rope",
             rotary_base=cfg.model.rotary_base, rope_scaling=cfg.model.rope_scaling == "llama3",
             rope_scaling_factor=cfg.model.rope_scaling_factor)
+    from .output_layer import OutputOptions, set_options
+
+    set_options(model, OutputOptions(fused=cfg.model.fused_output, vocab_limit=cfg.model.vocab_size))
     if not meta:
         _apply_llama3_rope(model, cfg)
         from .attention import enable_explicit_positions

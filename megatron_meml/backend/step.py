@@ -6,6 +6,13 @@ tokens[:, :t+1]) / temperature-scaled as documented in :mod:`.logprobs`, and ``l
 microbatches and DP ranks. megatron's schedule divides each microbatch loss by the number of microbatches and DDP
 divides gradients by the DP size, so we multiply by ``num_microbatches * dp_size`` before handing the loss back:
 gradients are then identical however the global batch is cut (the equivalence tests check 1e-6).
+
+Output layer (``model.fused_output``, read from the model chunk: ``backend/output_layer.py``): fused (default), the
+last stage returns final-norm hidden states and the log-probs come from hidden x W in the fused kernel -- no
+[tokens, vocab] logits in the forward or the backward; a loss function with ``loss_inputs`` (``algo.objective``'s
+``TokenObjective``: RIEL, SFT) has its per-token loss and dL/dlogp computed as that kernel's epilogue, and its
+``reduce`` makes the scalar and metrics. Otherwise (logits path, or a plain loss callable) ``loss_fn(logp, mb)``.
+Both paths leave ids >= ``model.vocab_size`` (embedding padding) out of the softmax.
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import torch
 
 from ..types import MicroBatch
 from .logprobs import token_logprobs
+from .output_layer import OutputOptions, final_hidden_states, fused_logprobs, options_of
 
 LossFn = Callable[[torch.Tensor, MicroBatch], Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
 
@@ -47,6 +55,42 @@ def model_logits(model: torch.nn.Module, tokens: torch.Tensor, position_ids: Opt
         return model(tokens, position_ids, attention_mask=segment_attention_mask(segment_ids))
 
 
+def _logprobs_and_loss(output: torch.Tensor, cap, mb: MicroBatch, opts: OutputOptions, temperature: float,
+                       loss_fn: Optional[LossFn]):
+    """(logp [B, S], loss or None, metrics) of one microbatch on the last stage. ``output``: hidden states [B, S, H]
+    when ``cap`` (fused path), else vocab-parallel logits [B, S, V/TP]."""
+    targets = shift_targets(mb.tokens)
+    if cap is None:
+        logp = token_logprobs(output, targets, temperature=temperature, vocab_limit=opts.vocab_limit,
+                              impl=opts.impl)
+    else:
+        spec = loss_fn.loss_inputs(mb) if hasattr(loss_fn, "loss_inputs") else None
+        out = fused_logprobs(output, cap, targets, opts, temperature, loss=spec)
+        if spec is not None:
+            loss, metrics = loss_fn.reduce(out.loss, out.clipped, mb)
+            return out.logp, loss, metrics
+        logp = out.logp
+    if loss_fn is None:
+        return logp, None, {}
+    loss, metrics = loss_fn(logp, mb)
+    return logp, loss, metrics
+
+
+def _forward_step(device, opts: OutputOptions, loss_func):
+    """megatron's forward_step_func: the model on one microbatch (hidden states or logits on the last stage), and
+    ``loss_func(mb, cap, output)`` bound to it."""
+
+    def forward_step(data_iterator, model):
+        mb = next(data_iterator).to(device)
+        if not opts.fused:
+            return model_logits(model, mb.tokens, mb.position_ids, mb.segment_ids), partial(loss_func, mb, None)
+        with final_hidden_states(model) as cap:
+            out = model_logits(model, mb.tokens, mb.position_ids, mb.segment_ids)
+        return out, partial(loss_func, mb, cap)
+
+    return forward_step
+
+
 def forward_backward(chunks: List[torch.nn.Module], microbatches: List[MicroBatch], loss_fn: LossFn,
                      temperature: float = 1.0, forward_only: bool = False) -> List[Dict[str, float]]:
     """Forward (and unless ``forward_only``, backward) over all ``microbatches``; gradients accumulate in the DDP
@@ -58,25 +102,20 @@ def forward_backward(chunks: List[torch.nn.Module], microbatches: List[MicroBatc
     if not microbatches:
         return []
     device = next(chunks[0].parameters()).device
+    opts = options_of(chunks[0])
     n = len(microbatches)
     scale = float(n * ps.get_data_parallel_world_size())
 
-    def loss_func(mb: MicroBatch, logits: torch.Tensor):
-        targets = shift_targets(mb.tokens)
-        logp = token_logprobs(logits, targets, temperature=temperature)
-        loss, metrics = loss_fn(logp, mb)
+    def loss_func(mb: MicroBatch, cap, output: torch.Tensor):
+        _, loss, metrics = _logprobs_and_loss(output, cap, mb, opts, temperature, loss_fn)
         out = {k: (v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v)))
                for k, v in metrics.items()}
         out["loss"] = loss.detach().clone().float()
         return loss * scale, out
 
-    def forward_step(data_iterator, model):
-        mb = next(data_iterator).to(device)
-        return model_logits(model, mb.tokens, mb.position_ids, mb.segment_ids), partial(loss_func, mb)
-
     fb = get_forward_backward_func()
-    results = fb(forward_step_func=forward_step, data_iterator=iter(microbatches), model=chunks,
-                 num_microbatches=n, seq_length=max(mb.tokens.shape[1] for mb in microbatches),
+    results = fb(forward_step_func=_forward_step(device, opts, loss_func), data_iterator=iter(microbatches),
+                 model=chunks, num_microbatches=n, seq_length=max(mb.tokens.shape[1] for mb in microbatches),
                  micro_batch_size=max(mb.tokens.shape[0] for mb in microbatches), forward_only=forward_only)
     return [{k: float(v) for k, v in r.items()} for r in results] if ps.is_pipeline_last_stage() else []
 
@@ -90,24 +129,22 @@ def forward_logprobs(chunks: List[torch.nn.Module], microbatches: List[MicroBatc
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     device = next(chunks[0].parameters()).device
+    opts = options_of(chunks[0])
     store: List[torch.Tensor] = []
 
-    def loss_func(mb: MicroBatch, logits: torch.Tensor):
-        logp = token_logprobs(logits, shift_targets(mb.tokens), temperature=temperature)
+    def loss_func(mb: MicroBatch, cap, output: torch.Tensor):
+        logp, _, _ = _logprobs_and_loss(output, cap, mb, opts, temperature, None)
         store.append(logp.cpu())
         return logp.sum() * 0.0, {}
-
-    def forward_step(data_iterator, model):
-        mb = next(data_iterator).to(device)
-        return model_logits(model, mb.tokens, mb.position_ids, mb.segment_ids), partial(loss_func, mb)
 
     was_training = [c.training for c in chunks]
     for c in chunks:
         c.eval()
     try:
         get_forward_backward_func()(
-            forward_step_func=forward_step, data_iterator=iter(microbatches), model=chunks,
-            num_microbatches=len(microbatches), seq_length=max(mb.tokens.shape[1] for mb in microbatches),
+            forward_step_func=_forward_step(device, opts, loss_func), data_iterator=iter(microbatches),
+            model=chunks, num_microbatches=len(microbatches),
+            seq_length=max(mb.tokens.shape[1] for mb in microbatches),
             micro_batch_size=max(mb.tokens.shape[0] for mb in microbatches), forward_only=True)
     finally:
         for c, t in zip(chunks, was_training):

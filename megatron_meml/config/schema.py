@@ -70,6 +70,11 @@ class ModelConfig:
                               "scaled_dot_product_attention, backend/attention.py) or `megatron` (megatron-core's "
                               "unfused DotProductAttention). Same function; sdpa is faster and never materialises "
                               "the [b, heads, s, s] scores.")
+    fused_output: bool = doc(True, "Training forward: per-token log-probs straight from the last hidden states and "
+                             "the vocab-parallel output weight (fused kernel, backend/output_layer.py), so the "
+                             "[tokens, vocab] logits and their gradient never exist; false: the output layer's "
+                             "logits, then log-softmax (the reference twin). Same loss and gradients. Generation "
+                             "always uses logits.")
 
     def __post_init__(self):
         _check(self.arch in ("qwen2", "llama"), "model.arch", f"must be `qwen2` or `llama`, got {self.arch!r}")

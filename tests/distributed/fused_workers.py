@@ -1,0 +1,93 @@
+"""Worker for tests/distributed/test_fused_output.py: one process group, one model, the same microbatches through
+the fused output layer (hidden x W in the kernel, no logits) and through the logits path, gradients of each."""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Dict, Sequence
+
+import torch
+import torch.distributed as dist
+
+from tests.distributed.workers import TINY, gather_dp_grad_buffers, global_batch, riel_sequences, \
+    shared_prompt_sequences
+
+
+def _run(chunks, optimizer, cfg, mbs, loss_fn, temperature, fused: bool) -> Dict[str, Any]:
+    """One forward-backward with the output path switched to ``fused``; the summed loss (broadcast from the last
+    stage), per-microbatch metrics, full gradients, and forward-only log-probs of the same microbatches."""
+    from megatron.core import parallel_state as ps
+    from megatron_meml.backend import optimizer as O, state, step as S
+    from megatron_meml.backend.output_layer import OutputOptions, set_options
+
+    for c in chunks:
+        set_options(c, OutputOptions(fused=fused, vocab_limit=cfg.model.vocab_size, impl="torch"))
+    O.zero_grads(chunks, optimizer)
+    res = S.forward_backward(chunks, mbs, loss_fn, temperature=temperature)
+    keys = sorted(res[0]) if res else []
+    obj = [keys] if ps.is_pipeline_last_stage() else [None]
+    dist.broadcast_object_list(obj, src=dist.get_world_size() - 1)
+    keys = obj[0]
+    local = torch.tensor([sum(r[k] for r in res) for k in keys], dtype=torch.float64)
+    if not ps.is_pipeline_last_stage():
+        local.zero_()
+    dist.all_reduce(local, group=ps.get_pipeline_model_parallel_group())
+    gather_dp_grad_buffers(chunks)
+    grads = state.full_state_dict(chunks, cfg.model.num_layers, value=lambda n, p: p.main_grad)
+    # the raw output-layer gradient rows of this rank's vocabulary shard (padding rows must stay exactly 0)
+    from megatron_meml.backend.model import unwrap
+    padded = torch.zeros((), dtype=torch.float64)
+    gpt = unwrap(chunks[0])
+    if ps.is_pipeline_last_stage():
+        w = gpt.shared_embedding_or_output_weight()
+        start = ps.get_tensor_model_parallel_rank() * w.shape[0]
+        lo = max(0, cfg.model.vocab_size - start)
+        if lo < w.shape[0]:
+            padded = w.main_grad[lo:].abs().max().double()
+    dist.all_reduce(padded, op=dist.ReduceOp.MAX)
+    padded_grad = float(padded)
+    logps = S.forward_logprobs(chunks, mbs, temperature=temperature)
+    return {"metrics": dict(zip(keys, local.tolist())), "grads": grads, "padded_grad": padded_grad,
+            "logps": logps}
+
+
+def fused_vs_logits(overrides: Sequence[str] = ()) -> Dict[str, Any]:
+    """For three workloads -- RIEL rows (GRPO + KL + SFT, temperature 0.7), the same kinds in prompt-sharing rows
+    (segment masks, per-slot positions) and MEF's SFT microbatches -- the results of: the fused path with the
+    loss as the kernel's epilogue (``RielObjective`` / ``SFTObjective``), the fused path with a plain loss callable
+    (``riel_loss`` on the log-probs), and the logits path. Returned on rank 0."""
+    from megatron_meml.algo.objective import RielObjective, SFTObjective, riel_loss
+    from megatron_meml.backend import model as M, optimizer as O, parallel
+    from megatron_meml.config import load_config
+    from megatron_meml.rollout.packing import assign_weights, plan_microbatches
+    from megatron_meml.types import MicroBatch, TokenKind
+
+    cfg = load_config(None, list(TINY) + list(overrides) + ["riel.lambda_kl=0.5", "riel.lambda_sft=2.0"])
+    parallel.initialize(cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size,
+                        seed=cfg.seed)
+    chunks = M.build_model(cfg)
+    opt, _ = O.build_optimizer(cfg, chunks, total_steps=1)
+    run = partial(_run, chunks, opt, cfg)
+    out: Dict[str, Any] = {}
+
+    seqs = riel_sequences()
+    assign_weights(seqs, "token_mean", [1.0, 0.5, 2.0])
+    mbs = plan_microbatches(seqs, 48, dp_size=1)[0]
+    objective = RielObjective(cfg.riel, impl="torch")
+    out["riel"] = {"epilogue": run(mbs, objective, 0.7, True),
+                   "plain": run(mbs, partial(riel_loss, riel_cfg=cfg.riel, impl="torch"), 0.7, True),
+                   "logits": run(mbs, objective, 0.7, False)}
+
+    seqs = shared_prompt_sequences()
+    assign_weights(seqs, "token_mean", [1.0, 0.5, 2.0])
+    mbs = plan_microbatches(seqs, 64, dp_size=1, share_prompts=True, max_row_tokens=24)[0]
+    assert any(mb.segment_ids is not None for mb in mbs)
+    out["shared"] = {"epilogue": run(mbs, objective, 0.7, True), "logits": run(mbs, objective, 0.7, False)}
+
+    tokens, mask = global_batch()
+    total = mask.sum()
+    mbs = [MicroBatch(tokens=t, loss_mask=m, weight=m / total,
+                      kind=torch.full_like(t, int(TokenKind.SFT), dtype=torch.int8))
+           for t, m in zip(tokens.chunk(2), mask.chunk(2))]
+    sft = SFTObjective(impl="torch")
+    out["sft"] = {"epilogue": run(mbs, sft, 1.0, True), "logits": run(mbs, sft, 1.0, False)}
+    return out if dist.get_rank() == 0 else {}
