@@ -12,7 +12,7 @@ from tests.distributed.workers import TINY, gather_dp_grad_buffers, global_batch
     shared_prompt_sequences
 
 
-def _run(chunks, optimizer, cfg, mbs, loss_fn, temperature, fused: bool) -> Dict[str, Any]:
+def _run(chunks, optimizer, cfg, mbs, loss_fn, temperature, fused: bool, score: bool) -> Dict[str, Any]:
     """One forward-backward with the output path switched to ``fused``; the summed loss (broadcast from the last
     stage), per-microbatch metrics, full gradients, and forward-only log-probs of the same microbatches."""
     from megatron.core import parallel_state as ps
@@ -45,49 +45,56 @@ def _run(chunks, optimizer, cfg, mbs, loss_fn, temperature, fused: bool) -> Dict
             padded = w.main_grad[lo:].abs().max().double()
     dist.all_reduce(padded, op=dist.ReduceOp.MAX)
     padded_grad = float(padded)
-    logps = S.forward_logprobs(chunks, mbs, temperature=temperature)
+    logps = S.forward_logprobs(chunks, mbs, temperature=temperature) if score else None
     return {"metrics": dict(zip(keys, local.tolist())), "grads": grads, "padded_grad": padded_grad,
             "logps": logps}
 
 
-def fused_vs_logits(overrides: Sequence[str] = ()) -> Dict[str, Any]:
-    """For three workloads -- RIEL rows (GRPO + KL + SFT, temperature 0.7), the same kinds in prompt-sharing rows
-    (segment masks, per-slot positions) and MEF's SFT microbatches -- the results of: the fused path with the
-    loss as the kernel's epilogue (``RielObjective`` / ``SFTObjective``), the fused path with a plain loss callable
-    (``riel_loss`` on the log-probs), and the logits path. Returned on rank 0."""
+def fused_vs_logits(models: Sequence[Sequence[str]] = ((),), plan: Dict[str, Sequence[str]] = None,
+                    score: bool = True) -> Dict[str, Any]:
+    """For each model (a list of config overrides; all share one process group) and each workload of ``plan`` --
+    ``riel``: RIEL rows (GRPO + KL + SFT, temperature 0.7), ``shared``: the same kinds in prompt-sharing rows
+    (segment masks, per-slot positions), ``sft``: MEF's SFT microbatches -- the results of the runs named in the
+    plan: ``epilogue`` (fused path, the loss as the kernel's epilogue: ``RielObjective`` / ``SFTObjective``),
+    ``plain`` (fused path, ``riel_loss`` on the log-probs) and ``logits`` (the logits path). ``score``: also the
+    forward-only log-probs (``forward_logprobs``) of the first workload. Returned on rank 0 as
+    {model index: {workload: {run: result}}}."""
     from megatron_meml.algo.objective import RielObjective, SFTObjective, riel_loss
     from megatron_meml.backend import model as M, optimizer as O, parallel
     from megatron_meml.config import load_config
     from megatron_meml.rollout.packing import assign_weights, plan_microbatches
     from megatron_meml.types import MicroBatch, TokenKind
 
-    cfg = load_config(None, list(TINY) + list(overrides) + ["riel.lambda_kl=0.5", "riel.lambda_sft=2.0"])
-    parallel.initialize(cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size,
-                        seed=cfg.seed)
-    chunks = M.build_model(cfg)
-    opt, _ = O.build_optimizer(cfg, chunks, total_steps=1)
-    run = partial(_run, chunks, opt, cfg)
+    plan = plan or {"riel": ["epilogue", "plain", "logits"], "shared": ["epilogue", "logits"],
+                    "sft": ["epilogue", "logits"]}
     out: Dict[str, Any] = {}
-
-    seqs = riel_sequences()
-    assign_weights(seqs, "token_mean", [1.0, 0.5, 2.0])
-    mbs = plan_microbatches(seqs, 48, dp_size=1)[0]
-    objective = RielObjective(cfg.riel, impl="torch")
-    out["riel"] = {"epilogue": run(mbs, objective, 0.7, True),
-                   "plain": run(mbs, partial(riel_loss, riel_cfg=cfg.riel, impl="torch"), 0.7, True),
-                   "logits": run(mbs, objective, 0.7, False)}
-
-    seqs = shared_prompt_sequences()
-    assign_weights(seqs, "token_mean", [1.0, 0.5, 2.0])
-    mbs = plan_microbatches(seqs, 64, dp_size=1, share_prompts=True, max_row_tokens=24)[0]
-    assert any(mb.segment_ids is not None for mb in mbs)
-    out["shared"] = {"epilogue": run(mbs, objective, 0.7, True), "logits": run(mbs, objective, 0.7, False)}
-
-    tokens, mask = global_batch()
-    total = mask.sum()
-    mbs = [MicroBatch(tokens=t, loss_mask=m, weight=m / total,
-                      kind=torch.full_like(t, int(TokenKind.SFT), dtype=torch.int8))
-           for t, m in zip(tokens.chunk(2), mask.chunk(2))]
-    sft = SFTObjective(impl="torch")
-    out["sft"] = {"epilogue": run(mbs, sft, 1.0, True), "logits": run(mbs, sft, 1.0, False)}
+    for i, overrides in enumerate(models):
+        cfg = load_config(None, list(TINY) + list(overrides) + ["riel.lambda_kl=0.5", "riel.lambda_sft=2.0"])
+        if i == 0:
+            parallel.initialize(cfg.parallel.tensor_model_parallel_size,
+                                cfg.parallel.pipeline_model_parallel_size, seed=cfg.seed)
+        chunks = M.build_model(cfg)
+        opt, _ = O.build_optimizer(cfg, chunks, total_steps=1)
+        objective = RielObjective(cfg.riel, impl="torch")
+        losses = {"epilogue": objective, "plain": partial(riel_loss, riel_cfg=cfg.riel, impl="torch"),
+                  "logits": objective}
+        res: Dict[str, Any] = {}
+        for j, (work, runs) in enumerate(plan.items()):
+            if work == "sft":
+                tokens, mask = global_batch()
+                total = mask.sum()
+                mbs = [MicroBatch(tokens=t, loss_mask=m, weight=m / total,
+                                  kind=torch.full_like(t, int(TokenKind.SFT), dtype=torch.int8))
+                       for t, m in zip(tokens.chunk(2), mask.chunk(2))]
+                fns, temperature = {k: SFTObjective(impl="torch") for k in losses}, 1.0
+            else:
+                seqs = riel_sequences() if work == "riel" else shared_prompt_sequences()
+                assign_weights(seqs, "token_mean", [1.0, 0.5, 2.0])
+                mbs = plan_microbatches(seqs, 48 if work == "riel" else 64, dp_size=1,
+                                        share_prompts=work == "shared", max_row_tokens=24)[0]
+                assert work == "riel" or any(mb.segment_ids is not None for mb in mbs)
+                fns, temperature = losses, 0.7
+            res[work] = {r: _run(chunks, opt, cfg, mbs, fns[r], temperature, r != "logits", score and j == 0)
+                         for r in runs}
+        out[i] = res
     return out if dist.get_rank() == 0 else {}

@@ -1,17 +1,25 @@
 """The fused output layer (``model.fused_output``: log-probs from hidden x W in the kernel, no logits) gives the loss,
 metrics, every gradient and the scoring log-probs of the logits path (fp32, <= 1e-6 relative), with the padded
-vocabulary (real 100 of 112 rows) left out on both paths and its output-weight gradient rows exactly 0. Checked for
-RIEL rows (GRPO + KL + SFT, temperature 0.7; the loss as the kernel's epilogue and as a plain callable on the
-log-probs), prompt-sharing rows and MEF's SFT microbatches; on one process with tied and with untied embeddings,
-at TP=2 (vocabulary-sharded weight, padding on rank 1's shard) and PP=2 with tied embeddings (the last stage's
-embedding copy)."""
+vocabulary (real 100 of 112 rows) left out on both paths and its output-weight gradient rows exactly 0.
+
+Workloads: RIEL rows (GRPO + KL + SFT, temperature 0.7; the loss as the kernel's epilogue and as a plain callable on
+the log-probs), prompt-sharing rows (segment masks) and MEF's SFT microbatches. Layouts: one process with tied and
+with untied embeddings; TP=2 untied (vocabulary-sharded output weight, the padding on rank 1's shard); PP=2 tied
+(the last stage's copy of the embedding, its gradient all-reduced with the first stage's). Three spawns in all.
+Prompt-sharing rows at TP=2 / PP=2 on the fused path are checked against flat rows by test_shared_rows.py.
+"""
 import pytest
 
 from .launcher import spawn
 
-CASES = [(1, []), (1, ["model.tie_word_embeddings=false"]),
-         (2, ["parallel.tensor_model_parallel_size=2", "model.tie_word_embeddings=false"]),
-         (2, ["parallel.pipeline_model_parallel_size=2"])]
+FULL = {"riel": ["epilogue", "plain", "logits"], "shared": ["epilogue", "logits"], "sft": ["epilogue", "logits"]}
+CASES = {
+    "single-tied-untied": (1, dict(models=[[], ["model.tie_word_embeddings=false"]], plan=FULL)),
+    "tp2-untied": (2, dict(models=[["parallel.tensor_model_parallel_size=2", "model.tie_word_embeddings=false"]],
+                           plan={"riel": ["epilogue", "logits"], "sft": ["epilogue", "logits"]})),
+    "pp2-tied": (2, dict(models=[["parallel.pipeline_model_parallel_size=2"]],
+                         plan={"riel": ["epilogue", "logits"]}, score=False)),
+}
 
 
 def _rel_diff(a, b):
@@ -21,20 +29,24 @@ def _rel_diff(a, b):
     return max((a[k] - b[k]).abs().max().item() for k in a) / scale
 
 
-@pytest.mark.parametrize("world,overrides", CASES, ids=["tied", "untied", "tp2-untied", "pp2-tied"])
-def test_fused_output_matches_logits_path(world, overrides):
-    r = spawn("tests.distributed.fused_workers:fused_vs_logits", world, overrides=overrides)[0]
-    for work, runs in r.items():
-        ref = runs["logits"]
-        for name, run in runs.items():
-            if name == "logits":
-                continue
-            assert set(run["metrics"]) == set(ref["metrics"]), (work, name)
-            for k, v in ref["metrics"].items():
-                assert abs(run["metrics"][k] - v) <= 1e-6 * max(1.0, abs(v)), (work, name, k, run["metrics"][k], v)
-            assert _rel_diff(ref["grads"], run["grads"]) <= 1e-6, (work, name)
-            assert run["padded_grad"] == 0.0 and ref["padded_grad"] == 0.0, (work, name)
-            if ref["logps"] is not None:  # scoring (forward_logprobs) on rank 0 when it is the last stage
-                for a, b in zip(ref["logps"], run["logps"]):
-                    assert (a - b).abs().max().item() <= 1e-5, (work, name)
-        assert ref["metrics"]["loss"] != 0.0
+@pytest.mark.parametrize("case", list(CASES))
+def test_fused_output_matches_logits_path(case):
+    world, kwargs = CASES[case]
+    result = spawn("tests.distributed.fused_workers:fused_vs_logits", world, **kwargs)[0]
+    assert len(result) == len(kwargs["models"])
+    for model, works in result.items():
+        assert set(works) == set(kwargs["plan"])
+        for work, runs in works.items():
+            ref = runs["logits"]
+            assert ref["metrics"]["loss"] != 0.0
+            for name, run in runs.items():
+                where = (model, work, name)
+                assert set(run["metrics"]) == set(ref["metrics"]), where
+                for k, v in ref["metrics"].items():
+                    assert abs(run["metrics"][k] - v) <= 1e-6 * max(1.0, abs(v)), (where, k, run["metrics"][k], v)
+                assert _rel_diff(ref["grads"], run["grads"]) <= 1e-6, where
+                assert run["padded_grad"] == 0.0, where
+                if ref["logps"] is not None:  # scoring (forward_logprobs) when rank 0 is the last stage
+                    assert len(ref["logps"]) == len(run["logps"]) > 0
+                    for a, b in zip(ref["logps"], run["logps"]):
+                        assert (a - b).abs().max().item() <= 1e-5, where
