@@ -19,21 +19,37 @@ V padded vocab, s sequence length, b micro-batch size, t = TP, p = PP, n = DP.
 **Activations** (Korthikanti et al. 2022, "Reducing Activation Recomputation", rederived for SwiGLU + GQA).
   Attention runs through SDPA / flash attention, which never materialises the a·s² score matrix, so the
   5·a·s²·b term of the paper is dropped; dropout is off (RL log-prob ratios must be deterministic), so no masks.
-  Stored elements per token per layer: 4h (2 norm inputs, 2 norm outputs) + q + 2kv (Q, K, V) + q (attention
-  output) + 3f (gate, up, and SwiGLU output); bf16 = 2 B each:
-      A_layer = s·b·e·(4h / t_sp + (2q + 2kv + 3f) / t)     e = bytes per element, t_sp = t with sequence
-                                                              parallelism, 1 without (h-sized tensors replicated)
+  Stored elements per token per layer depend on the layer implementation (``Workload.layer_spec``):
+    te (Transformer Engine: fused norm + linear, fused SwiGLU MLP): 4h (2 norm inputs, 2 norm outputs) + q + 2kv
+       (Q, K, V) + q (attention output) + 3f (gate, up, and SwiGLU output)
+          A_layer = s·b·e·(4h / t_sp + (2q + 2kv + 3f) / t)    e = bytes per element, t_sp = t with sequence
+                                                                parallelism, 1 without (h-sized tensors replicated)
+       (not yet checked against a TE build: none is installable on the dev machines or the lent GPUs);
+    local (megatron's local spec with torch norms and SDPA: the CPU path and GPU images without TE; measured with
+       autograd's saved-tensor hooks, ``tests/unit/planning/test_activations_measured.py``, exact to the element):
+       6h (per torch RMSNorm its input, x·rsqrt and the output) + 3q + 3kv (the fused QKV output, the RoPE'd Q
+       and K, the attention output) + 5f (the fc1 output [gate | up], silu(gate), two f-sized SwiGLU products)
+       + 4·a/t bytes of fp32 log-sum-exp:
+          A_layer = s·b·(e·(6h + (3q + 3kv + 5f) / t) + 4a / t)     (no sequence parallelism without TE / apex)
+       Sequence and RoPE tables (s·d per layer, independent of b) are left out.
   With full recomputation (model.recompute_activations) only each layer's input s·b·e·h / t_sp is kept, plus one
   layer's A_layer while it is recomputed in the backward pass. With 1F1B pipelining the first stage holds
   min(p, m) microbatches in flight (m = microbatches per DP rank per step), each through L/p layers.
-  Logits on the last stage: s·b·V/t·(e + 4 + 4) (model-dtype logits, fp32 log-softmax, fp32 gradient).
+  Output layer on the last stage (one microbatch), beyond the activations:
+      fused (model.fused_output, default): the logits never exist; the Triton backward holds one dz chunk of
+          min(512 MiB, s·b·V/t·e) and an fp32 dhidden s·b·h·4 (the forward keeps O(s·b) row statistics);
+      logits path: s·b·V/t·e·2 -- the logits kept for the backward and their gradient, both in the model dtype
+          (``meml_kernels.logprobs`` makes no fp32 [T, V] temporaries; GPTModel's [s b V] -> [b s V] copy is a
+          transient of the same size during the forward).
 **Rollout KV cache** per GPU: 2 (K, V) · (L/p) · max(g/t, 1) · d · token_budget · e (rollout.token_budget slots per
   generation batch on each DP rank). Training activations and the KV cache are never alive together:
   peak = state + max(activations + logits, KV cache) + fixed overhead (CUDA context, NCCL buffers); a layout fits
   when the peak stays under (1 − headroom) of the usable GPU memory (fragmentation, transient spikes).
 
 **Step time** (one RIEL step: generate, then one optimizer step), an estimate at assumed efficiencies:
-  train:   FLOPs = (6 + 2·[recompute]) · (N + L · s · q) · T   (dense matmuls + causal attention),
+  train:   FLOPs = (6 + 2·[recompute]) · (N_mm + L · s · q) · T   (dense matmuls + causal attention; N_mm the
+           weights used in matmuls: every layer and the output layer, not the input embedding lookup),
+           + 2 · V · h · T with the fused output layer (its backward recomputes the logits tiles),
            T = training sequences · s (upper bound: every sequence at seq_length); sequences = questions · N_exp ·
            G (GRPO) + questions · max_kl_responses (inter-expert KL); time = FLOPs / (GPUs · peak · MFU), times
            (1 + (p − 1)/m) for the pipeline bubble; plus communication that is not overlapped: TP moves
@@ -107,6 +123,18 @@ class ModelShape:
         emb = self.vocab * self.hidden
         return self.layers * (self.layer_sharded() + 2 * self.hidden) + emb * (1 if self.tied else 2) + self.hidden
 
+    def matmul_params(self) -> int:
+        """Weights that take part in a matmul per token: every layer's and the output layer's (the input embedding
+        is a lookup, norms and biases are elementwise)."""
+        h, q, kv = self.hidden, self.q_dim, self.kv_dim
+        return self.layers * (h * (q + 2 * kv) + q * h + 3 * h * self.ffn) + self.vocab * h
+
+    def model_flops_per_token(self, seq_length: int) -> float:
+        """Training model FLOPs per token at sequence length s (forward + backward, no recomputation): 6·N_mm plus
+        causal attention 6·L·s·q (QK^T and PV, 2·q flops per query-key pair, s/2 keys per query on average). The
+        numerator of MFU."""
+        return 6.0 * self.matmul_params() + 6.0 * self.layers * seq_length * self.q_dim
+
 
 def padded_vocab(cfg, tp: int = 1) -> int:
     """Embedding rows: ``model.padded_vocab_size`` or vocab rounded up to make_vocab_size_divisible_by · TP (the
@@ -131,6 +159,9 @@ class Layout:
         return self.tp * self.pp * self.dp
 
 
+LAYER_SPECS = ("te", "local")
+
+
 @dataclass(frozen=True)
 class Workload:
     """What one RIEL step does (from the run config)."""
@@ -145,6 +176,12 @@ class Workload:
     dtype: str = "bf16"
     grad_reduce_in_fp32: bool = True
     distributed_optimizer: bool = True
+    fused_output: bool = True   # model.fused_output: no [T, V] logits in training
+    layer_spec: str = "te"      # "te" (Transformer Engine layers) or "local" (megatron's local spec, torch norms)
+
+    def __post_init__(self):
+        if self.layer_spec not in LAYER_SPECS:
+            raise ValueError(f"layer_spec must be one of {LAYER_SPECS}, got {self.layer_spec!r}")
 
     @classmethod
     def from_config(cls, cfg) -> "Workload":
@@ -155,7 +192,8 @@ class Workload:
                    train_sequences=rollouts + kl, prompt_tokens=max(cfg.data.seq_length - new, 1), new_tokens=new,
                    token_budget=cfg.rollout.token_budget, dtype=cfg.precision.dtype,
                    grad_reduce_in_fp32=cfg.precision.grad_reduce_in_fp32,
-                   distributed_optimizer=cfg.parallel.use_distributed_optimizer)
+                   distributed_optimizer=cfg.parallel.use_distributed_optimizer,
+                   fused_output=cfg.model.fused_output)
 
     @property
     def elem_bytes(self) -> int:
@@ -206,19 +244,38 @@ def microbatches_per_rank(layout: Layout, work: Workload) -> int:
     return max(1, math.ceil(work.train_sequences / (layout.dp * work.micro_batch_size)))
 
 
+def layer_activation_bytes(shape: ModelShape, layout: Layout, work: Workload) -> float:
+    """A_layer: bytes one layer keeps for the backward for one microbatch (module docstring)."""
+    t, e = layout.tp, work.elem_bytes
+    t_sp = t if layout.sequence_parallel else 1
+    tokens = work.seq_length * work.micro_batch_size
+    h, q, kv, f = shape.hidden, shape.q_dim, shape.kv_dim, shape.ffn
+    if work.layer_spec == "local":
+        return tokens * (e * (6 * h / t_sp + (3 * q + 3 * kv + 5 * f) / t) + 4.0 * shape.heads / t)
+    return tokens * e * (4 * h / t_sp + (2 * q + 2 * kv + 3 * f) / t)
+
+
 def activation_bytes(shape: ModelShape, layout: Layout, work: Workload) -> float:
     """Activations kept by the first pipeline stage (see the module docstring)."""
     t, e = layout.tp, work.elem_bytes
     t_sp = t if layout.sequence_parallel else 1
     tokens = work.seq_length * work.micro_batch_size
-    full_layer = tokens * e * (4 * shape.hidden / t_sp + (2 * shape.q_dim + 2 * shape.kv_dim + 3 * shape.ffn) / t)
+    full_layer = layer_activation_bytes(shape, layout, work)
     per_layer = tokens * e * shape.hidden / t_sp if layout.recompute else full_layer
     in_flight = min(layout.pp, microbatches_per_rank(layout, work))
     return in_flight * (shape.layers // layout.pp) * per_layer + (full_layer if layout.recompute else 0.0)
 
 
+FUSED_BWD_CHUNK_BYTES = 512 * 2 ** 20   # meml_kernels/linear_logprobs/triton_impl.BWD_CHUNK_BYTES
+
+
 def logits_bytes(shape: ModelShape, layout: Layout, work: Workload) -> float:
-    return work.seq_length * work.micro_batch_size * shape.vocab / layout.tp * (work.elem_bytes + 8)
+    """Output-layer memory of one microbatch on the last stage (module docstring)."""
+    tokens = work.seq_length * work.micro_batch_size
+    logits = tokens * shape.vocab / layout.tp * work.elem_bytes
+    if work.fused_output:
+        return min(float(FUSED_BWD_CHUNK_BYTES), logits) + tokens * shape.hidden * 4.0
+    return 2.0 * logits
 
 
 def kv_cache_bytes(shape: ModelShape, layout: Layout, work: Workload) -> float:
@@ -227,10 +284,19 @@ def kv_cache_bytes(shape: ModelShape, layout: Layout, work: Workload) -> float:
 
 
 # ---- time ---------------------------------------------------------------------------------------------------------
-def train_seconds(shape: ModelShape, layout: Layout, work: Workload, hw: Hardware) -> float:
+def train_flops(shape: ModelShape, layout: Layout, work: Workload) -> float:
+    """FLOPs the GPUs execute for one training step (recomputation and the fused kernel's logits recompute
+    included): the module docstring's train formula."""
     tokens = work.train_sequences * work.seq_length
     k = 8 if layout.recompute else 6
-    flops = k * shape.params() * tokens + k * shape.layers * work.seq_length * shape.q_dim * tokens
+    flops = k * (shape.matmul_params() + shape.layers * work.seq_length * shape.q_dim) * tokens
+    if work.fused_output:
+        flops += 2.0 * shape.vocab * shape.hidden * tokens
+    return flops
+
+
+def train_seconds(shape: ModelShape, layout: Layout, work: Workload, hw: Hardware) -> float:
+    flops = train_flops(shape, layout, work)
     m = microbatches_per_rank(layout, work)
     compute = flops / (layout.gpus * hw.peak_tflops * 1e12 * hw.mfu)
     t, n, e = layout.tp, layout.dp, work.elem_bytes
@@ -250,7 +316,7 @@ def rollout_seconds(shape: ModelShape, layout: Layout, work: Workload, hw: Hardw
     waves = math.ceil(math.ceil(work.rollouts / layout.dp) / rows)
     replica_gpus = layout.tp * layout.pp
     flops_rate = replica_gpus * hw.peak_tflops * 1e12 * hw.mfu
-    n = shape.params()
+    n = shape.matmul_params()
     prefill = 2.0 * n * rows * work.prompt_tokens / flops_rate
     e, bw = work.elem_bytes, hw.hbm_tbps * 1e12 * hw.hbm_efficiency
     kv_heads = max(shape.groups // layout.tp, 1)
@@ -315,9 +381,9 @@ def layout_errors(shape: ModelShape, layout: Layout) -> List[str]:
 
 
 def candidate_layouts(shape: ModelShape, gpus: int, gpus_per_node: int = 8,
-                      recompute: Iterable[bool] = (False, True)) -> List[Layout]:
+                      recompute: Iterable[bool] = (False, True), sequence_parallel: bool = True) -> List[Layout]:
     """Every TP (a power of two within one node) × PP × DP = ``gpus`` layout megatron accepts, with and without full
-    recomputation; sequence parallelism on whenever TP > 1."""
+    recomputation; sequence parallelism on whenever TP > 1 and ``sequence_parallel`` (it needs TE or apex norms)."""
     out = []
     t = 1
     while t <= min(gpus_per_node, gpus):
@@ -325,7 +391,8 @@ def candidate_layouts(shape: ModelShape, gpus: int, gpus_per_node: int = 8,
             if gpus % (t * p):
                 continue
             for rc in recompute:
-                lay = Layout(tp=t, pp=p, dp=gpus // (t * p), recompute=rc, sequence_parallel=t > 1)
+                lay = Layout(tp=t, pp=p, dp=gpus // (t * p), recompute=rc,
+                             sequence_parallel=t > 1 and sequence_parallel)
                 if not layout_errors(shape, lay):
                     out.append(lay)
         t *= 2
@@ -334,7 +401,8 @@ def candidate_layouts(shape: ModelShape, gpus: int, gpus_per_node: int = 8,
 
 def rank_plans(shape: ModelShape, work: Workload, gpus: int, hw: Hardware = Hardware()) -> List[Plan]:
     """All candidate layouts, feasible ones first, each group by estimated step time (then peak memory)."""
-    plans = [evaluate(shape, lay, work, hw) for lay in candidate_layouts(shape, gpus, hw.gpus_per_node)]
+    plans = [evaluate(shape, lay, work, hw) for lay in candidate_layouts(shape, gpus, hw.gpus_per_node,
+                                                                       sequence_parallel=work.layer_spec == "te")]
     return sorted(plans, key=lambda pl: (not pl.fits, pl.step_s, pl.peak))
 
 

@@ -71,8 +71,13 @@ def format_table(plans, cfg_layout=None) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
-def plan_text(name: str, cfg, gpus: int, hw: Hardware, show_all: bool) -> str:
-    shape, work = ModelShape.from_config(cfg), Workload.from_config(cfg)
+def workload(cfg, layer_spec: str = "te") -> Workload:
+    w = Workload.from_config(cfg)
+    return Workload(**{**w.__dict__, "layer_spec": layer_spec})
+
+
+def plan_text(name: str, cfg, gpus: int, hw: Hardware, show_all: bool, layer_spec: str = "te") -> str:
+    shape, work = ModelShape.from_config(cfg), workload(cfg, layer_spec)
     plans = rank_plans(shape, work, gpus, hw)
     feasible = [pl for pl in plans if pl.fits]
     cl = config_layout(cfg, gpus)
@@ -82,7 +87,8 @@ def plan_text(name: str, cfg, gpus: int, hw: Hardware, show_all: bool) -> str:
         f"{'tied' if shape.tied else 'untied'}",
         f"RIEL step: {work.rollouts} rollouts ({work.train_sequences} training sequences) of seq_length "
         f"{work.seq_length} (prompt {work.prompt_tokens} + {work.new_tokens} new), micro-batch "
-        f"{work.micro_batch_size}, rollout token_budget {work.token_budget}/GPU, {work.dtype}",
+        f"{work.micro_batch_size}, rollout token_budget {work.token_budget}/GPU, {work.dtype}, "
+        f"{'fused' if work.fused_output else 'logits'} output layer, {work.layer_spec} layers",
         f"hardware: {gpus} GPUs ({hw.gpus_per_node}/node) with {hw.memory_gib:g} GiB, fit under "
         f"{hw.memory_gib * (1 - hw.headroom):.1f} GiB ({hw.headroom:.0%} headroom, {hw.overhead_gib:g} GiB fixed "
         f"overhead); {hw.peak_tflops:g} TFLOP/s at MFU {hw.mfu}; HBM {hw.hbm_tbps} TB/s x {hw.hbm_efficiency}; "
@@ -152,6 +158,9 @@ def parse_args(argv=None):
     p.add_argument("--tp-allreduce-us", type=float, default=d.tp_allreduce_us, help="decode TP all-reduce latency")
     p.add_argument("--nvlink-gbps", type=float, default=d.nvlink_gbps, help="intra-node collective GB/s")
     p.add_argument("--network-gbps", type=float, default=d.network_gbps, help="inter-node GB/s per GPU")
+    p.add_argument("--layer-spec", choices=["te", "local"], default="te",
+                   help="te: Transformer Engine layers (the Docker image); local: megatron's local spec with torch "
+                        "norms (no TE: more activations, no sequence parallelism)")
     return p.parse_intermixed_args(argv)
 
 
@@ -167,7 +176,7 @@ def main(argv=None) -> int:
     name = a.model or os.path.splitext(os.path.basename(a.config))[0]
     cfg = load(config_path(a.model) if a.model else a.config, a.overrides)
     gpus = a.gpus or SCALING_RUNS.get(name) or a.gpus_per_node
-    print(plan_text(name, cfg, gpus, hw, a.all))
+    print(plan_text(name, cfg, gpus, hw, a.all, a.layer_spec))
     return 0
 
 

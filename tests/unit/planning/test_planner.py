@@ -3,9 +3,10 @@ import math
 
 import pytest
 
-from megatron_meml.planning import (GiB, Hardware, Layout, ModelShape, Workload, activation_bytes, best_plan,
-                                    candidate_layouts, evaluate, kv_cache_bytes, layout_errors, params_per_gpu,
-                                    rank_plans, rollout_seconds, state_bytes, train_seconds)
+from megatron_meml.planning import (FUSED_BWD_CHUNK_BYTES, GiB, Hardware, Layout, ModelShape, Workload,
+                                    activation_bytes, best_plan, candidate_layouts, evaluate, kv_cache_bytes,
+                                    layout_errors, logits_bytes, params_per_gpu, rank_plans, rollout_seconds,
+                                    state_bytes, train_seconds)
 
 # Qwen2.5-7B-shaped
 SHAPE = ModelShape(layers=28, hidden=3584, ffn=18944, heads=28, groups=4, head_dim=128, vocab=152064, tied=False,
@@ -72,10 +73,18 @@ def test_time_model_directions():
     assert train_seconds(SHAPE, Layout(2, 1, 8), WORK, hw) < train_seconds(SHAPE, base, WORK, hw)
     slow_hbm = Hardware(hbm_tbps=1.0)
     assert rollout_seconds(SHAPE, base, WORK, slow_hbm) > rollout_seconds(SHAPE, base, WORK, hw)
-    # train FLOPs at MFU, by hand (TP=1, PP=1, DP=1: no communication)
+    # train FLOPs at MFU, by hand (TP=1, PP=1, DP=1: no communication): matmul weights (the layers without the qkv
+    # bias, and the output layer; not the input embedding lookup), causal attention, the fused output layer's
+    # recomputed logits
     tokens = 1792 * 1536
-    flops = 6 * SHAPE.params() * tokens + 6 * 28 * 1536 * 3584 * tokens
+    h, f, q, kv, v = 3584, 18944, 28 * 128, 4 * 128, 152064
+    n_mm = 28 * (h * (q + 2 * kv) + q * h + 3 * h * f) + v * h
+    assert SHAPE.matmul_params() == n_mm
+    flops = 6 * n_mm * tokens + 6 * 28 * 1536 * q * tokens + 2 * v * h * tokens
     assert train_seconds(SHAPE, Layout(1, 1, 1), WORK, hw) == pytest.approx(flops / (989e12 * 0.35))
+    logits_path = Workload(**{**WORK.__dict__, "fused_output": False})
+    assert train_seconds(SHAPE, Layout(1, 1, 1), logits_path, hw) == \
+        pytest.approx((flops - 2 * v * h * tokens) / (989e12 * 0.35))
 
 
 def test_layout_errors_and_candidates():
@@ -104,3 +113,24 @@ def test_peak_takes_the_larger_of_training_and_rollout():
     big_kv = Workload(**{**WORK.__dict__, "token_budget": 4 * 262144})
     pl2 = evaluate(SHAPE, Layout(2, 1, 4), big_kv)
     assert pl2.peak == pytest.approx(pl2.state_total + pl2.kv_cache + 4 * GiB) and math.isfinite(pl2.step_s)
+
+
+def test_output_layer_memory_fused_vs_logits():
+    """Fused: one Triton backward chunk (<= 512 MiB) + fp32 dhidden; logits path: bf16 logits + their gradient."""
+    lay = Layout(2, 1, 4)
+    tokens, v_local = 1536 * 2, 152064 / 2
+    assert logits_bytes(SHAPE, lay, WORK) == pytest.approx(tokens * v_local * 2 + tokens * 3584 * 4)  # < 512 MiB
+    big = Workload(**{**WORK.__dict__, "micro_batch_size": 8})
+    assert logits_bytes(SHAPE, lay, big) == pytest.approx(FUSED_BWD_CHUNK_BYTES + 4 * tokens * 3584 * 4)
+    logits_path = Workload(**{**WORK.__dict__, "fused_output": False})
+    assert logits_bytes(SHAPE, lay, logits_path) == pytest.approx(2 * tokens * v_local * 2)
+
+
+def test_local_layer_spec_has_no_sequence_parallel_and_more_activations():
+    local = Workload(**{**WORK.__dict__, "layer_spec": "local"})
+    assert not any(lay.layout.sequence_parallel for lay in rank_plans(SHAPE, local, 8))
+    assert any(lay.layout.sequence_parallel for lay in rank_plans(SHAPE, WORK, 8))
+    lay = Layout(2, 1, 4)
+    assert activation_bytes(SHAPE, lay, local) > activation_bytes(SHAPE, lay, WORK)
+    with pytest.raises(ValueError, match="layer_spec"):
+        Workload(**{**WORK.__dict__, "layer_spec": "fast"})

@@ -75,3 +75,63 @@ def measure_state_bytes(overrides: List[str]) -> Dict[str, float]:
             "param_bytes": sum(param_st.values()), "grad_bytes": sum(grad_st.values()),
             "optimizer_bytes": sum(opt_only.values()), "live_bytes": sum(live.values()),
             "dp": info.dp_size}
+
+
+ACT_SHAPE = ["model.hidden_size=96", "model.kv_channels=32", "model.num_attention_heads=4", "model.num_query_groups=2",
+             "model.ffn_hidden_size=200", "model.vocab_size=1000", "model.max_position_embeddings=256"]
+
+
+def _sft_microbatch(cfg, b: int, s: int):
+    import torch
+
+    from megatron_meml.types import MicroBatch, TokenKind
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, cfg.model.vocab_size, (b, s), generator=g)
+    mask = torch.ones(b, s)
+    return MicroBatch(tokens=tokens, loss_mask=mask, weight=mask / mask.sum(),
+                      kind=torch.full((b, s), int(TokenKind.SFT), dtype=torch.int8))
+
+
+def saved_and_flops(overrides: List[str], b: int, s: int) -> Dict[str, float]:
+    """One forward-backward of an SFT microbatch [b, s]: bytes of the distinct non-parameter tensor storages autograd
+    saves during the forward (until the loss is computed; recomputation in the backward is not the forward's), and
+    the matmul FLOPs of the whole forward + backward (torch's FlopCounterMode: mm / addmm / bmm; the CPU flash SDPA
+    kernel is not counted, megatron's unfused attention is)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from megatron_meml.algo.objective import SFTObjective
+    from megatron_meml.backend import model as M
+    from megatron_meml.backend.step import forward_backward
+    from megatron_meml.config import load_config
+
+    cfg = load_config(None, ACT_SHAPE + list(overrides))
+    chunks = M.build_model(cfg)
+    params = {p.untyped_storage().data_ptr() for p in chunks[0].parameters()}
+    saved: Dict[int, int] = {}
+    done: List[bool] = []
+
+    def pack(t):
+        st = t.untyped_storage()
+        if not done and st.data_ptr() not in params:
+            saved[st.data_ptr()] = st.nbytes()
+        return t
+
+    class Marked(SFTObjective):  # marks the end of the forward (the loss is its last op)
+        def reduce(self, *args):
+            done.append(True)
+            return super().reduce(*args)
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward_backward(chunks, [_sft_microbatch(cfg, b, s)], Marked(impl="torch"))
+    return {"saved": float(sum(saved.values())), "flops": float(counter.get_total_flops())}
+
+
+def measure_activations(cases: Dict[str, List[str]], b: int, s: int) -> Dict[str, Dict[str, float]]:
+    """:func:`saved_and_flops` for each named override list, in this process."""
+    from megatron_meml.backend import parallel
+
+    parallel.initialize(1, 1, seed=1)
+    return {k: saved_and_flops(v, b, s) for k, v in cases.items()}
