@@ -11,9 +11,11 @@ optimizer through ``backend.model`` / ``backend.optimizer`` exactly as a run doe
 ``backend.step.forward_backward`` with the SFT objective over one microbatch, ``optimizer_step``. Recorded:
   * peak RSS (VmHWM) of the whole process, and per phase the peak RSS growth over the RSS before it (the kernel's
     peak counter is reset with ``echo 5 > /proc/self/clear_refs`` between phases);
-  * the bytes of every distinct tensor storage autograd saves for the backward during the forward (a
+  * the bytes of every distinct non-parameter tensor storage autograd saves for the backward during the forward (a
     ``saved_tensors_hooks`` pack hook): the activations, split into tensors with a vocabulary-sized last dim
-    ("logits") and the rest, to check ``megatron_meml.planning.activation_bytes`` / ``logits_bytes``;
+    ("logits") and the rest, beside ``megatron_meml.planning.activation_bytes`` (local layer spec: the transformer
+    layers only, so the measured number also holds the embedding output and the final norm's 4 [T, h] tensors)
+    and ``logits_bytes`` (GPU terms: the Triton backward's chunk for the fused path);
   * the loss (the two variants must agree: the fused path is exact).
 Default shape: fp32 at 8192 tokens holds the same [tokens x vocab] bytes (4.6 GiB per tensor) as the 16k-token bf16
 microbatch of a GPU run; CPU bf16 matmuls are ~50x slower than fp32 on machines without AVX512-BF16.
@@ -92,16 +94,28 @@ def child(a, variant: str) -> dict:
     rec["rss_built"] = _status("VmRSS")
 
     saved = {}
+    params = {q.untyped_storage().data_ptr() for q in chunks[0].parameters()}
+    done = []
 
     def pack(t):
         st = t.untyped_storage()
-        saved[st.data_ptr()] = (st.nbytes(), t.shape[-1] if t.dim() else 0)
+        if not done and st.data_ptr() not in params:
+            saved[st.data_ptr()] = (st.nbytes(), t.shape[-1] if t.dim() else 0)
         return t
+
+    class Objective(SFTObjective):   # marks the end of the forward: later saves are the backward's
+        def reduce(self, *args):
+            done.append(True)
+            return super().reduce(*args)
+
+        def __call__(self, *args):
+            done.append(True)
+            return super().__call__(*args)
 
     reset = _reset_peak()
     t0 = time.perf_counter()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        res = forward_backward(chunks, [mb], SFTObjective())
+        res = forward_backward(chunks, [mb], Objective())
     rec["fb_s"] = time.perf_counter() - t0
     rec["fb_peak"] = _peak(reset)
     rec["fb_extra"] = rec["fb_peak"] - rec["rss_built"]
@@ -132,7 +146,8 @@ def planner_view(a) -> dict:
     out = {"state": sum(state_bytes(shape, lay, Workload.from_config(cfg)).values())}
     for fused in (True, False):
         w = Workload.from_config(cfg)
-        w = type(w)(**{**w.__dict__, "fused_output": fused, "train_sequences": a.tokens // a.seq})
+        w = type(w)(**{**w.__dict__, "fused_output": fused, "train_sequences": a.tokens // a.seq,
+                       "layer_spec": "local"})
         out["fused" if fused else "logits"] = {"activations": activation_bytes(shape, lay, w),
                                                 "logits": logits_bytes(shape, lay, w)}
     return out

@@ -9,7 +9,11 @@
 #   3. training check: tools/gpu_train_check.py (when present)        -> $OUT/train_check.log
 #   4. rollout check:  tools/gpu_rollout_check.py (1.5B shape, 256 requests x 512 new tokens, MBU, HF baseline)
 #                                                                      -> $OUT/rollout_check.log
-# and prints a summary table LAST. Worst case (every step at its timeout) ends in about 10.5 minutes.
+#   5. scale check:    tools/gpu_scale_check.py (issue 14; Qwen2.5-1.5B shape, MEF MFU + RIEL split + planner
+#                      ratios, ~3 min, timeout 300 s)                  -> $OUT/scale_check.{log,md,json}
+# and prints a summary table LAST. Worst case (every step at its timeout) ends in about 15 minutes; expected ~9.
+# GPU_CHECK_ONLY=step,step (names as in the summary: gpu-tests, bench, train-check, rollout-check, scale-check)
+# runs only those steps, e.g. GPU_CHECK_ONLY=scale-check for a session that owes only the scale check.
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -45,6 +49,10 @@ EOF
 STEPS=()
 run_step() {  # run_step NAME TIMEOUT_S LOG -- command...
   local name=$1 limit=$2 log=$3; shift 4
+  if [ -n "${GPU_CHECK_ONLY:-}" ] && [[ ",$GPU_CHECK_ONLY," != *",$name,"* ]]; then
+    STEPS+=("$name|skipped (GPU_CHECK_ONLY)|0|-")
+    return
+  fi
   local t0=$SECONDS rc
   echo "=== $name (timeout ${limit}s) : $*"
   timeout --signal=TERM --kill-after=10 "$limit" "$@" > "$OUT/$log" 2>&1
@@ -68,8 +76,15 @@ fi
 
 run_step rollout-check 240 rollout_check.log -- python3 tools/gpu_rollout_check.py --deadline 150
 
+# --- issue 14: Qwen2.5-1.5B-shaped MEF + RIEL on one GPU with the planner beside each number ---------------------
+if [ -f tools/gpu_scale_check.py ]; then
+  run_step scale-check 300 scale_check.log -- python3 tools/gpu_scale_check.py --out "$OUT"
+else
+  STEPS+=("scale-check|skipped (tools/gpu_scale_check.py absent)|0|-")
+fi
+
 # --- key numbers, then the summary table (last)
-key_pytest=$(grep -E "passed|failed|error|skipped" "$OUT/pytest_gpu.log" | tail -n 1)
+key_pytest=$(grep -E "passed|failed|error|skipped" "$OUT/pytest_gpu.log" 2>/dev/null | tail -n 1)
 key_bench=$(python3 - "$OUT/bench.json" <<'EOF' 2>/dev/null
 import json, sys
 rows = json.load(open(sys.argv[1]))["rows"]
@@ -92,7 +107,7 @@ for s in "${STEPS[@]}"; do
     bench) key=$key_bench ;;
     train-check) key=${key_train:-} ;;
     rollout-check) key=${key_rollout:-} ;;
-    *) key= ;;
+    *) key=$( [ -f "$OUT/$log" ] && tail -n 1 "$OUT/$log" ) ;;   # e.g. scale-check: its summary line
   esac
   echo "| $name | $status | $secs | ${key:-see $OUT/$log} |"
 done

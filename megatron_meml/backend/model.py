@@ -178,3 +178,13 @@ def count_parameters(model: torch.nn.Module) -> int:
             seen.add(id(p))
             total += p.numel()
     return total
+
+
+def set_recompute(chunks: List[torch.nn.Module], on: bool) -> None:
+    """Full per-layer activation recomputation on or off from the next forward on (what
+    ``model.recompute_activations`` sets at build time); megatron's TransformerBlock reads these TransformerConfig
+    fields at every forward (0.16 and 0.19). Used to measure what recomputation costs on one model."""
+    for chunk in chunks:
+        c = unwrap(chunk).config
+        c.recompute_granularity, c.recompute_method, c.recompute_num_layers = \
+            ("full", "uniform", 1) if on else (None, None, None)
