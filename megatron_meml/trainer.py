@@ -23,6 +23,7 @@ from .algo.objective import sft_loss  # Σ_t weight_t · mask_t · (−log p_t),
 from .backend import model as bmodel
 from .backend import optimizer as boptim
 from .backend import parallel
+from .backend.memory import peak_memory_gib
 from .backend.step import forward_backward
 from .config import Config, ConfigError, save_config, to_dict
 from .data import load_dataset, load_expert_prompts, read_mef, synthetic_mef_rows, tokenizer_from_config
@@ -201,6 +202,7 @@ def run_mef(run: Run) -> Dict[str, float]:
                                    f"(riel.max_nonfinite_steps={cfg.riel.max_nonfinite_steps}); aborting")
         m["step_time"] = time.time() - t0
         m["tokens_per_s"] = m["tokens"] / max(m["step_time"], 1e-9)
+        m["memory/peak_gib"] = peak_memory_gib()
         first = m["loss"] if first is None else first
         last = m["loss"]
         if step % cfg.logging.log_interval == 0 or step == steps - 1:
@@ -312,7 +314,8 @@ def run_riel(run: Run) -> Dict[str, float]:
         m.update({"e_plus_minus_pairs": float(len(out.kl_pairs)), "grad_norm": grad_norm,
                   "skipped": float(not finite), "clip_fraction": m["count/clipped"] / max(m["count/grpo"], 1.0),
                   "time/generate_score": t_gen - t0, "time/train": t_end - t_gen, "time/step": t_end - t0,
-                  "train/tokens_per_s": sum(m[f"count/{k}"] for k in ("grpo", "kl", "sft")) / max(t_end - t_gen, 1e-9)})
+                  "train/tokens_per_s": sum(m[f"count/{k}"] for k in ("grpo", "kl", "sft")) / max(t_end - t_gen, 1e-9),
+                  "memory/peak_gib": peak_memory_gib()})
         for e in range(cfg.experts.num_experts):
             m[f"e_plus/expert{e}"] = float(sum(p.e_plus == e for p in out.kl_pairs))
             m[f"e_minus/expert{e}"] = float(sum(p.e_minus == e for p in out.kl_pairs))
