@@ -51,13 +51,14 @@ def _run(chunks, optimizer, cfg, mbs, loss_fn, temperature, fused: bool, score: 
 
 
 def fused_vs_logits(models: Sequence[Sequence[str]] = ((),), plan: Dict[str, Sequence[str]] = None,
-                    score: bool = True) -> Dict[str, Any]:
+                    score: bool = True, plans: Sequence[Dict[str, Sequence[str]]] = None) -> Dict[str, Any]:
     """For each model (a list of config overrides; all share one process group) and each workload of ``plan`` --
     ``riel``: RIEL rows (GRPO + KL + SFT, temperature 0.7), ``shared``: the same kinds in prompt-sharing rows
     (segment masks, per-slot positions), ``sft``: MEF's SFT microbatches -- the results of the runs named in the
     plan: ``epilogue`` (fused path, the loss as the kernel's epilogue: ``RielObjective`` / ``SFTObjective``),
     ``plain`` (fused path, ``riel_loss`` on the log-probs) and ``logits`` (the logits path). ``score``: also the
-    forward-only log-probs (``forward_logprobs``) of the first workload. Returned on rank 0 as
+    forward-only log-probs (``forward_logprobs``) of the first workload. ``plans``: one plan per model instead.
+    Each model may have its own layout (megatron's groups are re-formed). Returned on rank 0 as
     {model index: {workload: {run: result}}}."""
     from megatron_meml.algo.objective import RielObjective, SFTObjective, riel_loss
     from megatron_meml.backend import model as M, optimizer as O, parallel
@@ -70,16 +71,15 @@ def fused_vs_logits(models: Sequence[Sequence[str]] = ((),), plan: Dict[str, Seq
     out: Dict[str, Any] = {}
     for i, overrides in enumerate(models):
         cfg = load_config(None, list(TINY) + list(overrides) + ["riel.lambda_kl=0.5", "riel.lambda_sft=2.0"])
-        if i == 0:
-            parallel.initialize(cfg.parallel.tensor_model_parallel_size,
-                                cfg.parallel.pipeline_model_parallel_size, seed=cfg.seed)
+        parallel.initialize(cfg.parallel.tensor_model_parallel_size,  # re-forms megatron's groups per model
+                            cfg.parallel.pipeline_model_parallel_size, seed=cfg.seed)
         chunks = M.build_model(cfg)
         opt, _ = O.build_optimizer(cfg, chunks, total_steps=1)
         objective = RielObjective(cfg.riel, impl="torch")
         losses = {"epilogue": objective, "plain": partial(riel_loss, riel_cfg=cfg.riel, impl="torch"),
                   "logits": objective}
         res: Dict[str, Any] = {}
-        for j, (work, runs) in enumerate(plan.items()):
+        for j, (work, runs) in enumerate((plans[i] if plans else plan).items()):
             if work == "sft":
                 tokens, mask = global_batch()
                 total = mask.sum()
