@@ -196,6 +196,8 @@ def mef_part(run, dev: Device, s: dict, ceil: Dict[str, float], mem_gib: float, 
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
             traceback.print_exc()
         rows.append(row)
+        print(f"MEF recompute={rc}: " + json.dumps({k: round(v, 3) if isinstance(v, float) else v
+                                                    for k, v in row.items()}), flush=True)
         if dev.cuda:
             torch.cuda.empty_cache()
     bmodel.set_recompute(run.chunks, cfg.model.recompute_activations)
@@ -272,6 +274,8 @@ def riel_part(run, dev: Device, s: dict, ceil: Dict[str, float], mem_gib: float,
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
             traceback.print_exc()
         rows.append(row)
+        print(f"RIEL step {step}: " + json.dumps({k: round(v, 3) if isinstance(v, float) else v
+                                                  for k, v in row.items()}), flush=True)
     return rows
 
 
@@ -283,8 +287,8 @@ def fmt(x, spec=".2f", scale=1.0) -> str:
 def tables(ceil: dict, mef: List[dict], riel: List[dict]) -> str:
     out = []
     if ceil:
-        out.append(f"ceilings: matmul {fmt(ceil.get('matmul_flops'), '.0f', 1e12)} TFLOP/s "
-                   f"({ceil.get('matmul_n')}^3), device copy {fmt(ceil.get('copy_bytes_per_s'), '.2f', 1e12)} TB/s"
+        out.append(f"ceilings: matmul {fmt(ceil.get('matmul_flops'), '.4g', 1e12)} TFLOP/s "
+                   f"({ceil.get('matmul_n')}^3), device copy {fmt(ceil.get('copy_bytes_per_s'), '.3g', 1e12)} TB/s"
                    + (f"; error: {ceil['error']}" if "error" in ceil else ""))
     if mef:
         out += ["", "| MEF | tokens/step | step s (planner, ratio) | tokens/s | MFU | peak GiB (planner, ratio) | "
@@ -371,16 +375,26 @@ def main(argv=None) -> int:
     from megatron_meml.planning import ModelShape
     shape = ModelShape.from_config(cfg)
     print(f"built {shape.params() / 1e6:.1f}M parameters in {time.perf_counter() - t0:.1f} s", flush=True)
-    mef = mef_part(run, dev, s, ceil, mem_gib, a.mef_steps) if "mef" in parts else []
-    riel = riel_part(run, dev, s, ceil, mem_gib, a.riel_steps) if "riel" in parts else []
-    text = tables(ceil if "ceilings" in parts else {}, mef, riel)
+    mef: List[dict] = []
+    riel: List[dict] = []
+
+    def save() -> str:   # after every part, so a run cut short by its timeout still leaves its tables
+        text = tables(ceil if "ceilings" in parts else {}, mef, riel)
+        with open(os.path.join(a.out, "scale_check.md"), "w") as f:
+            f.write(text + "\n\n" + summary_line(mef, riel) + "\n")
+        with open(os.path.join(a.out, "scale_check.json"), "w") as f:
+            json.dump({"device": dev.name, "shape": s, "params": shape.params(), "ceilings": ceil, "mef": mef,
+                       "riel": riel}, f, indent=1)
+        return text
+
+    if "mef" in parts:
+        mef = mef_part(run, dev, s, ceil, mem_gib, a.mef_steps)
+        print(save(), flush=True)
+    if "riel" in parts:
+        riel = riel_part(run, dev, s, ceil, mem_gib, a.riel_steps)
+        print(save(), flush=True)
+    save()
     line = summary_line(mef, riel)
-    print(text)
-    with open(os.path.join(a.out, "scale_check.md"), "w") as f:
-        f.write(text + "\n\n" + line + "\n")
-    with open(os.path.join(a.out, "scale_check.json"), "w") as f:
-        json.dump({"device": dev.name, "shape": s, "params": shape.params(), "ceilings": ceil, "mef": mef,
-                   "riel": riel}, f, indent=1)
     trainer.finish(run)
     print(line, flush=True)
     return 1 if any("error" in r for r in mef + riel) else 0
