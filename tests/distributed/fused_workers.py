@@ -12,7 +12,8 @@ from tests.distributed.workers import TINY, gather_dp_grad_buffers, global_batch
     shared_prompt_sequences
 
 
-def _run(chunks, optimizer, cfg, mbs, loss_fn, temperature, fused: bool, score: bool) -> Dict[str, Any]:
+def _run(chunks, optimizer, cfg, mbs, loss_fn, temperature, fused: bool, score: bool,
+         impl: str = "torch") -> Dict[str, Any]:
     """One forward-backward with the output path switched to ``fused``; the summed loss (broadcast from the last
     stage), per-microbatch metrics, full gradients, and forward-only log-probs of the same microbatches."""
     from megatron.core import parallel_state as ps
@@ -20,7 +21,7 @@ def _run(chunks, optimizer, cfg, mbs, loss_fn, temperature, fused: bool, score: 
     from megatron_meml.backend.output_layer import OutputOptions, set_options
 
     for c in chunks:
-        set_options(c, OutputOptions(fused=fused, vocab_limit=cfg.model.vocab_size, impl="torch"))
+        set_options(c, OutputOptions(fused=fused, vocab_limit=cfg.model.vocab_size, impl=impl))
     O.zero_grads(chunks, optimizer)
     res = S.forward_backward(chunks, mbs, loss_fn, temperature=temperature)
     keys = sorted(res[0]) if res else []
@@ -51,14 +52,16 @@ def _run(chunks, optimizer, cfg, mbs, loss_fn, temperature, fused: bool, score: 
 
 
 def fused_vs_logits(models: Sequence[Sequence[str]] = ((),), plan: Dict[str, Sequence[str]] = None,
-                    score: bool = True, plans: Sequence[Dict[str, Sequence[str]]] = None) -> Dict[str, Any]:
+                    score: bool = True, plans: Sequence[Dict[str, Sequence[str]]] = None,
+                    impl: str = "torch") -> Dict[str, Any]:
     """For each model (a list of config overrides; all share one process group) and each workload of ``plan`` --
     ``riel``: RIEL rows (GRPO + KL + SFT, temperature 0.7), ``shared``: the same kinds in prompt-sharing rows
     (segment masks, per-slot positions), ``sft``: MEF's SFT microbatches -- the results of the runs named in the
     plan: ``epilogue`` (fused path, the loss as the kernel's epilogue: ``RielObjective`` / ``SFTObjective``),
     ``plain`` (fused path, ``riel_loss`` on the log-probs) and ``logits`` (the logits path). ``score``: also the
     forward-only log-probs (``forward_logprobs``) of the first workload. ``plans``: one plan per model instead.
-    Each model may have its own layout (megatron's groups are re-formed). Returned on rank 0 as
+    Each model may have its own layout (megatron's groups are re-formed). ``impl``: the kernels' implementation
+    (``auto`` = Triton on CUDA). Returned on rank 0 as
     {model index: {workload: {run: result}}}."""
     from megatron_meml.algo.objective import RielObjective, SFTObjective, riel_loss
     from megatron_meml.backend import model as M, optimizer as O, parallel
@@ -75,8 +78,8 @@ def fused_vs_logits(models: Sequence[Sequence[str]] = ((),), plan: Dict[str, Seq
                             cfg.parallel.pipeline_model_parallel_size, seed=cfg.seed)
         chunks = M.build_model(cfg)
         opt, _ = O.build_optimizer(cfg, chunks, total_steps=1)
-        objective = RielObjective(cfg.riel, impl="torch")
-        losses = {"epilogue": objective, "plain": partial(riel_loss, riel_cfg=cfg.riel, impl="torch"),
+        objective = RielObjective(cfg.riel, impl=impl)
+        losses = {"epilogue": objective, "plain": partial(riel_loss, riel_cfg=cfg.riel, impl=impl),
                   "logits": objective}
         res: Dict[str, Any] = {}
         for j, (work, runs) in enumerate((plans[i] if plans else plan).items()):
@@ -86,7 +89,7 @@ def fused_vs_logits(models: Sequence[Sequence[str]] = ((),), plan: Dict[str, Seq
                 mbs = [MicroBatch(tokens=t, loss_mask=m, weight=m / total,
                                   kind=torch.full_like(t, int(TokenKind.SFT), dtype=torch.int8))
                        for t, m in zip(tokens.chunk(2), mask.chunk(2))]
-                fns, temperature = {k: SFTObjective(impl="torch") for k in losses}, 1.0
+                fns, temperature = {k: SFTObjective(impl=impl) for k in losses}, 1.0
             else:
                 seqs = riel_sequences() if work == "riel" else shared_prompt_sequences()
                 assign_weights(seqs, "token_mean", [1.0, 0.5, 2.0])
@@ -94,7 +97,7 @@ def fused_vs_logits(models: Sequence[Sequence[str]] = ((),), plan: Dict[str, Seq
                                         share_prompts=work == "shared", max_row_tokens=24)[0]
                 assert work == "riel" or any(mb.segment_ids is not None for mb in mbs)
                 fns, temperature = losses, 0.7
-            res[work] = {r: _run(chunks, opt, cfg, mbs, fns[r], temperature, r != "logits", score and j == 0)
+            res[work] = {r: _run(chunks, opt, cfg, mbs, fns[r], temperature, r != "logits", score and j == 0, impl)
                          for r in runs}
         out[i] = res
     return out if dist.get_rank() == 0 else {}
