@@ -12,7 +12,9 @@ How the hidden states are reached. megatron-core's ``GPTModel._postprocess`` (0.
 when embeddings are tied -- on the last stage of PP > 1 that is the stage's copy, whose gradient megatron's
 ``finalize_model_grads`` all-reduces with the first stage's embedding -- else the output layer's own weight) and
 returns the hidden states in place of logits, so the model returns hidden [B, S, H]. Everything the model does
-before the output layer (final norm, MTP, ...) is unchanged, and no hook on the real output layer runs.
+before the output layer (final norm, MTP, ...) is unchanged, and no hook on the real output layer runs (none is
+registered here: megatron DDP adds forward pre-hooks only for ``overlap_param_gather``, which this project does not
+turn on; with it, an untied output weight would have to wait for its all-gather here).
 
 The output layer's input communication is kept: with sequence parallelism the capture all-gathers the sequence
 shards (backward: reduce-scatter of dhidden, as ``ColumnParallelLinear`` does); otherwise the kernel all-reduces

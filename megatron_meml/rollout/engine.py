@@ -6,14 +6,14 @@ per request, in request order, with:
 
 * ``response_ids``: the sampled ids after the prompt, including the stop token when generation ended on one
   (``finish_reason="eos"``); a stop-string finish keeps every sampled id (the stop string is part of the text);
-* ``logprobs[j]``: **log-prob of ``response_ids[j]`` under the temperature-scaled full distribution**,
-  ``log_softmax(logits / temperature)[id]`` over the model's whole (padded) output vocabulary, *not* under the
-  top-k / top-p / real-vocabulary truncation that the sample was drawn from. This is the distribution the
-  training forward (``backend.step.forward_logprobs`` / ``forward_backward`` with the same temperature) computes,
-  so the GRPO ratio ``exp(logp_train - logp_rollout)`` starts at exactly 1 (up to fp32 rounding, ≤ 1e-4 tested)
-  on-policy. With truncation on (top_p < 1 or top_k > 0), the sampling distribution differs from the one the
-  ratio uses; this is the standard choice (verl, OpenRLHF, slime) and is exact with the defaults (top_p = 1,
-  top_k = 0) apart from the never-sampled padded vocabulary rows;
+* ``logprobs[j]``: **log-prob of ``response_ids[j]`` under the temperature-scaled distribution over the real
+  vocabulary**, ``log_softmax(logits[:vocab_size] / temperature)[id]`` -- the embedding's padded rows (ids >=
+  the real vocabulary) take no probability mass -- *not* under the top-k / top-p truncation that the sample was
+  drawn from. This is the distribution the training forward (``backend.step.forward_logprobs`` /
+  ``forward_backward`` with the same temperature, ``vocab_limit = model.vocab_size``) computes, so the GRPO ratio
+  ``exp(logp_train - logp_rollout)`` starts at exactly 1 (up to fp32 rounding, ≤ 1e-4 tested) on-policy. With
+  truncation on (top_p < 1 or top_k > 0), the sampling distribution differs from the one the ratio uses; this is
+  the standard choice (verl, OpenRLHF, slime) and is exact with the defaults (top_p = 1, top_k = 0);
 * ``text``: the decoded response without a terminal stop token (what the verifier reads);
 * ``finish_reason``: ``"eos"`` (a stop token was sampled), ``"stop"`` (a stop string appeared in the decoded
   response), ``"length"`` (``max_new_tokens`` reached).

@@ -12,7 +12,7 @@ Sampling by inverse CDF (one uniform per token instead of a vocabulary of Gumbel
     keep   = (id < vocab_size) ∧ top-k ∧ top-p               (truncation; ties at the k-th value are kept)
     p      = softmax(z masked to keep)                        computed in fp64
     token  = min{ j : cdf_j > u · cdf_{V-1} },  cdf = cumsum(p) in vocabulary order
-    logp   = log_softmax(z)[token]                            full distribution, see engine.py
+    logp   = log_softmax(z[:vocab_size])[token]               untruncated, over the real vocabulary: see engine.py
 
 top-p (nucleus): keep the most probable tokens, in descending order, while the mass *before* a token is < top_p
 (so the top token is always kept); it is applied after top-k, on the renormalised top-k distribution (HF order).
@@ -73,10 +73,11 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p
            uniforms: Optional[torch.Tensor] = None,
            vocab_size: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """logits [B, V] (fp32), uniforms [B] fp64 in [0, 1) (ignored when ``top_k == 1``) -> (tokens [B] int64,
-    logp [B] fp32 = log_softmax(logits / T)[token] over the full V)."""
+    logp [B] fp32 = log_softmax(logits / T)[token] over the real vocabulary: ids < ``vocab_size``, all of V when
+    None)."""
     z = logits.float() / temperature
+    real = z if vocab_size is None or vocab_size >= z.shape[-1] else z[:, :vocab_size]
     if top_k == 1:
-        real = z if vocab_size is None or vocab_size >= z.shape[-1] else z[:, :vocab_size]
         tokens = real.argmax(dim=-1)
     else:
         if uniforms is None:
@@ -87,5 +88,5 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p
         cdf = torch.cumsum(p, dim=-1)
         x = uniforms.to(cdf.device, torch.float64) * cdf[:, -1]
         tokens = torch.searchsorted(cdf, x.unsqueeze(-1), right=True).squeeze(-1).clamp_max(z.shape[-1] - 1)
-    logp = torch.log_softmax(z, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    logp = torch.log_softmax(real, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     return tokens, logp

@@ -28,7 +28,8 @@ def _run(chunks, optimizer, cfg, mbs, loss_fn, temperature, fused: bool, score: 
     obj = [keys] if ps.is_pipeline_last_stage() else [None]
     dist.broadcast_object_list(obj, src=dist.get_world_size() - 1)
     keys = obj[0]
-    local = torch.tensor([sum(r[k] for r in res) for k in keys], dtype=torch.float64)
+    dev = next(chunks[0].parameters()).device          # CUDA tensors for NCCL on a GPU machine
+    local = torch.tensor([sum(r[k] for r in res) for k in keys], dtype=torch.float64, device=dev)
     if not ps.is_pipeline_last_stage():
         local.zero_()
     dist.all_reduce(local, group=ps.get_pipeline_model_parallel_group())
@@ -36,7 +37,7 @@ def _run(chunks, optimizer, cfg, mbs, loss_fn, temperature, fused: bool, score: 
     grads = state.full_state_dict(chunks, cfg.model.num_layers, value=lambda n, p: p.main_grad)
     # the raw output-layer gradient rows of this rank's vocabulary shard (padding rows must stay exactly 0)
     from megatron_meml.backend.model import unwrap
-    padded = torch.zeros((), dtype=torch.float64)
+    padded = torch.zeros((), dtype=torch.float64, device=dev)
     gpt = unwrap(chunks[0])
     if ps.is_pipeline_last_stage():
         w = gpt.shared_embedding_or_output_weight()
@@ -47,7 +48,7 @@ def _run(chunks, optimizer, cfg, mbs, loss_fn, temperature, fused: bool, score: 
     dist.all_reduce(padded, op=dist.ReduceOp.MAX)
     padded_grad = float(padded)
     logps = S.forward_logprobs(chunks, mbs, temperature=temperature) if score else None
-    return {"metrics": dict(zip(keys, local.tolist())), "grads": grads, "padded_grad": padded_grad,
+    return {"metrics": dict(zip(keys, local.cpu().tolist())), "grads": grads, "padded_grad": padded_grad,
             "logps": logps}
 
 

@@ -7,11 +7,11 @@ from megatron_meml.rollout.megatron_engine import plan_batches
 from megatron_meml.rollout.sampling import mix_seed, request_uniforms, sample, truncation_mask
 
 
-def test_greedy_is_argmax_over_real_vocab_and_logp_is_full_distribution():
+def test_greedy_is_argmax_over_real_vocab_and_logp_is_real_vocab_distribution():
     logits = torch.tensor([[0.0, 2.0, 1.0, 9.0], [3.0, 3.0, 1.0, 0.0]])
     tok, lp = sample(logits, temperature=0.5, top_k=1, vocab_size=3)
     assert tok.tolist() == [1, 0]  # id 3 is embedding padding; tie -> lowest id
-    ref = torch.log_softmax(logits / 0.5, -1)  # full padded distribution, untruncated
+    ref = torch.log_softmax(logits[:, :3] / 0.5, -1)  # padded ids take no mass (as in the training forward)
     assert torch.allclose(lp, ref[[0, 1], tok])
 
 
