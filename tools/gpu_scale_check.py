@@ -371,7 +371,12 @@ def main(argv=None) -> int:
                 "copy_bytes_per_s": 3.35e12 if dev.cuda else 1e10, "matmul_n": 0}
     t0 = time.perf_counter()
     cfg = load_config(None, config_overrides(s, os.path.join(a.out, "scale_check_run")))
-    run = trainer.setup(cfg)
+    try:
+        run = trainer.setup(cfg)
+    except Exception as exc:   # nothing to measure without a model: say why in the summary line
+        traceback.print_exc()
+        print(f"scale-check: model build failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", flush=True)
+        return 1
     from megatron_meml.planning import ModelShape
     shape = ModelShape.from_config(cfg)
     print(f"built {shape.params() / 1e6:.1f}M parameters in {time.perf_counter() - t0:.1f} s", flush=True)
