@@ -137,6 +137,12 @@ def workload(cfg, **kw):
     return Workload(**{**w.__dict__, "layer_spec": "local", **kw})
 
 
+def err_text(exc: BaseException) -> str:
+    """One line: the exception's type and the first line of its message."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
 def ratio(measured: Optional[float], predicted: Optional[float]) -> str:
     if not measured or not predicted:
         return "-"
@@ -193,7 +199,7 @@ def mef_part(run, dev: Device, s: dict, ceil: Dict[str, float], mem_gib: float, 
                        planner_step_s=pl.train_s, planner_peak_bytes=pl.state_total + pl.activations + pl.logits,
                        planner_fits=pl.fits)
         except Exception as exc:  # the row says what failed; the other parts still run
-            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+            row["error"] = err_text(exc)
             traceback.print_exc()
         rows.append(row)
         print(f"MEF recompute={rc}: " + json.dumps({k: round(v, 3) if isinstance(v, float) else v
@@ -271,7 +277,7 @@ def riel_part(run, dev: Device, s: dict, ceil: Dict[str, float], mem_gib: float,
                        planner_peak_bytes=pl.state_total + max(pl.activations + pl.logits, pl.kv_cache),
                        planner_step_s=pl.step_s)
         except Exception as exc:
-            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+            row["error"] = err_text(exc)
             traceback.print_exc()
         rows.append(row)
         print(f"RIEL step {step}: " + json.dumps({k: round(v, 3) if isinstance(v, float) else v
@@ -367,7 +373,7 @@ def main(argv=None) -> int:
     try:
         ceil = ceilings(dev, s["dtype"])
     except Exception as exc:
-        ceil = {"error": f"{type(exc).__name__}: {exc}", "matmul_flops": 989e12 if dev.cuda else 1e10,
+        ceil = {"error": err_text(exc), "matmul_flops": 989e12 if dev.cuda else 1e10,
                 "copy_bytes_per_s": 3.35e12 if dev.cuda else 1e10, "matmul_n": 0}
     t0 = time.perf_counter()
     cfg = load_config(None, config_overrides(s, os.path.join(a.out, "scale_check_run")))
@@ -375,7 +381,7 @@ def main(argv=None) -> int:
         run = trainer.setup(cfg)
     except Exception as exc:   # nothing to measure without a model: say why in the summary line
         traceback.print_exc()
-        print(f"scale-check: model build failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", flush=True)
+        print(f"scale-check: model build failed: {err_text(exc)}", flush=True)
         return 1
     from megatron_meml.planning import ModelShape
     shape = ModelShape.from_config(cfg)
