@@ -49,6 +49,8 @@ class Run:
     logger: MetricsLogger
     ckpt: Checkpointer
     config_dir: Optional[str] = None
+    link: Optional[object] = None  # riel.async_rollout: the client of the rollout ranks (async_riel.py)
+    role = "train"
 
     @property
     def run_dir(self) -> str:
@@ -60,8 +62,16 @@ class Run:
 
 
 def setup(cfg: Config, config_dir: Optional[str] = None) -> Run:
-    """Initialise process groups, build the model, load tokenizer and expert prompts, open the run directory."""
+    """Initialise process groups, build the model, load tokenizer and expert prompts, open the run directory.
+    With ``riel.async_rollout`` the job is split first; a rollout rank gets an ``async_riel.RolloutRank``."""
     check_run_inputs(cfg)  # a missing dataset / trace / shard file is one line now, not a traceback later
+    split = None
+    if cfg.riel.enabled and cfg.riel.async_rollout:
+        from .async_riel import RolloutRank, split_for
+
+        split = split_for(cfg)
+        if split.is_rollout:
+            return RolloutRank(cfg, split, config_dir)
     p = cfg.parallel
     info = parallel.initialize(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, seed=cfg.seed,
                                backend=p.backend, timeout_minutes=p.timeout_minutes)
@@ -85,7 +95,12 @@ def setup(cfg: Config, config_dir: Optional[str] = None) -> Run:
     prompts = load_expert_prompts(cfg.experts)  # @file prompts: relative to the working directory
     say = print if info.is_logging_rank else (lambda *_: None)
     ckpt = Checkpointer(cfg, cfg.logging.run_dir, say=say)
-    return Run(cfg, info, chunks, tokenizer, cfg.data.chat_template, prompts, logger, ckpt, config_dir)
+    run = Run(cfg, info, chunks, tokenizer, cfg.data.chat_template, prompts, logger, ckpt, config_dir)
+    if split is not None:
+        from .async_riel import connect_trainer
+
+        run.link = connect_trainer(split, chunks, cfg.model.num_layers)
+    return run
 
 
 def load_records(cfg: Config, split: str) -> List[Record]:
@@ -271,6 +286,10 @@ def run_riel(run: Run) -> Dict[str, float]:
     from .rollout.scheduler import build_riel_scheduler, verifier_reward
 
     cfg = run.cfg
+    if run.link is not None:
+        from .async_riel import run_riel_async
+
+        return run_riel_async(run)
     if run.ckpt.stage_done("riel"):
         run.say("RIEL: complete in the latest checkpoint; skipped")
         return {}
@@ -369,6 +388,8 @@ def run_all(run: Run) -> Dict[str, object]:
     from .eval.accuracy import write_eval
     from .eval.plots import plot_reward_curves
 
+    if run.role == "rollout":  # async RIEL: a rollout rank serves generation until the training ranks stop it
+        return run.serve()
     cfg = run.cfg
     summary: Dict[str, object] = {}
     path = os.path.join(run.run_dir, "eval.json")
@@ -392,5 +413,8 @@ def run_all(run: Run) -> Dict[str, object]:
 
 
 def finish(run: Run) -> None:
-    run.logger.close()
+    if run.link is not None:
+        run.link.close()
+    if run.logger is not None:
+        run.logger.close()
     parallel.destroy()

@@ -84,6 +84,8 @@ def initialize(tp: int = 1, pp: int = 1, seed: int = 1234, backend: Optional[str
         cpu_runtime.activate()
     backend = backend or ("nccl" if use_cuda else "gloo")
     rank, world, local_rank = _env_rank_world()
+    if dist.is_initialized():  # a caller set up this process's world (the async split: backend/async_bridge.py)
+        rank, world = dist.get_rank(), dist.get_world_size()
     if world % (tp * pp) != 0:
         raise ValueError(f"config key `parallel.tensor_model_parallel_size`: TP*PP={tp * pp} "
                          f"does not divide the world size {world}")

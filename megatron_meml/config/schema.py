@@ -284,6 +284,25 @@ class RIELConfig:
                                  "16-32-token responses 0.28x the flat time (1024: 0.21x); 100-200-token responses "
                                  "1.03x (1024: 1.18x).")
     max_nonfinite_steps: int = doc(3, "Abort MEF or RIEL after this many consecutive NaN/inf steps (each is skipped).")
+    # one-step-off asynchronous RIEL (megatron_meml/async_riel.py; objective: algo/async_objective.py)
+    async_rollout: bool = doc(False, "One-step-off asynchronous RIEL: the last `riel.rollout_ranks` ranks of the job "
+                              "only generate (their own TP layout), the others train (parallel.*); the rollouts of "
+                              "step t+1 are generated with the weights of step t while step t trains, and the "
+                              "weights go to the rollout ranks by a broadcast after every optimizer step. Off: RIEL "
+                              "generates on the training ranks between steps, exactly as before. MEF and eval run on "
+                              "the training ranks only.")
+    rollout_ranks: int = doc(1, "With riel.async_rollout: ranks (GPUs) of the job given to generation; the training "
+                             "layout uses the other world_size - rollout_ranks ranks.")
+    rollout_tensor_parallel_size: int = doc(1, "With riel.async_rollout: TP degree of the rollout ranks' model (no PP "
+                                            "there); rollout_ranks / rollout_tensor_parallel_size replicas split a "
+                                            "step's requests.")
+    behavior_weight_cap: Optional[float] = doc(2.0, "Async only: truncation of the per-token behaviour weight "
+                                               "pi_theta / pi_behaviour of the decoupled GRPO objective "
+                                               "(algo/async_objective.py); null = no truncation.")
+    rollout_timeout_s: float = doc(1800.0, "Async only: a training rank that has waited this long for a step's "
+                                   "rollouts, or a rank whose peer sent no heartbeat for min(this, 60 s), stops the "
+                                   "run with an error naming the silent rank. Also the timeout of the weight and "
+                                   "rollout transfers.")
 
     def __post_init__(self):
         _check(self.group_size >= 1, "riel.group_size", "must be >= 1")
@@ -295,6 +314,13 @@ class RIELConfig:
         _check(0 <= self.buffer_k <= self.group_size, "riel.buffer_k", f"must be in [0, riel.group_size]")
         _check(self.buffer_capacity >= 1, "riel.buffer_capacity", "must be >= 1")
         _check(self.admit_prob is None or 0 <= self.admit_prob <= 1, "riel.admit_prob", "must be in [0, 1]")
+        _check(self.rollout_ranks >= 1, "riel.rollout_ranks", f"must be >= 1, got {self.rollout_ranks}")
+        _check(self.rollout_tensor_parallel_size >= 1 and self.rollout_ranks % self.rollout_tensor_parallel_size == 0,
+               "riel.rollout_tensor_parallel_size", f"{self.rollout_tensor_parallel_size} must be >= 1 and divide "
+               f"riel.rollout_ranks={self.rollout_ranks}")
+        _check(self.behavior_weight_cap is None or self.behavior_weight_cap >= 1.0, "riel.behavior_weight_cap",
+               f"must be null or >= 1 (a cap below 1 would down-weight on-policy tokens), got {self.behavior_weight_cap}")
+        _check(self.rollout_timeout_s > 0, "riel.rollout_timeout_s", f"must be positive, got {self.rollout_timeout_s}")
 
 
 @dataclass
@@ -399,3 +425,8 @@ class Config:
         if world_size is not None:
             _check(world_size % (tp * pp) == 0, "parallel.tensor_model_parallel_size",
                    f"TP*PP={tp * pp} does not divide the world size {world_size}")
+        if self.riel.async_rollout:
+            rtp = self.riel.rollout_tensor_parallel_size
+            for k in ("num_attention_heads", "num_query_groups", "ffn_hidden_size"):
+                _check(getattr(m, k) % rtp == 0, "riel.rollout_tensor_parallel_size",
+                       f"{rtp} does not divide model.{k}={getattr(m, k)}")

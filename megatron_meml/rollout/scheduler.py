@@ -112,12 +112,15 @@ class RielScheduler:
             rank's ``obj`` in rank order (``backend.inference.dp_all_gather_objects``).
         share_prompts: pack the rows of one prompt into prompt-sharing rows (``packing.shared_rows``); only for a
             model whose attention honours explicit masks (``backend.attention.supports_shared_rows``).
+        kl_teacher: optional ``pairs -> pairs`` applied to the step's KL pairs before the KL rows are built; async
+            RIEL uses it to replace the stale P+ log-probs of O+ by the current policy's (``async_riel``).
     """
 
     def __init__(self, engine: GenerationEngine, renderer: PromptRenderer, reward_fn: RewardFn, riel, rollout,
                  num_experts: int, max_tokens_per_microbatch: int, pad_id: int,
                  buffer: Optional[HardExampleBuffer] = None, dp_rank: int = 0, dp_size: int = 1,
-                 all_gather: Optional[AllGather] = None, share_prompts: bool = False):
+                 all_gather: Optional[AllGather] = None, share_prompts: bool = False,
+                 kl_teacher: Optional[Callable[[List[KLPair]], List[KLPair]]] = None):
         if dp_size > 1 and all_gather is None:
             raise ValueError("data parallel generation needs an all_gather function")
         self.engine, self.renderer, self.reward_fn = engine, renderer, reward_fn
@@ -130,6 +133,7 @@ class RielScheduler:
         self.all_gather = all_gather or (lambda obj: [obj])
         self.params = SamplingParams.from_config(rollout)
         self.share_prompts = bool(share_prompts)
+        self.kl_teacher = kl_teacher
 
     # 1. ---------------------------------------------------------------------------------------------------------
     def requests(self, records: Sequence[Record], step: int) -> List[Request]:
@@ -160,15 +164,16 @@ class RielScheduler:
         return out
 
     # 3.-6. ------------------------------------------------------------------------------------------------------
-    def step(self, records: Sequence[Record], step: int) -> RielStepOutput:
+    def step(self, records: Sequence[Record], step: int, rollouts: Optional[List[Rollout]] = None) -> RielStepOutput:
         """One RIEL step's rollouts, groups, KL pairs, fired SFT examples and this DP rank's microbatches.
-        Every rank of every parallel group calls it with the same ``records`` and ``step``."""
+        Every rank of every parallel group calls it with the same ``records`` and ``step``. ``rollouts`` given
+        (async RIEL: generated elsewhere, in ``requests`` order with rewards) replaces steps 1-2."""
         ids = [r.id for r in records]
         if len(set(ids)) != len(ids):
             raise ValueError(f"a RIEL step needs distinct record ids, got {ids}")
         t0 = time.perf_counter()
-        requests = self.requests(records, step)
-        rollouts = self.generate_and_score(requests, records)
+        if rollouts is None:
+            rollouts = self.generate_and_score(self.requests(records, step), records)
         t_gen = time.perf_counter() - t0
         G, N = self.riel.group_size, self.num_experts
         groups = [ScoredGroup(qid=records[q].id, expert=e, rollouts=rollouts[(q * N + e) * G:(q * N + e + 1) * G])
@@ -180,6 +185,8 @@ class RielScheduler:
                 p = kl_pair(groups[q * N:(q + 1) * N], self.riel.max_kl_responses)
                 if p is not None:
                     pairs.append(p)
+        if self.kl_teacher is not None and pairs:
+            pairs = self.kl_teacher(pairs)
         fired: List[HardExample] = []
         if self.buffer is not None and self.riel.hard_example_buffer:
             fired = admit_hard_examples(self.buffer, groups, {r.id: r for r in records}, self.riel.buffer_k)
@@ -241,10 +248,12 @@ class RielScheduler:
 
 
 def build_riel_scheduler(cfg, chunks, tokenizer, expert_prompts: Sequence[str], reward_fn: RewardFn,
-                         buffer: Optional[HardExampleBuffer] = None) -> RielScheduler:
+                         buffer: Optional[HardExampleBuffer] = None, engine: Optional[GenerationEngine] = None,
+                         kl_teacher: Optional[Callable[[List[KLPair]], List[KLPair]]] = None) -> RielScheduler:
     """The training setup: the ``rollout.engine`` engine on ``chunks`` (stop on the template's end-of-turn and EOS), chat
     prompts, the hard-example buffer (seeded from ``cfg.seed`` unless given), microbatches of at most
-    ``data.micro_batch_size × data.seq_length`` padded tokens, DP split from megatron's groups."""
+    ``data.micro_batch_size × data.seq_length`` padded tokens, DP split from megatron's groups. ``engine`` replaces
+    the configured engine (async RIEL's training ranks pass one that refuses to generate)."""
     from ..backend import inference
     from ..backend.attention import supports_shared_rows
     from ..data.templates import default_template, end_of_turn_id
@@ -252,7 +261,8 @@ def build_riel_scheduler(cfg, chunks, tokenizer, expert_prompts: Sequence[str], 
 
     template = cfg.data.chat_template or default_template(tokenizer)
     stop_ids = sorted({end_of_turn_id(template, tokenizer), tokenizer.eos_id})
-    engine = build_engine(cfg.rollout, chunks, tokenizer, stop_token_ids=stop_ids)
+    if engine is None:
+        engine = build_engine(cfg.rollout, chunks, tokenizer, stop_token_ids=stop_ids)
     if buffer is None and cfg.riel.hard_example_buffer:
         buffer = HardExampleBuffer.from_config(cfg.riel, seed=cfg.seed)
     dp_rank, dp_size = inference.data_parallel_rank_size()
@@ -265,4 +275,4 @@ def build_riel_scheduler(cfg, chunks, tokenizer, expert_prompts: Sequence[str], 
                          num_experts=len(expert_prompts),
                          max_tokens_per_microbatch=cfg.data.micro_batch_size * cfg.data.seq_length,
                          pad_id=tokenizer.pad_id, buffer=buffer, dp_rank=dp_rank, dp_size=dp_size,
-                         all_gather=inference.dp_all_gather_objects, share_prompts=share)
+                         all_gather=inference.dp_all_gather_objects, share_prompts=share, kl_teacher=kl_teacher)

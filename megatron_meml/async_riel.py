@@ -1,0 +1,316 @@
+"""One-step-off asynchronous RIEL (``riel.async_rollout=true``): generation of step s+1 overlaps training of step s.
+
+Ranks. The last ``riel.rollout_ranks`` ranks of the job are *rollout ranks*: their own megatron world with
+TP = ``riel.rollout_tensor_parallel_size`` (``backend/async_bridge.py`` explains the split), a copy of the model
+without optimizer or gradient buffers, and the generation engine that ``rollout.engine`` selects, driven by the
+scheduler's own request/DP-split code. The other ranks train with the configured TP/PP/DP and never generate during
+RIEL (MEF and eval run on them; the rollout ranks wait meanwhile).
+
+Per step s (protocol and timeline: ``rollout/async_link.py``):
+  1. the rollouts R_s, generated with W_{max(s-1, 0)} on the rollout ranks, are in hand;
+  2. ``sched.step(..., rollouts=R_s)``: rewards -> advantages -> E+/E- -> hard-example buffer -> rows; the KL rows'
+     P+ log-probs are recomputed with the current weights (:class:`KLTeacher`, forward only);
+  3. forward-backward with the decoupled objective (``algo/async_objective.py``) and one optimizer step -> W_{s+1},
+     while the rollout ranks generate R_{s+1} with W_s;
+  4. receive R_{s+1} (waiting only if generation was slower than 2-3), log, checkpoint;
+  5. send W_{s+1} (layout-invariant gather on the training ranks, bucketed broadcast from training rank 0, scatter
+     into the rollout ranks' own TP shards; in the background) and request R_{s+2}.
+
+Exact resume. A checkpoint after step s holds W_{s+1} and, in the trainer state, R_{s+1} itself (already
+received in 4; token ids, log-probs, rewards), which was generated from W_s. Restarting from it trains step s+1 on
+exactly those rollouts and asks the rollout ranks for R_{s+2} from W_{s+1}, as the uninterrupted run did; the
+hard-example buffer, RNGs and data position are restored as in the synchronous loop. (Regenerating R_{s+1} on
+resume instead would need W_s in the checkpoint as well: twice the model.) Checkpoints are written before the next
+generation is requested, so a preempted run never leaves the rollout ranks busy.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import replace
+from functools import partial
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from .backend import model as bmodel
+from .backend import optimizer as boptim
+from .backend import parallel
+from .backend.async_bridge import AsyncRolloutError, Bridge, Heartbeat, Split, split_world
+from .backend.step import forward_backward
+from .config import Config, ConfigError
+from .rollout.async_link import RolloutClient, RolloutServer
+from .types import Rollout, TokenKind
+
+
+def split_for(cfg: Config) -> Optional[Split]:
+    """This process's role when the run is asynchronous (its role world is then initialised), else None."""
+    if not (cfg.riel.enabled and cfg.riel.async_rollout):
+        return None
+    p = cfg.parallel
+    return split_world(cfg.riel.rollout_ranks, cfg.riel.rollout_timeout_s, backend=p.backend,
+                       timeout_minutes=p.timeout_minutes)
+
+
+def rollout_config(cfg: Config) -> Config:
+    """The rollout ranks' config: TP = ``riel.rollout_tensor_parallel_size``, PP = 1, and the training layout's
+    padded vocabulary (both sides must hold the same full embedding for the weight hand-off)."""
+    rcfg = copy.deepcopy(cfg)
+    rtp = cfg.riel.rollout_tensor_parallel_size
+    padded = bmodel.padded_vocab_size(cfg)
+    if padded % rtp:
+        raise ConfigError(f"config key `riel.rollout_tensor_parallel_size`: {rtp} does not divide the padded "
+                          f"vocabulary {padded} of the training layout (set model.padded_vocab_size)")
+    rcfg.parallel.tensor_model_parallel_size, rcfg.parallel.pipeline_model_parallel_size = rtp, 1
+    rcfg.parallel.sequence_parallel = False
+    rcfg.model.padded_vocab_size = padded
+    rcfg.model.recompute_activations = False
+    return rcfg
+
+
+def connect_trainer(split: Split, chunks, num_layers: int) -> RolloutClient:
+    """Training ranks: heartbeat, bridge groups (collective with the rollout ranks), the client."""
+    heartbeat = Heartbeat(split.store, split.name)
+    return RolloutClient(split, Bridge(split), heartbeat, chunks, num_layers)
+
+
+class _NoGeneration:
+    """The training ranks' engine in an async run: rollouts come from the rollout ranks."""
+
+    last_stats: Dict[str, float] = {}
+
+    def generate(self, requests, params):
+        raise RuntimeError("async RIEL: the training ranks do not generate; rollouts come from the rollout ranks")
+
+
+class RolloutRank:
+    """Everything a rollout rank holds: its megatron world (TP = rollout TP), a gradient-free model, the scheduler's
+    request / generation / reward code, and the server loop. ``trainer.run_all`` calls :meth:`serve`."""
+
+    role = "rollout"
+
+    def __init__(self, cfg: Config, split: Split, config_dir: Optional[str] = None):
+        from .data import load_expert_prompts, tokenizer_from_config
+        from .rollout.scheduler import build_riel_scheduler, verifier_reward
+        from .trainer import load_records
+
+        self.cfg, self.split = cfg, split
+        rcfg = rollout_config(cfg)
+        p = rcfg.parallel
+        self.info = parallel.initialize(p.tensor_model_parallel_size, 1, seed=cfg.seed, backend=p.backend,
+                                        timeout_minutes=p.timeout_minutes)
+        rcfg.validate_layout(self.info.world_size)
+        tokenizer = tokenizer_from_config(cfg.data)
+        model = bmodel.build_gpt(rcfg)
+        if torch.cuda.is_available():
+            model.cuda(torch.cuda.current_device())
+        for prm in model.parameters():
+            prm.requires_grad_(False)
+        self.chunks = [model]
+        self.records = load_records(cfg, cfg.data.train_split)
+        self.sched = build_riel_scheduler(rcfg, self.chunks, tokenizer, load_expert_prompts(cfg.experts),
+                                          verifier_reward(cfg.data.name))
+        heartbeat = Heartbeat(split.store, split.name)
+        self.link = RolloutServer(split, Bridge(split), heartbeat, self.chunks, cfg.model.num_layers, self.generate)
+        self.logger = None
+
+    def generate(self, step: int):
+        """R_step: every (question, expert, sample) request of the step, generated and scored (collective over the
+        rollout world: each replica takes every dp-th request, then all-gather)."""
+        from .trainer import riel_questions
+
+        c = self.cfg
+        recs = riel_questions(self.records, step, c.riel.questions_per_step, c.data.seed)
+        t0 = time.perf_counter()
+        rollouts = self.sched.generate_and_score(self.sched.requests(recs, step), recs)
+        return rollouts, {"seconds": time.perf_counter() - t0,
+                          "tokens": float(sum(len(r.response_ids) for r in rollouts))}
+
+    def serve(self) -> Dict[str, object]:
+        return {"rollout_steps_served": self.link.serve()}
+
+
+class KLTeacher:
+    """``pairs -> pairs`` with each O+ response's P+ log-probs recomputed under the current weights (the stop-grad
+    teacher of the inter-expert KL, ``algo/async_objective.py``). Forward only; the responses are split over the DP
+    replicas and all-gathered. Only the last pipeline stage computes the loss, so earlier stages keep the rollout
+    values (never read there)."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def __call__(self, pairs):
+        from .backend import inference
+
+        items = [(i, j, ro) for i, p in enumerate(pairs) for j, ro in enumerate(p.responses)]
+        dp_rank, dp_size = inference.data_parallel_rank_size()
+        parts = inference.dp_all_gather_objects(self.score([ro for _, _, ro in items[dp_rank::dp_size]]))
+        if not self.run.info.is_last_stage:
+            return pairs
+        new = [list(p.responses) for p in pairs]
+        for r, part in enumerate(parts):
+            for k, logprobs in enumerate(part):
+                i, j, ro = items[r + k * dp_size]
+                new[i][j] = replace(ro, logprobs=logprobs)
+        return [replace(p, responses=new[i]) for i, p in enumerate(pairs)]
+
+    def score(self, rollouts: Sequence[Rollout]) -> Optional[List[List[float]]]:
+        """log π(o_t | q, P+, o_<t) of every response token under the current weights (None off the last stage)."""
+        from .backend.step import forward_logprobs
+        from .rollout.packing import TrainSequence, collate
+
+        cfg = self.run.cfg
+        if not rollouts:
+            return [] if self.run.info.is_last_stage else None
+        seqs = [TrainSequence.from_prompt_response(ro.request.prompt_ids, ro.response_ids, TokenKind.KL)
+                for ro in rollouts]
+        budget = cfg.data.micro_batch_size * cfg.data.seq_length
+        groups: List[List[int]] = [[]]
+        for i in sorted(range(len(seqs)), key=lambda i: (-len(seqs[i].tokens), i)):
+            g = groups[-1]
+            if g and (len(g) + 1) * len(seqs[g[0]].tokens) > budget:
+                groups.append([])
+            groups[-1].append(i)
+        logps = forward_logprobs(self.run.chunks, [collate([seqs[i] for i in g], self.run.tokenizer.pad_id)
+                                                   for g in groups], temperature=cfg.rollout.temperature)
+        if logps is None:
+            return None
+        out: List[List[float]] = [[] for _ in rollouts]
+        for g, lp in zip(groups, logps):
+            for b, i in enumerate(g):
+                P, L = len(rollouts[i].request.prompt_ids), len(rollouts[i].response_ids)
+                out[i] = lp[b, P - 1:P - 1 + L].tolist()  # position t predicts token t + 1
+        return out
+
+
+def _check_rollouts(got: Dict[str, object], step: int, records, num_experts: int, group_size: int) -> None:
+    ros = got["rollouts"]
+    want = [(r.id, e) for r in records for e in range(num_experts) for _ in range(group_size)]
+    have = [(ro.request.qid, ro.request.expert) for ro in ros]
+    if have != want:
+        raise AsyncRolloutError(f"async RIEL: the rollouts of step {step} do not match its requests "
+                                f"({len(have)} rollouts for {len(want)} requests); are both sides on the same "
+                                f"config and data?")
+
+
+def run_riel_async(run) -> Dict[str, float]:
+    """``trainer.run_riel`` with one-step-off generation on the rollout ranks (module docstring)."""
+    from .algo.async_objective import decoupled_riel_loss
+    from .checkpointing import Preempted
+    from .rollout.scheduler import build_riel_scheduler, verifier_reward
+    from .trainer import ReferencePolicy, _progress, load_records, reduce_metrics, riel_questions
+
+    cfg, client = run.cfg, run.link
+    if run.ckpt.stage_done("riel"):
+        run.say("RIEL: complete in the latest checkpoint; skipped")
+        return {}
+    records = load_records(cfg, cfg.data.train_split)
+    steps, N, G = cfg.riel.steps, cfg.experts.num_experts, cfg.riel.group_size
+    optimizer, scheduler = boptim.build_optimizer(cfg, run.chunks, lr=cfg.riel.lr, total_steps=steps)
+    sched = build_riel_scheduler(cfg, run.chunks, run.tokenizer, run.prompts, verifier_reward(cfg.data.name),
+                                 engine=_NoGeneration(), kl_teacher=KLTeacher(run))
+    state = run.ckpt.resume("riel", run.chunks, optimizer, scheduler) or {}
+    if state.get("buffer") is not None and sched.buffer is not None:
+        sched.buffer.load_state_dict(state["buffer"])
+    start, bad_in_a_row = state.get("step", -1) + 1, state.get("bad_in_a_row", 0)
+    pending = state.get("async_pending")
+    if pending is not None and pending["step"] != start:
+        pending = None
+    ref = ReferencePolicy(run) if cfg.riel.beta_ref > 0 else None
+    loss_fn = partial(decoupled_riel_loss, riel_cfg=cfg.riel)
+    keys = [f"{a}/{k}" for a in ("loss", "count") for k in ("grpo", "kl", "sft")] + \
+        ["count/clipped", "loss", "async/weight", "async/capped", "async/log_ratio"]
+    run.say(f"RIEL (async, one step off): {steps} steps x {cfg.riel.questions_per_step} questions x {N} experts "
+            f"x G={G}; {run.info.world_size} training ranks, {cfg.riel.rollout_ranks} rollout ranks (TP "
+            f"{cfg.riel.rollout_tensor_parallel_size})" + (f"; step {start}'s rollouts from the checkpoint"
+                                                            if pending is not None else ""))
+    bar = _progress(run, steps, "RIEL")
+    if bar is not None:
+        bar.update(start)
+    try:
+        sync_s = 0.0
+        if start < steps:
+            first = ([] if pending is not None else [start]) + ([start + 1] if start + 1 < steps else [])
+            sync_s = client.request(first, version=start)
+            if pending is None:
+                pending = client.receive(start)
+        mark = time.time()
+        for step in range(start, steps):
+            t0 = time.time()
+            recs = riel_questions(records, step, cfg.riel.questions_per_step, cfg.data.seed)
+            _check_rollouts(pending, step, recs, N, G)
+            out = sched.step(recs, step, rollouts=pending["rollouts"])
+            t_sched = time.time()
+            if ref is not None:
+                ref.fill(out.microbatches)
+            boptim.zero_grads(run.chunks, optimizer)
+            results = forward_backward(run.chunks, out.microbatches, loss_fn, temperature=cfg.rollout.temperature)
+            finite = boptim.grads_finite(run.chunks)
+            bad_in_a_row = 0 if finite else bad_in_a_row + 1
+            if finite:
+                _, grad_norm = boptim.optimizer_step(optimizer, scheduler)
+            else:
+                grad_norm = float("nan")
+                boptim.zero_grads(run.chunks, optimizer)
+                run.say(f"RIEL step {step}: non-finite gradients, step skipped ({bad_in_a_row} in a row)")
+                if bad_in_a_row > cfg.riel.max_nonfinite_steps:
+                    raise RuntimeError(f"RIEL: {bad_in_a_row} consecutive non-finite steps "
+                                       f"(riel.max_nonfinite_steps={cfg.riel.max_nonfinite_steps}); aborting")
+            t_train = time.time()
+            nxt = client.receive(step + 1) if step + 1 < steps else None
+            now = time.time()
+            m = dict(out.stats, **reduce_metrics(results, keys))
+            m.update(_async_metrics(m, pending, nxt, step))
+            m.update({"e_plus_minus_pairs": float(len(out.kl_pairs)), "grad_norm": grad_norm,
+                      "skipped": float(not finite), "clip_fraction": m["count/clipped"] / max(m["count/grpo"], 1.0),
+                      "time/schedule": t_sched - t0, "time/train": t_train - t_sched,
+                      "time/wait_rollouts": now - t_train, "time/weight_sync": sync_s, "time/step": now - mark,
+                      "train/tokens_per_s": sum(m[f"count/{k}"] for k in ("grpo", "kl", "sft")) /
+                      max(t_train - t_sched, 1e-9)})
+            mark = now
+            for e in range(N):
+                m[f"e_plus/expert{e}"] = float(sum(p.e_plus == e for p in out.kl_pairs))
+                m[f"e_minus/expert{e}"] = float(sum(p.e_minus == e for p in out.kl_pairs))
+            if step % cfg.logging.log_interval == 0 or step == steps - 1:
+                run.logger.log(step, m, "riel")
+            if bar is not None:
+                bar.set_postfix(reward=f"{m['reward/mean']:.3f}", wait=f"{now - t_train:.2f}s")
+                bar.update(1)
+            pending = nxt
+            run.ckpt.after_step("riel", step, run.chunks, optimizer, scheduler,
+                                lambda: {"buffer": sched.buffer.state_dict() if sched.buffer is not None else None,
+                                         "bad_in_a_row": bad_in_a_row, "async_pending": _stored(pending)},
+                                last=step == steps - 1)
+            sync_s = client.request([step + 2], version=step + 1) if step + 2 < steps else 0.0
+    except Preempted:
+        raise
+    except BaseException as e:
+        client.fail(f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        client.close()
+        if bar is not None:
+            bar.close()
+    return {"riel_steps": steps}
+
+
+def _stored(pending: Optional[Dict[str, object]]) -> Optional[Dict[str, object]]:
+    """What the checkpoint keeps of the in-flight step: its rollouts and their generation stats."""
+    return None if pending is None else {"step": pending["step"], "rollouts": pending["rollouts"],
+                                         "stats": pending["stats"]}
+
+
+def _async_metrics(m: Dict[str, float], cur: Dict[str, object], nxt: Optional[Dict[str, object]],
+                   step: int) -> Dict[str, float]:
+    """Staleness, behaviour weights and overlap. ``async/overlap``: the share of generating R_{s+1} hidden behind
+    training step s, ``1 − wait / generation time`` clipped to [0, 1] (1 = training never waited)."""
+    gen = cur["stats"]
+    n = max(m["count/grpo"], 1.0)
+    out = {"rollout/seconds": gen["seconds"], "rollout/tokens_per_s": gen["tokens"] / max(gen["seconds"], 1e-9),
+           "async/behavior_version": gen["version"], "async/staleness": step - gen["version"],
+           "async/weight_mean": m["async/weight"] / n, "async/capped_fraction": m["async/capped"] / n,
+           "async/kl_behavior_current": m["async/log_ratio"] / n}
+    if nxt is not None:
+        g = nxt["stats"]["seconds"] + nxt["stats"]["weights_s"]
+        out["async/overlap"] = min(max(1.0 - nxt["wait_s"] / max(g, 1e-9), 0.0), 1.0)
+    return out

@@ -1,0 +1,301 @@
+"""Workers of the async-RIEL tests (tests/distributed/test_async_riel.py): one set of 3 gloo processes runs every
+phase in turn, re-splitting the job each time (the processes' imports are the expensive part on a small machine).
+
+Rewards: the synthetic verifier gives a random tiny model 0 everywhere (no GRPO or KL rows), so the phases that
+train replace it with the parity of the response length: a mixed, deterministic reward."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from typing import Any, Dict, List
+
+import torch
+import torch.distributed as dist
+
+MODEL = ["model.num_layers=2", "model.hidden_size=32", "model.ffn_hidden_size=64", "model.num_attention_heads=4",
+         "model.num_query_groups=2", "model.max_position_embeddings=128"]
+RUN = MODEL + ["mef.enabled=false", "eval.enabled=false", "logging.progress_bar=false", "logging.tensorboard=false",
+               "data.seq_length=96", "data.micro_batch_size=8", "riel.questions_per_step=2", "riel.group_size=4",
+               "riel.buffer_k=2", "riel.buffer_capacity=3", "riel.lr=3e-3", "optimizer.lr_warmup_steps=0",
+               "rollout.max_new_tokens=10", "rollout.token_budget=4096"]
+
+
+def _parity_reward(name):
+    return lambda text, record: float(len(text) % 2)
+
+
+def _cfg(run_dir: str, *extra: str):
+    from megatron_meml.config import load_config
+
+    return load_config("examples/quickstart/config.yaml", RUN + [f"logging.run_dir={run_dir}", *extra])
+
+
+def _metrics(run_dir: str) -> Dict[int, Dict[str, float]]:
+    import json
+
+    out = {}
+    for line in open(os.path.join(run_dir, "metrics.jsonl")):
+        row = json.loads(line)
+        out[row["step"]] = row
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- phase 0
+def sync_phase(tmp: str) -> Dict[str, Any]:
+    """Async off (3 training ranks, DP 3): ``run_riel`` equals the plain synchronous composition step for step and
+    bit for bit, and never imports the async machinery."""
+    from functools import partial
+
+    from megatron_meml import trainer
+    from megatron_meml.algo.objective import riel_loss
+    from megatron_meml.backend import optimizer as boptim, state
+    from megatron_meml.backend.step import forward_backward
+    from megatron_meml.rollout import scheduler as S
+
+    S.verifier_reward = _parity_reward
+    cfg = _cfg(os.path.join(tmp, "sync"), "riel.steps=2")
+    run = trainer.setup(cfg)
+    trainer.run_riel(run)
+    full_a = state.full_state_dict(run.chunks, cfg.model.num_layers)
+    run.logger.close()  # keep the process groups: a second env:// init in one process reuses stale store keys
+    loaded = sorted(m for m in sys.modules if "async" in m and m.startswith("megatron_meml"))
+
+    # today's loop, written out, on a fresh model in the same process groups (the init is seeded by name)
+    from megatron_meml.backend import model as bmodel, parallel
+
+    cfg = _cfg(os.path.join(tmp, "plain"), "riel.steps=2")
+    parallel.initialize(1, 1, seed=cfg.seed)
+    chunks = bmodel.build_model(cfg)
+    tok = trainer.tokenizer_from_config(cfg.data)
+    prompts = trainer.load_expert_prompts(cfg.experts)
+    opt, sch = boptim.build_optimizer(cfg, chunks, lr=cfg.riel.lr, total_steps=2)
+    sched = S.build_riel_scheduler(cfg, chunks, tok, prompts, S.verifier_reward("synthetic"))
+    records = trainer.load_records(cfg, "train")
+    plain = []
+    for step in range(2):
+        out = sched.step(trainer.riel_questions(records, step, 2, cfg.data.seed), step)
+        boptim.zero_grads(chunks, opt)
+        res = forward_backward(chunks, out.microbatches, partial(riel_loss, riel_cfg=cfg.riel),
+                               temperature=cfg.rollout.temperature)
+        _, gn = boptim.optimizer_step(opt, sch)
+        plain.append({"loss": trainer.reduce_metrics(res, ["loss"])["loss"], "grad_norm": gn})
+    full_b = state.full_state_dict(chunks, cfg.model.num_layers)
+    parallel.destroy()
+    out = {"async_modules": loaded}
+    if int(os.environ["RANK"]) == 0:
+        m = _metrics(os.path.join(tmp, "sync"))
+        out.update(logged=[{"loss": m[s]["loss"], "grad_norm": m[s]["grad_norm"]} for s in range(2)], plain=plain,
+                   weights_equal=all(torch.equal(full_a[k], full_b[k]) for k in full_a) and
+                   sorted(full_a) == sorted(full_b))
+    return out
+
+
+# -------------------------------------------------------------------------------------------- hand-off phases
+def handoff_phase(tmp: str, train_tp: int, rollout_tp: int, rollout_ranks: int) -> Dict[str, Any]:
+    """Training weights (perturbed away from the layout-invariant init) go to rollout ranks with another TP layout;
+    both sides' full state dicts and the rollouts both sides generate from them are returned for comparison."""
+    from megatron_meml import trainer
+    from megatron_meml.backend import state
+    from megatron_meml.rollout.scheduler import build_riel_scheduler, verifier_reward
+
+    cfg = _cfg(os.path.join(tmp, f"handoff{train_tp}{rollout_tp}"), "riel.async_rollout=true",
+               f"riel.rollout_ranks={rollout_ranks}", f"riel.rollout_tensor_parallel_size={rollout_tp}",
+               f"parallel.tensor_model_parallel_size={train_tp}")
+    run = trainer.setup(cfg)
+    L = cfg.model.num_layers
+    if run.role == "rollout":
+        served = run.serve()["rollout_steps_served"]
+        full = state.full_state_dict(run.chunks, L, dst=0)
+        trainer.finish(run)
+        return {"role": "rollout", "served": served, "full": full}
+    full = state.full_state_dict(run.chunks, L, dst=None)
+    g = torch.Generator().manual_seed(11)
+    state.load_full_state_dict(run.chunks, {k: v + 0.05 * torch.randn(v.shape, generator=g)
+                                            for k, v in sorted(full.items())}, L)
+    run.link.request([0], version=7)
+    got = run.link.receive(0)
+    sched = build_riel_scheduler(cfg, run.chunks, run.tokenizer, run.prompts, verifier_reward("synthetic"))
+    recs = trainer.riel_questions(trainer.load_records(cfg, "train"), 0, 2, cfg.data.seed)
+    local = sched.generate_and_score(sched.requests(recs, 0), recs)
+    sent = state.full_state_dict(run.chunks, L, dst=0)
+    trainer.finish(run)
+    return {"role": "train", "full": sent, "version": got["stats"]["version"],
+            "remote": [(r.response_ids, r.logprobs) for r in got["rollouts"]],
+            "local": [(r.response_ids, r.logprobs) for r in local]}
+
+
+# ------------------------------------------------------------------------------------ async run + hand check
+def _capture_step(store: Dict[str, Any], run, want_step: int):
+    """Wrap the async loop's forward-backward and scheduler so that step ``want_step`` is recomputed by hand."""
+    from megatron_meml import async_riel
+    from megatron_meml.backend import model as bmodel, state
+    from megatron_meml.backend.step import forward_logprobs
+    from megatron_meml.rollout import scheduler as S
+    from megatron_meml.rollout.packing import TrainSequence, collate
+    from megatron_meml.types import TokenKind
+
+    real_fb, real_step = async_riel.forward_backward, S.RielScheduler.step
+    calls = {"fb": 0}
+    L, T = run.cfg.model.num_layers, run.cfg.rollout.temperature
+
+    def step_wrapper(self, records, step, rollouts=None):
+        out = real_step(self, records, step, rollouts)
+        if step == want_step:
+            store["out"] = out
+        return out
+
+    def fb_wrapper(chunks, mbs, loss_fn, temperature=1.0):
+        k = calls["fb"]
+        calls["fb"] += 1
+        if k == 0:  # before step 0's update: W_0
+            store["w0"] = state.full_state_dict(chunks, L, dst=None)
+        if k != want_step:
+            return real_fb(chunks, mbs, loss_fn, temperature=temperature)
+        cur = forward_logprobs(chunks, mbs, temperature=T)               # log pi_{W_s}
+        old_model = bmodel.build_model(run.cfg)
+        state.load_full_state_dict(old_model, store["w0"], L)
+        stale = forward_logprobs(old_model, mbs, temperature=T)          # log pi_{W_{s-1}} = log pi_{W_0}
+        results = real_fb(chunks, mbs, loss_fn, temperature=temperature)
+        cap = run.cfg.riel.behavior_weight_cap
+        hand, behav_err, stale_gap = 0.0, 0.0, 0.0
+        for mb, lp, lp0 in zip(mbs, cur, stale):
+            m = mb.loss_mask > 0
+            grpo, kl, sft = (m & (mb.kind == int(x)) for x in (TokenKind.GRPO, TokenKind.KL, TokenKind.SFT))
+            w = torch.exp(lp - mb.old_logp).clamp(max=cap)
+            hand += float((mb.weight * w * -mb.advantages)[grpo].sum())              # l = -w A (rho = 1)
+            hand += float((mb.weight * (mb.old_logp - lp))[kl].sum())                # k1 with refreshed teacher
+            hand += float((mb.weight * -lp)[sft].sum())
+            if grpo.any():
+                behav_err = max(behav_err, float((mb.old_logp - lp0)[grpo].abs().max()))
+                stale_gap = max(stale_gap, float((mb.old_logp - lp)[grpo].abs().max()))
+        out = store["out"]
+        teach = []
+        for p in out.kl_pairs:
+            for ro in p.responses:
+                teach.append((ro, next(r for g in out.groups for r in g.rollouts
+                                       if r.request.seed == ro.request.seed)))
+        kl_err, kl_gap = 0.0, 0.0
+        if teach:
+            seqs = [TrainSequence.from_prompt_response(ro.request.prompt_ids, ro.response_ids, TokenKind.KL)
+                    for ro, _ in teach]
+            lps = forward_logprobs(chunks, [collate([s], run.tokenizer.pad_id) for s in seqs], temperature=T)
+            for (ro, orig), lp in zip(teach, lps):
+                P, n = len(ro.request.prompt_ids), len(ro.response_ids)
+                ref = lp[0, P - 1:P - 1 + n]
+                kl_err = max(kl_err, float((torch.tensor(ro.logprobs) - ref).abs().max()))
+                kl_gap = max(kl_gap, float((torch.tensor(orig.logprobs) - ref).abs().max()))
+        store["check"] = {"hand": hand, "kernel": sum(r["loss"] for r in results), "behaviour_vs_w0": behav_err,
+                          "behaviour_vs_current": stale_gap, "kl_pairs": len(out.kl_pairs),
+                          "teacher_vs_current": kl_err, "rollout_p_plus_vs_current": kl_gap,
+                          "grpo_tokens": sum(float(((mb.kind == 0) & (mb.loss_mask > 0)).sum()) for mb in mbs)}
+        return results
+
+    async_riel.forward_backward = fb_wrapper
+    S.RielScheduler.step = step_wrapper
+    return lambda: (setattr(async_riel, "forward_backward", real_fb), setattr(S.RielScheduler, "step", real_step))
+
+
+def async_phase(tmp: str) -> Dict[str, Any]:
+    """2 training ranks (DP 2) + 1 rollout rank, 4 async steps with a checkpoint after each; step 1 (the first
+    stale one) is recomputed by hand."""
+    from megatron_meml import trainer
+    from megatron_meml.rollout import scheduler as S
+
+    S.verifier_reward = _parity_reward
+    run_dir = os.path.join(tmp, "async")
+    cfg = _cfg(run_dir, "riel.async_rollout=true", "riel.rollout_ranks=1", "riel.steps=4",
+               "checkpoint.save_interval=1", "checkpoint.keep_last=10")
+    run = trainer.setup(cfg)
+    store: Dict[str, Any] = {}
+    undo = _capture_step(store, run, 1) if run.role == "train" else (lambda: None)
+    try:
+        trainer.run_all(run)
+    finally:
+        undo()
+    trainer.finish(run)
+    out = {"role": run.role, "check": store.get("check")}
+    if run.role == "train" and run.info.rank == 0:
+        out["metrics"] = _metrics(run_dir)
+    return out
+
+
+def resume_phase(tmp: str) -> Dict[str, Any]:
+    """A fresh run directory holding only the async run's checkpoint after step 1 (what a kill -9 during step 2
+    leaves behind): the resumed run must log steps 2 and 3 exactly as the uninterrupted one did."""
+    from megatron_meml import trainer
+    from megatron_meml.rollout import scheduler as S
+
+    S.verifier_reward = _parity_reward
+    src, run_dir = os.path.join(tmp, "async", "checkpoints"), os.path.join(tmp, "resumed")
+    if int(os.environ["RANK"]) == 0:
+        os.makedirs(os.path.join(run_dir, "checkpoints"))
+        shutil.copytree(os.path.join(src, "step_01000002"), os.path.join(run_dir, "checkpoints", "step_01000002"))
+        with open(os.path.join(run_dir, "checkpoints", "latest"), "w") as f:
+            f.write("step_01000002")
+    else:
+        while not os.path.exists(os.path.join(run_dir, "checkpoints", "latest")):
+            time.sleep(0.05)
+    cfg = _cfg(run_dir, "riel.async_rollout=true", "riel.rollout_ranks=1", "riel.steps=4",
+               "checkpoint.save_interval=1", "checkpoint.keep_last=10")
+    run = trainer.setup(cfg)
+    trainer.run_all(run)
+    trainer.finish(run)
+    out = {"role": run.role}
+    if run.role == "train" and run.info.rank == 0:
+        out["metrics"] = _metrics(run_dir)
+    return out
+
+
+def hang_phase(tmp: str) -> Dict[str, Any]:
+    """The rollout rank hangs while generating step 1: the training ranks stop within riel.rollout_timeout_s with
+    an error naming it; the rollout rank, once it wakes, sees the failure notice and stops too."""
+    from megatron_meml import async_riel, trainer
+    from megatron_meml.backend.async_bridge import AsyncRolloutError
+
+    cfg = _cfg(os.path.join(tmp, "hang"), "riel.async_rollout=true", "riel.rollout_ranks=1", "riel.steps=3",
+               "riel.rollout_timeout_s=4")
+    if int(os.environ["RANK"]) == 2:
+        real = async_riel.RolloutRank.generate
+
+        def hanging(self, step):
+            if step == 1:
+                time.sleep(8)
+            return real(self, step)
+
+        async_riel.RolloutRank.generate = hanging
+    run = trainer.setup(cfg)
+    t0, err = time.time(), None
+    try:
+        trainer.run_all(run)
+    except AsyncRolloutError as e:
+        err = str(e)
+    elapsed = time.time() - t0
+    trainer.finish(run)
+    _job_barrier("hang")  # training rank 0's process hosts the job store: keep it until the rollout rank is done
+    return {"role": run.role, "error": err, "elapsed": elapsed}
+
+
+def _job_barrier(tag: str) -> None:
+    from megatron_meml.backend import async_bridge
+
+    store, world = async_bridge._JOB_STORE, int(os.environ["WORLD_SIZE"])
+    store.add(f"test-barrier/{tag}", 1)
+    while int(store.add(f"test-barrier/{tag}", 0)) < world:
+        time.sleep(0.05)
+
+
+def sync_then_handoff(tmp: str):
+    return [sync_phase(tmp), handoff_phase(tmp, train_tp=2, rollout_tp=1, rollout_ranks=1)]
+
+
+def all_phases(tmp: str) -> List[Dict[str, Any]]:
+    """Every phase on the same 3 processes (the order matters: phase 0 checks that nothing async was imported)."""
+    out = [sync_phase(tmp)]
+    out.append(handoff_phase(tmp, train_tp=2, rollout_tp=1, rollout_ranks=1))
+    out.append(handoff_phase(tmp, train_tp=1, rollout_tp=2, rollout_ranks=2))
+    out.append(async_phase(tmp))
+    out.append(resume_phase(tmp))
+    out.append(hang_phase(tmp))
+    return out
