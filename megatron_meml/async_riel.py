@@ -26,6 +26,7 @@ generation is requested, so a preempted run never leaves the rollout ranks busy.
 from __future__ import annotations
 
 import copy
+import signal
 import time
 from dataclasses import replace
 from functools import partial
@@ -95,6 +96,10 @@ class RolloutRank:
         from .trainer import load_records
 
         self.cfg, self.split = cfg, split
+        # Preemption signals are the training ranks' business: they checkpoint at the next step boundary, which
+        # needs the in-flight rollouts from here, and then send the stop command.
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, lambda signum, frame: None)
         rcfg = rollout_config(cfg)
         p = rcfg.parallel
         self.info = parallel.initialize(p.tensor_model_parallel_size, 1, seed=cfg.seed, backend=p.backend,

@@ -255,13 +255,14 @@ def hang_phase(tmp: str) -> Dict[str, Any]:
     from megatron_meml.backend.async_bridge import AsyncRolloutError
 
     cfg = _cfg(os.path.join(tmp, "hang"), "riel.async_rollout=true", "riel.rollout_ranks=1", "riel.steps=3",
-               "riel.rollout_timeout_s=4")
+               "riel.rollout_timeout_s=2")
     if int(os.environ["RANK"]) == 2:
         real = async_riel.RolloutRank.generate
 
         def hanging(self, step):
-            if step == 1:
-                time.sleep(8)
+            t0 = time.time()
+            while step == 1 and not self.split.store.check(["failed"]) and time.time() - t0 < 120:
+                time.sleep(0.05)  # hung (heartbeat alive) until the training ranks have given up on it
             return real(self, step)
 
         async_riel.RolloutRank.generate = hanging

@@ -80,3 +80,28 @@ def test_unknown_cluster_option_is_named(tmp_path):
     bad.write_text("nodes: 2\ngpu_per_node: 8\n")
     code, _, err = dry_run("examples/quickstart/config.yaml", "--cluster", str(bad))
     assert code == 2 and "gpu_per_node" in err
+
+
+def test_async_rollout_nodes_place_the_last_ranks_on_whole_nodes():
+    """4 nodes x 8 GPUs, --rollout-nodes 1: ranks 24-31 (the last node) generate with TP 2, 24 ranks train."""
+    opts = launch.ClusterOptions(nodes=4, gpus_per_node=8, rollout_nodes=1)
+    text = launch.render(CFG, ["riel.rollout_tensor_parallel_size=2"], opts)
+    assert "riel.async_rollout=true riel.rollout_ranks=8" in text
+    assert 'echo "[launch] async RIEL: global ranks 0-23 train, 24-31 generate (rollout TP 2)"' in text
+    assert subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True).returncode == 0
+    cpu = launch.render(CFG, [], launch.ClusterOptions(cpu=True, nproc_per_node=3, rollout_ranks=1))
+    assert "riel.rollout_ranks=1" in cpu and "global ranks 0-1 train, 2-2 generate" in cpu
+    assert "async RIEL" not in launch.render(CFG, [], launch.ClusterOptions(cpu=True))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--nodes", "2", "--gpus-per-node", "8", "--rollout-nodes", "2"], "`rollout_nodes` must be in [0, nodes)"),
+    (["--cpu", "--nproc-per-node", "3", "--rollout-ranks", "1", "riel.rollout_tensor_parallel_size=2"],
+     "riel.rollout_tensor_parallel_size"),
+    (["--cpu", "--nproc-per-node", "4", "--rollout-ranks", "1", "parallel.tensor_model_parallel_size=2"],
+     "does not divide the world size 3"),
+    (["--cpu", "--nproc-per-node", "2", "--rollout-ranks", "2"], "leave no training rank"),
+])
+def test_bad_async_placement_is_rejected_naming_the_key(args, needle):
+    code, out, err = dry_run("examples/quickstart/config.yaml", *args)
+    assert code == 2 and needle in err and out == "", err

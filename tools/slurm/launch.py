@@ -4,6 +4,8 @@
         [--nodes 8 --gpus-per-node 8 --partition batch --account proj --time 04:00:00 \
          --container-image IMG --container-mounts SRC:DST,...] [--dry-run | --submit] [--script PATH]
     python tools/slurm/launch.py CONFIG.yaml ... --cpu --nproc-per-node 2 --submit     # gloo, no GPU gres
+    python tools/slurm/launch.py CONFIG.yaml ... --nodes 4 --rollout-nodes 1 [riel.rollout_tensor_parallel_size=2]
+                                                                  # async RIEL: 3 nodes train, 1 node generates
 
 The job: one ``srun`` task per node runs ``torchrun --nnodes $SLURM_NNODES --nproc-per-node G`` with a c10d
 rendezvous on the first node of the allocation; per-rank logs go to ``<log_dir>/ranks/restart-<n>/`` (torchrun
@@ -15,6 +17,14 @@ The rerun (``SLURM_RESTART_COUNT`` > 0, logged) uses the same ``logging.run_dir`
 checkpoint (``checkpoint.resume=true``). ``scontrol requeue`` works on SLURM 22.05 without cluster settings
 (``RequeueExit`` would need slurm.conf access). A requeued job is eligible again after SLURM's requeue delay
 (~120 s in 22.05); ``scontrol update JobId=<id> StartTime=now`` starts it at once.
+
+Asynchronous RIEL (``riel.async_rollout``, ``megatron_meml/async_riel.py``): the last ``riel.rollout_ranks`` global
+ranks generate, the others train. torchrun numbers ranks node-major (node rank x nproc_per_node + local rank), so
+``--rollout-nodes k`` (= ``riel.rollout_ranks`` k x nproc_per_node) gives generation k whole nodes and training the
+rest; which physical nodes they are follows the c10d rendezvous order (all nodes of a job are alike).
+``--rollout-ranks n`` places n ranks instead (e.g. within one CPU node). The rollout TP degree must divide
+nproc_per_node, so that rollout TP groups never cross nodes; the training layout is checked against the remaining
+ranks.
 
 Cluster options (YAML, see examples/slurm/cluster.yaml) are :class:`ClusterOptions` fields; command-line flags
 override them. The run config is loaded and validated here (layout vs. world size) before anything is written.
@@ -64,6 +74,9 @@ class ClusterOptions:
     shutdown_timeout: int = 600         # when SLURM itself SIGTERMs torchrun (scancel, preemption): seconds it
     #                                     lets the ranks checkpoint before SIGKILL (TORCH_ELASTIC_SHUTDOWN_TIMEOUT)
     rdzv_port: Optional[int] = None     # c10d port on the first node; default 29500 + SLURM_JOB_ID % 1000
+    rollout_nodes: int = 0              # async RIEL: whole nodes given to generation (riel.rollout_ranks =
+    #                                     rollout_nodes * nproc_per_node; turns riel.async_rollout on)
+    rollout_ranks: Optional[int] = None  # async RIEL: the last N ranks generate (instead of rollout_nodes)
     omp_num_threads: int = 1
     nccl_socket_ifname: Optional[str] = None  # e.g. "ib0" or "^lo,docker"
     gloo_socket_ifname: Optional[str] = None  # e.g. "eth0"; for gloo (CPU mode, checkpoint barriers)
@@ -80,10 +93,43 @@ class ClusterOptions:
             raise ValueError(f"cluster option `nproc_per_node` must be >= 1, got {self.nproc_per_node}")
         if self.signal_seconds < 1 or self.signal_seconds > 65535:
             raise ValueError("cluster option `signal_seconds` must be in [1, 65535] (SLURM's limit)")
+        if self.rollout_nodes and self.rollout_ranks:
+            raise ValueError("cluster options `rollout_nodes` and `rollout_ranks`: set at most one")
+        if self.rollout_nodes < 0 or self.rollout_nodes >= self.nodes:
+            raise ValueError(f"cluster option `rollout_nodes` must be in [0, nodes) = [0, {self.nodes}), got "
+                             f"{self.rollout_nodes} (training needs at least one node)")
 
     @property
     def world_size(self) -> int:
         return self.nodes * self.nproc_per_node
+
+    def async_overrides(self, overrides: Sequence[str]) -> List[str]:
+        """Run-config overrides that place the rollout ranks (none without rollout_nodes / rollout_ranks)."""
+        n = self.rollout_ranks or self.rollout_nodes * self.nproc_per_node
+        if not n:
+            return []
+        out = [o for o in ("riel.async_rollout=true", f"riel.rollout_ranks={n}")
+               if not any(x.startswith(o.split("=")[0] + "=") for x in overrides)]
+        return out
+
+
+def check_async_layout(cfg, opts: ClusterOptions) -> str:
+    """Validate the training / rollout split of an async run against the job; returns the job-log line that
+    states it ('' for a synchronous run)."""
+    world = opts.world_size
+    if not cfg.riel.async_rollout:
+        cfg.validate_layout(world)
+        return ""
+    R, rtp = cfg.riel.rollout_ranks, cfg.riel.rollout_tensor_parallel_size
+    if R >= world:
+        raise ValueError(f"config key `riel.rollout_ranks`: {R} rollout ranks leave no training rank in a job of "
+                         f"{world} ranks")
+    if opts.nproc_per_node % rtp:
+        raise ValueError(f"config key `riel.rollout_tensor_parallel_size`: {rtp} does not divide nproc_per_node="
+                         f"{opts.nproc_per_node} (a rollout TP group would cross nodes)")
+    cfg.validate_layout(world - R)
+    return (f'echo "[launch] async RIEL: global ranks 0-{world - R - 1} train, {world - R}-{world - 1} generate '
+            f'(rollout TP {rtp})"')
 
 
 def load_cluster(path: Optional[str], overrides: Dict[str, object]) -> ClusterOptions:
@@ -127,8 +173,9 @@ def render(config: str, overrides: Sequence[str], opts: ClusterOptions) -> str:
     """The sbatch script text. Loads ``config`` + ``overrides`` to validate them and to find ``logging.run_dir``."""
     from megatron_meml.config import load_config
 
-    cfg = load_config(config, list(overrides))
-    cfg.validate_layout(opts.world_size)
+    overrides = list(overrides) + opts.async_overrides(overrides)
+    cfg = load_config(config, overrides)
+    placement = check_async_layout(cfg, opts)
     host_workdir = os.path.abspath(opts.workdir or REPO)
     workdir = opts.container_workdir or host_workdir
     run_dir = cfg.logging.run_dir
@@ -181,7 +228,7 @@ def render(config: str, overrides: Sequence[str], opts: ClusterOptions) -> str:
         "env_exports": "\n".join(f"export {k}={_q(v)}" for k, v in env.items()),
         "rdzv_port": opts.rdzv_port if opts.rdzv_port else "$((29500 + SLURM_JOB_ID % 1000))",
         "srun_args": " ".join(srun), "python": _q(opts.python), "nproc_per_node": opts.nproc_per_node,
-        "train_args": " ".join(_q(a) for a in train_args),
+        "train_args": " ".join(_q(a) for a in train_args), "placement": placement,
     }
     if " " in log_dir:
         raise ValueError(f"log_dir {log_dir!r}: #SBATCH --output cannot hold spaces")

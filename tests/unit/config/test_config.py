@@ -64,6 +64,11 @@ def test_missing_file_and_yaml_syntax_error(tmp_path):
     (["data.global_batch_size=30", "data.micro_batch_size=8"], "data.global_batch_size"),
     (["riel.buffer_k=9"], "riel.buffer_k"),
     (["precision.fp8=e5m2"], "precision.fp8"),
+    (["riel.rollout_ranks=3", "riel.rollout_tensor_parallel_size=2"], "riel.rollout_tensor_parallel_size"),
+    (["riel.async_rollout=true", "riel.rollout_ranks=8", "riel.rollout_tensor_parallel_size=8"],
+     "riel.rollout_tensor_parallel_size"),  # 8 does not divide the 4 heads
+    (["riel.behavior_weight_cap=0.5"], "riel.behavior_weight_cap"),
+    (["riel.rollout_timeout_s=0"], "riel.rollout_timeout_s"),
 ])
 def test_impossible_values_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=f"`{key}`"):

@@ -1,0 +1,119 @@
+"""RIEL steps per second with ``riel.async_rollout`` on vs off at the same number of ranks, in one run (CPU, gloo).
+
+    python tools/bench_async_riel.py [--ranks 3] [--steps 10] [--warmup 2] [--rollout-ranks 1] [key=value ...]
+
+Baseline (off): all ``--ranks`` ranks train as data-parallel replicas and, between steps, generate the step's
+requests split over the same replicas (``rollout/scheduler.py``): the best synchronous use of N ranks for a model
+this size (TP/PP would only add communication). Async (on): ``--rollout-ranks`` ranks generate, the other ranks
+train (DP), one step off. Same config, same seeds, same number of processes, one thread each.
+
+The workload is the quickstart model (2 layers, hidden 96) at random init, RIEL only, with
+``riel.skip_zero_advantage=false`` so that every rollout is trained on (a random model scores 0 everywhere, and
+skipping all-zero groups would leave nothing to train: the compute then matches a step where every group has a
+signal). Step time = wall time between consecutive metric rows (the loop's whole period); the first ``--warmup``
+steps are left out. Printed per mode: best and median steps/s, generation and training seconds per step, and for
+async the training ranks' wait for rollouts and ``async/overlap`` (share of each step's generation hidden behind
+training). Last line: ``async / sync steps per second: best <r>, median <r>``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+WORKLOAD = ["mef.enabled=false", "eval.enabled=false", "logging.progress_bar=false", "logging.tensorboard=false",
+            "riel.questions_per_step=4", "riel.group_size=8", "rollout.max_new_tokens=32",
+            "riel.skip_zero_advantage=false", "riel.lr=1e-4", "checkpoint.save_interval=0"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ranks", type=int, default=3, help="processes in both modes")
+    p.add_argument("--rollout-ranks", type=int, default=1, help="async: ranks that generate")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2, help="first steps left out of the statistics")
+    p.add_argument("--config", default="examples/quickstart/config.yaml")
+    p.add_argument("--keep", help="keep the two run directories here")
+    p.add_argument("overrides", nargs="*", help="extra section.key=value for both modes")
+    a = p.parse_args(argv)
+    if a.steps <= a.warmup + 1:
+        p.error("--steps must exceed --warmup + 1")
+    if not 1 <= a.rollout_ranks < a.ranks:
+        p.error("--rollout-ranks must be in [1, --ranks)")
+    return a
+
+
+def launch(a, run_dir: str, extra):
+    """``a.ranks`` local processes of the training entry point (what torchrun would start); waits for them."""
+    from megatron_meml.backend.parallel import free_port
+
+    port, procs = free_port(), []
+    for r in range(a.ranks):
+        env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(a.ranks), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "megatron_meml.train", a.config, *WORKLOAD, f"riel.steps={a.steps}",
+             f"logging.run_dir={run_dir}", *extra, *a.overrides], cwd=REPO, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    errs = [p.communicate()[1] for p in procs]
+    for r, p in enumerate(procs):
+        if p.returncode != 0:
+            raise SystemExit(f"rank {r} failed (exit {p.returncode}):\n{errs[r][-3000:]}")
+    return [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl")) if l.strip()]
+
+
+def summarise(rows, warmup: int, gen_key: str):
+    rows = sorted((r for r in rows if r["stage"] == "riel"), key=lambda r: r["step"])
+    period = [b["time"] - a["time"] for a, b in zip(rows, rows[1:])][warmup:]
+    steady = rows[warmup + 1:]
+    med = statistics.median
+    out = {"best": 1.0 / min(period), "median": 1.0 / med(period), "gen": med(r[gen_key] for r in steady),
+           "train": med(r["time/train"] for r in steady), "n": len(period)}
+    if "async/overlap" in steady[0]:
+        with_next = [r for r in steady if "async/overlap" in r]
+        out["wait"] = med(r["time/wait_rollouts"] for r in steady)
+        out["overlap"] = med(r["async/overlap"] for r in with_next)
+        out["weight"] = med(r["async/weight_mean"] for r in steady)
+    return out
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    root = a.keep or tempfile.mkdtemp(prefix="bench_async_")
+    load0 = os.getloadavg()[0]
+    try:
+        t0 = time.time()
+        sync = summarise(launch(a, os.path.join(root, "sync"), []), a.warmup, "time/generate_score")
+        t1 = time.time()
+        asy = summarise(launch(a, os.path.join(root, "async"),
+                               ["riel.async_rollout=true", f"riel.rollout_ranks={a.rollout_ranks}"]),
+                        a.warmup, "rollout/seconds")
+        t2 = time.time()
+    finally:
+        if not a.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    T = a.ranks - a.rollout_ranks
+    print(f"{a.ranks} ranks, {a.steps} steps ({a.warmup} warm-up); load average {load0:.1f} at start, "
+          f"{os.getloadavg()[0]:.1f} at end, {os.cpu_count()} CPUs; wall {t1 - t0:.0f}s sync, {t2 - t1:.0f}s async")
+    print(f"{'mode':<34}{'steps/s best':>13}{'median':>9}{'gen s':>8}{'train s':>9}{'wait s':>8}{'overlap':>9}")
+    print(f"{f'sync  (DP {a.ranks}: generate, then train)':<34}{sync['best']:>13.3f}{sync['median']:>9.3f}"
+          f"{sync['gen']:>8.2f}{sync['train']:>9.2f}{'-':>8}{'-':>9}")
+    print(f"{f'async ({T} train + {a.rollout_ranks} rollout)':<34}{asy['best']:>13.3f}{asy['median']:>9.3f}"
+          f"{asy['gen']:>8.2f}{asy['train']:>9.2f}{asy['wait']:>8.2f}{asy['overlap']:>9.2f}")
+    print(f"async behaviour weight (median of step means): {asy['weight']:.4f}")
+    print(f"async / sync steps per second: best {asy['best'] / sync['best']:.2f}, "
+          f"median {asy['median'] / sync['median']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
