@@ -234,8 +234,8 @@ def run_riel_async(run) -> Dict[str, float]:
         bar.update(start)
     try:
         sync_s = 0.0
-        if start < steps:
-            first = ([] if pending is not None else [start]) + ([start + 1] if start + 1 < steps else [])
+        first = ([] if pending is not None else [start]) + ([start + 1] if start + 1 < steps else [])
+        if start < steps and first:
             sync_s = client.request(first, version=start)
             if pending is None:
                 pending = client.receive(start)

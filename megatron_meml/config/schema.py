@@ -319,7 +319,8 @@ class RIELConfig:
                "riel.rollout_tensor_parallel_size", f"{self.rollout_tensor_parallel_size} must be >= 1 and divide "
                f"riel.rollout_ranks={self.rollout_ranks}")
         _check(self.behavior_weight_cap is None or self.behavior_weight_cap >= 1.0, "riel.behavior_weight_cap",
-               f"must be null or >= 1 (a cap below 1 would down-weight on-policy tokens), got {self.behavior_weight_cap}")
+               f"must be null or >= 1 (a cap below 1 would down-weight on-policy tokens), got "
+               f"{self.behavior_weight_cap}")
         _check(self.rollout_timeout_s > 0, "riel.rollout_timeout_s", f"must be positive, got {self.rollout_timeout_s}")
 
 

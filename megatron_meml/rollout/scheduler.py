@@ -17,7 +17,8 @@ What :meth:`RielScheduler.step` does, in order:
   5. training sequences: GRPO = every rollout (prompt + response, loss on the response, old_logp = rollout
      log-probs, advantage of its rollout); KL = each O+ response re-rendered after E−'s prompt (old_logp = its
      rollout log-probs under P+, reused: on-policy they are stopgrad log π(o|q,P+); the gradient flows through the
-     P− forward only); SFT = the fired buffer examples (prompt + gold solution under P_e);
+     P− forward only; under ``riel.async_rollout`` they are one step stale and ``kl_teacher`` recomputes them);
+     SFT = the fired buffer examples (prompt + gold solution under P_e);
   6. aggregation weights over all sequences; GRPO rows with advantage 0 are then left out of the forward
      (``riel.skip_zero_advantage``: their loss and gradient are exactly 0 without a reference KL); packing into
      token-balanced microbatches per DP rank (``packing.plan_microbatches``), with the rows of one prompt sharing

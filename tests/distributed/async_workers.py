@@ -12,7 +12,6 @@ import time
 from typing import Any, Dict, List
 
 import torch
-import torch.distributed as dist
 
 MODEL = ["model.num_layers=2", "model.hidden_size=32", "model.ffn_hidden_size=64", "model.num_attention_heads=4",
          "model.num_query_groups=2", "model.max_position_embeddings=128"]
@@ -256,7 +255,7 @@ def hang_phase(tmp: str) -> Dict[str, Any]:
 
     cfg = _cfg(os.path.join(tmp, "hang"), "riel.async_rollout=true", "riel.rollout_ranks=1", "riel.steps=3",
                "riel.rollout_timeout_s=2")
-    if int(os.environ["RANK"]) == 2:
+    if int(os.environ["RANK"]) == int(os.environ["WORLD_SIZE"]) - 1:  # the rollout rank
         real = async_riel.RolloutRank.generate
 
         def hanging(self, step):
@@ -289,6 +288,12 @@ def _job_barrier(tag: str) -> None:
 
 def sync_then_handoff(tmp: str):
     return [sync_phase(tmp), handoff_phase(tmp, train_tp=2, rollout_tp=1, rollout_ranks=1)]
+
+
+def gpu_phases(tmp: str) -> List[Dict[str, Any]]:
+    """Two CUDA processes (1 training + 1 rollout rank; NCCL inside each world and for the weights)."""
+    return [handoff_phase(tmp, train_tp=1, rollout_tp=1, rollout_ranks=1), async_phase(tmp), resume_phase(tmp),
+            hang_phase(tmp)]
 
 
 def all_phases(tmp: str) -> List[Dict[str, Any]]:
