@@ -287,15 +287,17 @@ def run_riel_async(run) -> Dict[str, float]:
                                          "bad_in_a_row": bad_in_a_row, "async_pending": _stored(pending)},
                                 last=step == steps - 1)
             sync_s = client.request([step + 2], version=step + 1) if step + 2 < steps else 0.0
-    except Preempted:
+    except Preempted:  # the checkpoint is written: stop the rollout ranks cleanly
+        client.close()
         raise
-    except BaseException as e:
+    except BaseException as e:  # tell the rollout ranks, and let nothing in the cleanup mask this error
         client.fail(f"{type(e).__name__}: {e}")
+        client.close(quiet=True)
         raise
     finally:
-        client.close()
         if bar is not None:
             bar.close()
+    client.close()
     return {"riel_steps": steps}
 
 

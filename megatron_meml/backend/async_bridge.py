@@ -243,19 +243,29 @@ class Bridge:
                          if self.r_rank is not None else None)
         self._pending: List[Tuple[Any, torch.Tensor]] = []
 
+    def _members(self, what: str) -> str:
+        T, R = self.split.train_ranks, self.split.rollout_ranks
+        if what.startswith("weight"):
+            return f"train0 -> rollout0..rollout{R - 1}"
+        return f"rollout0 -> train0..train{T - 1}"
+
+    def _error(self, what: str, e: Exception) -> AsyncRolloutError:
+        return AsyncRolloutError(f"async RIEL: {what} ({self._members(what)}) failed: a member died, hung past "
+                                 f"riel.rollout_timeout_s={self.split.timeout_s:g} or stopped: {e}")
+
     def _broadcast(self, pg, tensor: torch.Tensor, root: int, what: str):
         opts = dist.BroadcastOptions()
         opts.rootRank, opts.rootTensor, opts.timeout = root, 0, self.timeout
         try:
             return pg.broadcast([tensor], opts)
         except RuntimeError as e:
-            raise AsyncRolloutError(f"async RIEL: {what} failed: {e}") from e
+            raise self._error(what, e) from e
 
     def _wait(self, work, what: str) -> None:
         try:
             work.wait()
         except RuntimeError as e:
-            raise AsyncRolloutError(f"async RIEL: {what} failed: {e}") from e
+            raise self._error(what, e) from e
 
     # rollouts: rollout rank 0 -> every training rank ----------------------------------------------------------
     def broadcast_rollouts(self, obj: Any = None) -> Any:

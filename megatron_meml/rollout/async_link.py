@@ -89,8 +89,9 @@ class RolloutClient:
     def fail(self, message: str) -> None:
         self.control.fail(message)
 
-    def close(self, wait_s: float = 60.0) -> None:
-        """Stop the rollout ranks (idempotent). Rank 0 waits up to ``wait_s`` for their goodbyes."""
+    def close(self, wait_s: float = 60.0, quiet: bool = False) -> None:
+        """Stop the rollout ranks (idempotent). Rank 0 waits up to ``wait_s`` for their goodbyes. ``quiet``: on an
+        error path, a failing transfer or store is ignored (the error being raised says more)."""
         if self.closed:
             return
         self.closed = True
@@ -102,6 +103,9 @@ class RolloutClient:
                 keys = [f"bye/{k}" for k in range(self.split.rollout_ranks)]
                 while not self.split.store.check(keys) and time.monotonic() - t0 < wait_s:
                     time.sleep(0.05)
+        except Exception:
+            if not quiet:
+                raise
         finally:
             self.heartbeat.stop()
             self.bridge.close()
