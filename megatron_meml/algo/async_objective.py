@@ -41,6 +41,11 @@ matters for the gradient with k3 (∂/∂log π_− of e^d − 1 − d depends o
 k1 (whose gradient, −∂log π_−, does not). No behaviour weight on KL tokens: O+ is a selection (correct answers
 only), not a sample from π(·|P+), so the KL term is a distillation on the selected responses in either mode.
 
+Evaluation: ``decoupled_riel_loss(logp, mb)`` is a plain loss callable. With ``model.fused_output`` the log-probs
+still come from the fused hidden x W kernel (no [tokens, vocab] logits), but the token loss runs in torch after it
+rather than as the kernel's epilogue: the behaviour weight depends on log π_θ itself, which the epilogue's inputs
+(``TokenLossInputs``) cannot express; a "decoupled" mode of the token-loss kernel would fuse it.
+
 SFT (hard-example buffer): gold solutions, not sampled -- unchanged. The buffer is fed by R_s's rewards, which do
 not depend on which weights the loss is evaluated at, and stays part of the checkpoint.
 """

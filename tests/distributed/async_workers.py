@@ -45,10 +45,8 @@ def _metrics(run_dir: str) -> Dict[int, Dict[str, float]]:
 def sync_phase(tmp: str) -> Dict[str, Any]:
     """Async off (3 training ranks, DP 3): ``run_riel`` equals the plain synchronous composition step for step and
     bit for bit, and never imports the async machinery."""
-    from functools import partial
-
     from megatron_meml import trainer
-    from megatron_meml.algo.objective import riel_loss
+    from megatron_meml.algo.objective import RielObjective
     from megatron_meml.backend import optimizer as boptim, state
     from megatron_meml.backend.step import forward_backward
     from megatron_meml.rollout import scheduler as S
@@ -76,7 +74,7 @@ def sync_phase(tmp: str) -> Dict[str, Any]:
     for step in range(2):
         out = sched.step(trainer.riel_questions(records, step, 2, cfg.data.seed), step)
         boptim.zero_grads(chunks, opt)
-        res = forward_backward(chunks, out.microbatches, partial(riel_loss, riel_cfg=cfg.riel),
+        res = forward_backward(chunks, out.microbatches, RielObjective(cfg.riel),
                                temperature=cfg.rollout.temperature)
         _, gn = boptim.optimizer_step(opt, sch)
         plain.append({"loss": trainer.reduce_metrics(res, ["loss"])["loss"], "grad_norm": gn})
