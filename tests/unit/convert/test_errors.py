@@ -93,7 +93,8 @@ def test_cli_reports_one_line_error(tmp_path):
 def test_init_from_hf_names_the_mismatch_and_the_fix(qwen):
     from megatron_meml.config import load_config
 
-    cfg = load_config(None, [f"model.init_from_hf={qwen}"])  # shapes left at the defaults, not from config.json
+    # a shape field set explicitly wins over the folder's config.json, so the mismatch reaches the loader
+    cfg = load_config(None, [f"model.init_from_hf={qwen}", "model.ffn_hidden_size=176"])
     with pytest.raises(io.CheckpointError, match=r"config.json: model.ffn_hidden_size=96 in the checkpoint but the "
                                                    r"run's config has model.ffn_hidden_size=176 \(set model.hf_config="):
         H.init_model_weights([], cfg)

@@ -99,8 +99,8 @@ def test_examples_hold_no_machine_specific_paths():
 
     for folder, _, files in os.walk(os.path.join(ROOT, "examples")):
         for name in files:
-            text = open(os.path.join(folder, name), encoding="utf-8").read()
-            assert "shared/" not in text, os.path.join(folder, name)
+            with open(os.path.join(folder, name), "rb") as f:  # bytes: examples also hold plots (PNG)
+                assert b"shared/" not in f.read(), os.path.join(folder, name)
     paper = os.path.join(ROOT, "examples", "paper")
     for name in sorted(os.listdir(paper)):
         for line in open(os.path.join(paper, name), encoding="utf-8"):
