@@ -8,10 +8,9 @@ hard-example buffer, metrics history).
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -26,12 +25,20 @@ class Preempted(SystemExit):
 
 
 class Checkpointer:
-    def __init__(self, cfg, run_dir: str, say=print):
+    def __init__(self, cfg, run_dir: str, say=print, config_dir: Optional[str] = None):
         c = cfg.checkpoint
         self.root = c.dir or os.path.join(run_dir, "checkpoints")
         self.interval, self.keep_last, self.resume_enabled = c.save_interval, c.keep_last, c.resume
+        self.verify_checksums = c.verify_checksums
         self.say = say
+        self.model_meta = ckpt.model_meta(cfg)
+        from .backend.checkpoint_source import HF_CONFIG, hf_config_source
+
+        src = hf_config_source(cfg, config_dir)
+        self.extra_files = {HF_CONFIG: src} if src else {}
         self._signalled: Optional[int] = None
+        self._resolved: Optional[Dict[str, Any]] = None  # the checkpoint resume uses, once verified
+        self._resolved_done = False
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
 
@@ -39,14 +46,36 @@ class Checkpointer:
         self._signalled = signum
 
     # -- resume --------------------------------------------------------------------------------------------
+    def _agree(self, reason: Optional[str]) -> Optional[str]:
+        """Every rank's verdict on one checkpoint -> the first failure any rank saw (None when all passed)."""
+        if not (dist.is_initialized() and dist.get_world_size() > 1):
+            return reason
+        every: List[Optional[str]] = [None] * dist.get_world_size()
+        dist.all_gather_object(every, reason)
+        return next((r for r in every if r is not None), None)
+
     def latest_meta(self) -> Optional[Dict[str, Any]]:
-        path = ckpt.latest(self.root) if self.resume_enabled else None
-        if path is None:
+        """meta.json (+ ``path``) of the newest checkpoint that passes verification on every rank (collective the
+        first time; the choice is kept until the next save). A truncated file, a missing shard or a garbled
+        ``latest`` makes it fall back to the next older complete checkpoint with a one-line warning."""
+        if not self.resume_enabled:
             return None
-        with open(os.path.join(path, "meta.json")) as f:
-            meta = json.load(f)
-        meta["path"] = path
-        return meta
+        if not self._resolved_done:
+            rank = dist.get_rank() if dist.is_initialized() else 0
+            own = [f"rank_{rank:05d}.pt"] if self.verify_checksums else []
+            path = ckpt.resolve(self.root, checksum_files=lambda meta: own, agree=self._agree, warn=self.say)
+            if rank == 0:  # set rejected (newer) ones aside, never deleted, so pruning cannot count them as kept
+                for bad in ckpt.candidates(self.root):
+                    if path is None or os.path.basename(bad) > os.path.basename(path):
+                        os.replace(bad, bad + ".unusable")
+                        self.say(f"warning: moved the unusable checkpoint {bad} to {bad}.unusable")
+            self._resolved = None
+            if path is not None:
+                meta = ckpt.read_meta(path)
+                meta["path"] = path
+                self._resolved = meta
+            self._resolved_done = True
+        return self._resolved
 
     def stage_done(self, stage: str) -> bool:
         """True when the newest checkpoint is of a later stage, or of ``stage`` marked complete."""
@@ -73,7 +102,9 @@ class Checkpointer:
             return None
         if meta["stage"] == stage:
             state = ckpt.load(meta["path"], chunks, optimizer, scheduler)
-            self.say(f"resumed {stage} from {meta['path']} (step {meta['step']})")
+            done = meta.get("stage_step", state.get("step", -1)) + 1
+            self.say(f"resumed {stage} from {meta['path']}: {stage.upper()} steps 0-{done - 1} done, continuing at "
+                     f"step {done}")
             return state
         if STAGES.index(meta["stage"]) < STAGES.index(stage) and meta.get("stage_complete"):
             # start of a new stage: weights from the finished stage, fresh optimizer / scheduler of this stage
@@ -97,8 +128,11 @@ class Checkpointer:
             return
         state = dict(state_fn(), stage=stage, step=step)
         path = ckpt.save(self.root, _global_step(stage, step), chunks, optimizer, scheduler, state,
-                         keep_last=self.keep_last, extra_meta={"stage": stage, "stage_step": step,
-                                                                "stage_complete": bool(last)})
+                         keep_last=self.keep_last, extra_files=self.extra_files,
+                         extra_meta={"stage": stage, "stage_step": step, "stage_complete": bool(last),
+                                     **self.model_meta})
+        self._resolved = dict(ckpt.read_meta(path), path=path)  # just written and complete: resume from it
+        self._resolved_done = True
         if signalled:
             self.say(f"signal received: checkpoint {path} written at {stage} step {step}; exiting")
             raise Preempted(0)

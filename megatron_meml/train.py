@@ -7,22 +7,18 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 
 USAGE = "usage: python -m megatron_meml.train CONFIG.yaml [section.key=value ...] | --help-config"
 
 
-def _quiet_known_warnings() -> None:
-    """Keep the console readable: megatron's one-time "no Apex/TE, falling back" notes and torch's per-step
-    collective-rename deprecations say nothing actionable about a run."""
-    for pattern in (r".*Apex is not installed.*", r".*Transformer Engine.*not installed.*",
-                    r".*is deprecated\. Please use `torch\.distributed\..*", r".*full scope is deprecated.*"):
-        warnings.filterwarnings("ignore", message=pattern)
-
-
 def main(argv=None) -> int:
+    """Exit codes: 0 done (or preempted after its checkpoint), 2 bad input (config, data, checkpoint, file: one
+    line naming the key or file), 1 another rank died or hung past ``parallel.timeout_minutes``. Set
+    ``MEML_TRACEBACK=1`` to see the traceback behind a one-line error."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    _quiet_known_warnings()
+    from .backend.compat import quiet_library_notes
+
+    quiet_library_notes()
     from .config import ConfigError, describe, load_config
 
     if argv[:1] in (["-h"], ["--help"]):
@@ -35,28 +31,44 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(path, argv)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _error(e, 2)
 
     from . import trainer
+    from .backend.checkpoint_io import CheckpointError
+    from .backend.parallel import is_comm_failure
+    from .checkpointing import Preempted
+    from .data.errors import DataError
 
+    run, code = None, 0
     try:
         run = trainer.setup(cfg, config_dir=os.path.dirname(os.path.abspath(path)) if path else None)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from .checkpointing import Preempted
-
-    try:
         trainer.run_all(run)
     except Preempted:
         pass  # the checkpoint is written; a restart resumes from it
-    except ConfigError as e:  # a config value that only shows its problem on real data
-        print(f"error: {e}", file=sys.stderr)
-        trainer.finish(run)
-        return 2
-    trainer.finish(run)
-    return 0
+    except (ConfigError, DataError, CheckpointError, OSError) as e:  # bad input, also found only on real data
+        code = _error(e, 2)
+    except ValueError as e:
+        if run is not None:  # after setup a plain ValueError is a bug: keep its traceback
+            raise
+        code = _error(e, 2)
+    except RuntimeError as e:
+        if not is_comm_failure(e):
+            raise
+        code = _error(f"lost contact with another rank (it died, was killed or hung longer than "
+                      f"parallel.timeout_minutes={cfg.parallel.timeout_minutes}): {str(e).strip().splitlines()[0]}"
+                      f"{trainer.last_checkpoint_note(cfg)}", 1)
+    finally:
+        trainer.finish(run, clean=code != 1)
+    return code
+
+
+def _error(e, code: int) -> int:
+    if os.environ.get("MEML_TRACEBACK") and isinstance(e, BaseException):
+        raise e
+    rank = os.environ.get("RANK")
+    print(f"error{f' (rank {rank})' if rank and os.environ.get('WORLD_SIZE', '1') != '1' else ''}: {e}",
+          file=sys.stderr, flush=True)
+    return code
 
 
 if __name__ == "__main__":

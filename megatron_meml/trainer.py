@@ -77,9 +77,9 @@ def setup(cfg: Config, config_dir: Optional[str] = None) -> Run:
                                backend=p.backend, timeout_minutes=p.timeout_minutes)
     cfg.validate_layout(info.world_size)
     tokenizer = tokenizer_from_config(cfg.data)
-    if tokenizer.vocab_size > bmodel.padded_vocab_size(cfg):
-        raise ValueError(f"config key `model.vocab_size`: the tokenizer has {tokenizer.vocab_size} tokens but the "
-                         f"model's padded vocab is {bmodel.padded_vocab_size(cfg)}")
+    if tokenizer.vocab_size > bmodel.real_vocab_size(cfg):  # ids >= model.vocab_size get no probability mass
+        raise ConfigError(f"config key `model.vocab_size`: the tokenizer has {tokenizer.vocab_size} tokens but "
+                          f"model.vocab_size is {bmodel.real_vocab_size(cfg)}")
     chunks = bmodel.build_model(cfg)
     if cfg.model.init_from or cfg.model.init_from_hf:
         from .backend.hf_convert import init_model_weights
@@ -94,7 +94,7 @@ def setup(cfg: Config, config_dir: Optional[str] = None) -> Run:
                            wandb_project=cfg.logging.wandb_project, config=to_dict(cfg))
     prompts = load_expert_prompts(cfg.experts)  # @file prompts: relative to the working directory
     say = print if info.is_logging_rank else (lambda *_: None)
-    ckpt = Checkpointer(cfg, cfg.logging.run_dir, say=say)
+    ckpt = Checkpointer(cfg, cfg.logging.run_dir, say=say, config_dir=config_dir)
     run = Run(cfg, info, chunks, tokenizer, cfg.data.chat_template, prompts, logger, ckpt, config_dir)
     if split is not None:
         from .async_riel import connect_trainer
@@ -412,9 +412,23 @@ def run_all(run: Run) -> Dict[str, object]:
     return summary
 
 
-def finish(run: Run) -> None:
-    if run.link is not None:
-        run.link.close()
-    if run.logger is not None:
-        run.logger.close()
-    parallel.destroy()
+def last_checkpoint_note(cfg: Config) -> str:
+    """"; the newest complete checkpoint is P ..." for an error message (no collectives: safe after a rank died)."""
+    from .backend import checkpoint as bckpt
+
+    path = bckpt.latest(cfg.checkpoint.dir or os.path.join(cfg.logging.run_dir, "checkpoints"))
+    if path is None:
+        return "; no checkpoint was written yet"
+    return f"; the newest complete checkpoint is {path} (rerun the same command to resume from it)"
+
+
+def finish(run: Optional[Run], clean: bool = True) -> None:
+    """Close the logger; tear the process groups down unless ``clean`` is False (another rank is gone: a
+    collective teardown could wait for it)."""
+    if run is not None:
+        if getattr(run, "link", None) is not None:  # async RIEL: stop the rollout ranks
+            run.link.close(quiet=not clean)
+        if run.logger is not None:  # an async rollout rank has none
+            run.logger.close()
+    if clean:
+        parallel.destroy()

@@ -3,6 +3,8 @@ name mapping: megatron_meml/backend/hf_convert.py).
 
   python tools/convert_hf.py import --hf-dir HF_DIR --out CKPT --tp 2 --pp 1 [--dtype bf16]
   python tools/convert_hf.py export --ckpt CKPT --out HF_OUT [--max-shard-gb 5]
+      CKPT: a converted checkpoint, a training checkpoint (runs/x/checkpoints/step_N) or a run's checkpoint
+      root (runs/x/checkpoints, or runs/x: its newest complete checkpoint)
   python tools/convert_hf.py random --config CONFIG_JSON --out HF_DIR [--dtype bf16]   (no model hub needed)
   python tools/convert_hf.py check  --hf-dir HF_DIR [HF_DIR2 ...] --tp 2 --pp 2 [--ckpt CKPT ...] [--tol 1e-4]
 
@@ -34,8 +36,6 @@ import torch  # noqa: E402
 from megatron_meml.backend.parallel import free_port  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 
 
 def _check_worker(rank: int, world: int, port: int, ckpts: List[str], tp: int, pp: int, tokens_path: str,
@@ -152,7 +152,8 @@ def main(argv=None) -> int:
     i.add_argument("--pp", type=int, default=1)
     i.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast (default: keep the HF dtype)")
     e = sub.add_parser("export", help="checkpoint -> HF safetensors + config.json")
-    e.add_argument("--ckpt", required=True)
+    e.add_argument("--ckpt", required=True, help="converted checkpoint, training checkpoint folder, or a run's "
+                                                "checkpoint root / run directory (newest complete checkpoint)")
     e.add_argument("--out", required=True)
     e.add_argument("--max-shard-gb", type=float, default=5.0)
     c = sub.add_parser("check", help="logits of transformers vs our model from a conversion")
@@ -175,7 +176,7 @@ def main(argv=None) -> int:
 
     try:
         return {"import": cmd_import, "export": cmd_export, "check": cmd_check, "random": cmd_random}[a.cmd](a)
-    except CheckpointError as err:
+    except (CheckpointError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

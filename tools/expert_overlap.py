@@ -54,6 +54,16 @@ def read_predictions(spec: str, many: bool, records: Optional[dict], verifier: O
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from megatron_meml.data.errors import DataError
+
+    try:
+        return _main(argv)
+    except (OSError, DataError) as e:  # a missing or malformed file: one line naming it
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("files", nargs="+", help="NAME=PATH or PATH of a JSONL prediction file")
     p.add_argument("--verifier", default=None, help="gsm8k | mathqa | strategyqa | synthetic")

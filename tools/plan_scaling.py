@@ -165,6 +165,16 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    from megatron_meml.config import ConfigError
+
+    try:
+        return _main(argv)
+    except ConfigError as e:  # a missing or invalid config: one line naming the file or key
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv=None) -> int:
     a = parse_args(argv)
     hw = Hardware(memory_gib=a.gpu_mem_gib, headroom=a.headroom, overhead_gib=a.overhead_gib,
                   peak_tflops=a.peak_tflops, mfu=a.mfu, hbm_tbps=a.hbm_tbps, hbm_efficiency=a.hbm_efficiency,

@@ -31,11 +31,12 @@ slices (one parameter at a time) and re-sharded.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -176,11 +177,34 @@ class SafetensorsWriter:
             self._f.close()
 
 
-def read_tensor(path: str, name: str) -> torch.Tensor:
-    """One tensor from a safetensors file (memory: that tensor only)."""
+@contextlib.contextmanager
+def open_safetensors(path: str) -> Iterator[object]:
+    """``safetensors.safe_open(path)`` whose failures (missing, truncated, corrupt header or data) raise
+    :class:`CheckpointError` naming ``path`` (safetensors' own errors do not name the file)."""
     from safetensors import safe_open
 
-    with safe_open(path, framework="pt") as f:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: not found")
+    try:
+        f = safe_open(path, framework="pt")
+    except Exception as e:  # safetensors_rust.SafetensorError and friends
+        raise CheckpointError(f"{path}: unreadable safetensors file, truncated or corrupt "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    with f:
+        try:
+            yield f
+        except CheckpointError:
+            raise
+        except Exception as e:
+            if isinstance(e, (KeyboardInterrupt, AssertionError)):
+                raise
+            raise CheckpointError(f"{path}: unreadable tensor data ({str(e).splitlines()[0] if str(e) else e!r})") \
+                from None
+
+
+def read_tensor(path: str, name: str) -> torch.Tensor:
+    """One tensor from a safetensors file (memory: that tensor only)."""
+    with open_safetensors(path) as f:
         if name not in f.keys():
             raise CheckpointError(f"{path}: tensor {name} is missing")
         return f.get_tensor(name)
@@ -286,10 +310,8 @@ class ShardReader:
 
     def dtype_and_shape(self, name: str) -> Tuple[torch.dtype, List[int]]:
         """Full (unsharded) dtype and shape of ``name`` without reading data."""
-        from safetensors import safe_open
-
         stage = self.meta.stage_of(name)
-        with safe_open(os.path.join(self.meta.path, self.meta.shard(0, stage)["file"]), framework="pt") as f:
+        with open_safetensors(os.path.join(self.meta.path, self.meta.shard(0, stage)["file"])) as f:
             sl = f.get_slice(name)
             shape, dt = list(sl.get_shape()), sl.get_dtype()
         dtype = {v: k for k, v in _DTYPES.items()}[dt]
@@ -375,18 +397,20 @@ def load_params(chunks, fetch_full, vocab: int, where: str, fetch_slice=None) ->
     return n
 
 
-def load_converted_checkpoint(chunks, ckpt_dir: str, cfg) -> int:
-    """Load a converted checkpoint into this rank's model chunks (the trainer's ``model.init_from``). Works at any
-    run TP/PP: with the checkpoint's TP and vocab padding each rank reads its own slices; otherwise every parameter
-    is reassembled from the checkpoint's TP slices and re-sharded. Raises :class:`CheckpointError` naming the field
-    or tensor when the checkpoint does not fit ``cfg.model``. Returns the number of parameters loaded."""
+def load_converted_checkpoint(chunks, ckpt_dir: str, cfg, warn=lambda msg: None) -> int:
+    """Load a checkpoint's model weights into this rank's model chunks (the trainer's ``model.init_from``): a
+    converted checkpoint, a training checkpoint folder or a training checkpoint root (its newest complete one; see
+    :mod:`.checkpoint_source`). Works at any run TP/PP: with the checkpoint's TP and vocab padding each rank reads
+    its own slices; otherwise every parameter is reassembled from the checkpoint's TP slices and re-sharded.
+    Raises :class:`CheckpointError` naming the field or tensor when the checkpoint does not fit ``cfg.model``.
+    Returns the number of parameters loaded."""
     from megatron.core import parallel_state as ps
+    from .checkpoint_source import open_checkpoint
     from .model import padded_vocab_size
 
-    meta = read_meta(ckpt_dir)
-    where = os.path.join(ckpt_dir, META)
+    meta, reader = open_checkpoint(ckpt_dir, warn)
+    where = os.path.join(meta.path, META if os.path.isfile(os.path.join(meta.path, META)) else "meta.json")
     check_model_matches(meta.model, cfg.model, where)
-    reader = ShardReader(meta)
     tp, rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
     same = meta.tp == tp and meta.padded_vocab_size == padded_vocab_size(cfg)
     fetch_slice = (lambda name: reader.slice(name, rank)) if same else None

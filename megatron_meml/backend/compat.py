@@ -5,8 +5,22 @@ from __future__ import annotations
 import functools
 import importlib.util
 import inspect
+import warnings
 
 from packaging.version import Version
+
+
+LIBRARY_NOTES = (r".*Apex is not installed.*", r".*Transformer Engine.*not installed.*",
+                 r".*is deprecated\. Please use `torch\.distributed\..*", r".*full scope is deprecated.*")
+
+
+def quiet_library_notes() -> None:
+    """Silence the notes megatron-core and torch print on every import or step that say nothing actionable about a
+    run: "no Apex / Transformer Engine, falling back to torch" (expected on CPU and in images without them),
+    torch's collective-rename deprecations inside megatron, and megatron's cuda-graph-scope default. Called by the
+    entry point and the tools (each warning would otherwise print once per process, i.e. once per rank)."""
+    for pattern in LIBRARY_NOTES:
+        warnings.filterwarnings("ignore", message=pattern)
 
 
 @functools.lru_cache(None)

@@ -17,9 +17,12 @@ here can leak into the CUDA path. What it changes (``CHANGES`` lists the same; a
 5. The CUDA RNG used by megatron's RNG tracker is backed by the CPU default generator:
    ``torch.cuda.manual_seed``/``get_rng_state``/``set_rng_state`` and megatron's ``_get_cuda_rng_state`` /
    ``_set_cuda_rng_state``. Forks of the tracker save/restore the CPU generator, so dropout streams stay separate.
+6. ``CUDA_DEVICE_MAX_CONNECTIONS=1`` in the environment when unset: megatron's TP linear layers warn on every run
+   without it (advice about CUDA stream scheduling, which has no meaning on the CPU).
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, List
 
@@ -35,6 +38,7 @@ CHANGES: List[str] = [
     "torch.cuda.current_device -> torch.device('cpu'); set_device/synchronize/empty_cache -> no-op",
     "torch.cuda.Stream/Event/current_stream/stream -> CPU stand-ins",
     "CUDA RNG (torch.cuda + megatron tracker helpers) -> CPU default generator",
+    "CUDA_DEVICE_MAX_CONNECTIONS=1 when unset (silences a CUDA-only scheduling hint)",
 ]
 
 
@@ -154,6 +158,8 @@ def activate() -> bool:
 
     mrandom._get_cuda_rng_state = lambda device="cuda", clone=False, graph_safe=False: torch.get_rng_state()
     mrandom._set_cuda_rng_state = lambda new_state, device=-1, graph_safe=False: torch.set_rng_state(new_state)
+
+    os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
 
     _MODE = _CudaToCpuMode()
     _MODE.__enter__()  # stays pushed for the life of the process

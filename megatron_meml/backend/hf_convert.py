@@ -198,12 +198,14 @@ class HFCheckpoint:
         self.files = self._weight_map()
 
     def _weight_map(self) -> Dict[str, str]:
-        from safetensors import safe_open
-
         index = os.path.join(self.dir, "model.safetensors.index.json")
         if os.path.isfile(index):
             with open(index) as f:
-                wm = json.load(f).get("weight_map")
+                try:
+                    wm = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise CheckpointError(f"{index}:{e.lineno}: invalid JSON ({e.msg})") from None
+            wm = wm.get("weight_map") if isinstance(wm, dict) else None
             if not isinstance(wm, dict):
                 raise CheckpointError(f"{index}: no weight_map")
             return {k: os.path.join(self.dir, v) for k, v in wm.items()}
@@ -214,20 +216,18 @@ class HFCheckpoint:
             raise CheckpointError(f"{self.dir}: no *.safetensors weights (only safetensors checkpoints are supported)")
         out = {}
         for path in files:
-            with safe_open(path, framework="pt") as f:
+            with io.open_safetensors(path) as f:
                 out.update({k: path for k in f.keys()})
         return out
 
     def get(self, name: str) -> torch.Tensor:
         """HF tensor ``name``, checked against the shape the config implies."""
-        from safetensors import safe_open
-
         if name not in self.files:
             raise CheckpointError(f"{self.dir}: tensor {name} is missing from the safetensors files")
         path = self.files[name]
         if not os.path.isfile(path):
             raise CheckpointError(f"{path}: listed in the index for {name} but not found")
-        with safe_open(path, framework="pt") as f:
+        with io.open_safetensors(path) as f:
             t = f.get_tensor(name)
         want = hf_shape(name, self.shape)
         if list(t.shape) != want:
@@ -236,12 +236,10 @@ class HFCheckpoint:
 
     def dtype(self, name: str) -> torch.dtype:
         """Stored dtype of the (first) HF source of megatron parameter ``name``, without reading data."""
-        from safetensors import safe_open
-
         src = hf_sources(name)[0]
         if src not in self.files:
             raise CheckpointError(f"{self.dir}: tensor {src} is missing from the safetensors files")
-        with safe_open(self.files[src], framework="pt") as f:
+        with io.open_safetensors(self.files[src]) as f:
             code = f.get_slice(src).get_dtype()
         if code not in _ST_DTYPES:
             raise CheckpointError(f"{self.files[src]}: tensor {src} has dtype {code}, expected F32/BF16/F16")
@@ -378,12 +376,14 @@ def write_hf_safetensors(out_dir: str, specs: Sequence[Tuple[str, torch.dtype, S
 
 def export_hf(ckpt_dir: str, out_dir: str, max_shard_bytes: int = 5 * 2 ** 30,
               log: Callable[[str], None] = lambda s: None) -> List[str]:
-    """Write a checkpoint back as HF safetensors (:func:`write_hf_safetensors`) and config.json. Streams one
+    """Write a checkpoint (converted, a training checkpoint folder, or a run's checkpoint root: see
+    :mod:`.checkpoint_source`) back as HF safetensors (:func:`write_hf_safetensors`) and config.json. Streams one
     parameter at a time: each is reassembled from its TP slices, split into HF tensors and appended to the open
     file. Returns the written weight files."""
-    meta = io.read_meta(ckpt_dir)
+    from .checkpoint_source import open_checkpoint
+
+    meta, reader = open_checkpoint(ckpt_dir, warn=log)
     s = Shape.of(dict(meta.model, vocab_size=meta.vocab_size))
-    reader = io.ShardReader(meta)
     specs, source = [], {}  # (hf name, dtype, shape); hf name -> megatron name
     for n in meta.names():
         dtype, _ = reader.dtype_and_shape(n)
@@ -453,13 +453,19 @@ def load_hf_weights(chunks, hf_dir: str, cfg) -> int:
 
 def init_model_weights(chunks, cfg) -> Optional[str]:
     """Load the start weights the config names, after ``build_model``: ``model.init_from`` (a converted
-    checkpoint directory) or ``model.init_from_hf`` (an HF directory, converted on the fly). Returns a short
+    checkpoint directory, a training checkpoint folder or a run's checkpoint root) or ``model.init_from_hf`` (an HF directory, converted on the fly). Returns a short
     description of the source ("checkpoint DIR (N parameter tensors)"), or None when neither is set (the
     layout-invariant random init stays)."""
+    import torch.distributed as dist
+    from .checkpoint_source import find
+
     m = cfg.model
     if m.init_from:
-        n = io.load_converted_checkpoint(chunks, m.init_from, cfg)
-        return f"checkpoint {m.init_from} ({n} parameter tensors)"
+        quiet = dist.is_initialized() and dist.get_rank() != 0
+        folder = find(m.init_from, warn=(lambda msg: None) if quiet else (lambda msg: print(msg, flush=True)))
+        n = io.load_converted_checkpoint(chunks, folder, cfg)
+        where = m.init_from if os.path.abspath(folder) == os.path.abspath(m.init_from) else f"{m.init_from} ({folder})"
+        return f"checkpoint {where} ({n} parameter tensors)"
     if m.init_from_hf:
         n = load_hf_weights(chunks, m.init_from_hf, cfg)
         return f"HF directory {m.init_from_hf} ({n} parameter tensors)"

@@ -10,7 +10,9 @@ Architecture mapping (HF name -> megatron-core):
                                        `factor` through and assumes 1 / 4 / 8192 for the rest)
   tie_word_embeddings               -> share_embeddings_and_output_weights
   vocab                             -> padded to a multiple of make_vocab_size_divisible_by * TP (or the exact
-                                       padded_vocab_size, e.g. Qwen2.5's 151936); padded logits are never targets
+                                       padded_vocab_size, e.g. Qwen2.5's 151936); the logits of padded ids are
+                                       masked at the output layer (:func:`mask_padded_vocab`), so they carry no
+                                       probability mass: the model is the same function at any TP
 Layer spec: megatron's local spec on CPU (torch norms; core attention through torch SDPA, ``backend/attention.py``,
 unless ``model.attention_impl=megatron``); the Transformer Engine spec when TE is importable and CUDA is present
 (required for FP8).
@@ -38,6 +40,57 @@ def padded_vocab_size(cfg: Config) -> int:
         return m.padded_vocab_size
     mult = m.make_vocab_size_divisible_by * tp
     return ((m.vocab_size + mult - 1) // mult) * mult
+
+
+def real_vocab_size(cfg: Config) -> int:
+    """The real vocabulary ``model.vocab_size``: ids at or above it are embedding padding (TP divisibility) and get
+    no probability mass anywhere (training log-probs and loss, sampling, eval). The one place that says where the
+    padding starts; fused paths that skip the output layer's logits must apply the same limit."""
+    return cfg.model.vocab_size
+
+
+def padded_logit_value(dtype: torch.dtype) -> float:
+    """The logit given to padded vocab ids: large and negative, so ``exp`` underflows to exactly 0 at any sampling
+    temperature up to ~1e5 (fp32/fp64), yet finite, so ``p * log p`` and ``z - max z`` stay finite (-inf would
+    give NaN entropies). fp16 cannot hold -1e9; it gets half its largest value."""
+    return -min(1e9, torch.finfo(dtype).max / 2)
+
+
+def mask_padded_vocab_(logits: torch.Tensor, real_vocab: int, padded_vocab: int, vocab_start: int) -> torch.Tensor:
+    """In place: set the columns of global id >= ``real_vocab`` of ``logits`` [..., V_local] (this rank's vocab
+    shard, global ids ``[vocab_start, vocab_start + V_local)``) to :func:`padded_logit_value`. The fill is a
+    differentiable in-place op, so those columns pass exactly zero gradient back to the output layer."""
+    first = max(real_vocab - vocab_start, 0)
+    if first < logits.shape[-1]:
+        logits.narrow(-1, first, logits.shape[-1] - first).fill_(padded_logit_value(logits.dtype))
+    return logits
+
+
+def _install_vocab_mask(model, cfg: Config) -> None:
+    """Forward hook on ``model.output_layer``: every logit it produces (training forward, log-prob scoring,
+    generation; TP-local shards or, with ``runtime_gather_output``, the gathered padded vocabulary) has its padded
+    columns masked by :func:`mask_padded_vocab_`. The real limit is also ``model.meml_real_vocab_size``."""
+    real, padded = real_vocab_size(cfg), padded_vocab_size(cfg)
+    model.meml_real_vocab_size = real
+    out_layer = getattr(model, "output_layer", None)
+    if out_layer is None or real >= padded:
+        return
+    tp = cfg.parallel.tensor_model_parallel_size
+
+    def hook(module, args, output):
+        logits = output[0] if isinstance(output, tuple) else output
+        local = logits.shape[-1]
+        if local == padded:  # gathered over TP (inference) or TP=1
+            start = 0
+        else:
+            from megatron.core import parallel_state as ps
+
+            start = ps.get_tensor_model_parallel_rank() * local
+            assert local * tp == padded, f"output layer gave {local} vocab columns; padded vocab {padded}, TP={tp}"
+        mask_padded_vocab_(logits, real, padded, start)
+        return output
+
+    out_layer.register_forward_hook(hook)
 
 
 def params_dtype(cfg: Config) -> torch.dtype:
@@ -129,6 +182,7 @@ def build_gpt(cfg: Config, pre_process: bool = True, post_process: bool = True, 
     set_options(model, OutputOptions(fused=cfg.model.fused_output, vocab_limit=cfg.model.vocab_size))
     if not meta:
         _apply_llama3_rope(model, cfg)
+        _install_vocab_mask(model, cfg)
         from .attention import enable_explicit_positions
 
         enable_explicit_positions(model)  # per-slot RoPE positions for prompt-sharing rows

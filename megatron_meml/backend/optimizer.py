@@ -28,6 +28,7 @@ def build_optimizer(cfg: Config, chunks: List[torch.nn.Module], lr: Optional[flo
         use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
         **compat.filter_kwargs(OptimizerConfig, fp8_recipe="delayed" if cfg.precision.fp8 else None))
     optimizer = get_megatron_optimizer(ocfg, chunks)
+    _leaf_fp32_shards(optimizer)
     warm = min(o.lr_warmup_steps, max(total_steps - 1, 0))
     scheduler = OptimizerParamScheduler(
         optimizer, init_lr=0.0 if warm else peak, max_lr=peak, min_lr=min(o.min_lr, peak),
@@ -35,6 +36,34 @@ def build_optimizer(cfg: Config, chunks: List[torch.nn.Module], lr: Optional[flo
         lr_decay_style=o.lr_decay_style, start_wd=o.weight_decay, end_wd=o.weight_decay,
         wd_incr_steps=max(total_steps, 1), wd_incr_style="constant")
     return optimizer, scheduler
+
+
+def _leaf_fp32_shards(optimizer) -> None:
+    """Make the distributed optimizer's fp32 shard params leaf tensors. megatron steps fp32 model params through
+    ``model_param.view(-1)[start:end]`` views, which carry the model param's autograd history (non-leaf), so its
+    own ``zero_grad`` reads ``.grad`` of a non-leaf tensor and torch warns on every run. A ``detach()``-ed view
+    shares the same storage (updates still land in the model param) without that history; the tensor-parallel
+    attributes megatron copied onto the view come along. Only before the first step (the optimizer state is
+    keyed by these objects); a no-op for other optimizers and for the precision-aware one."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        groups = getattr(opt, "shard_fp32_groups", None)
+        cfg = getattr(opt, "config", None)
+        if not groups or getattr(cfg, "use_precision_aware_optimizer_no_fp8_or_ds_fp8",
+                                 getattr(cfg, "use_precision_aware_optimizer", False)):
+            continue
+        swap = {}
+        for group in groups:
+            for i, shard in enumerate(group):
+                if shard is None or shard.is_leaf:
+                    continue
+                leaf = shard.detach()
+                for attr in ("tensor_model_parallel", "partition_dim", "partition_stride", "shared"):
+                    if hasattr(shard, attr):
+                        setattr(leaf, attr, getattr(shard, attr))
+                swap[id(shard)] = leaf
+                group[i] = leaf
+        for pg in opt.optimizer.param_groups:
+            pg["params"] = [swap.get(id(p), p) for p in pg["params"]]
 
 
 def zero_grads(chunks: List[torch.nn.Module], optimizer) -> None:

@@ -72,11 +72,15 @@ def _env_rank_world():
 
 
 def initialize(tp: int = 1, pp: int = 1, seed: int = 1234, backend: Optional[str] = None,
-               timeout_minutes: int = 30) -> ParallelInfo:
-    """Initialise torch.distributed (if needed) and megatron's parallel state; seed every RNG.
+               timeout_minutes: float = 30) -> ParallelInfo:
+    """Initialise torch.distributed (if needed) and megatron's parallel state; seed every RNG. ``timeout_minutes``
+    (fractions allowed) bounds how long any collective waits for another rank before it raises.
 
     Raises ValueError naming ``parallel.tensor_model_parallel_size`` when TP*PP does not divide the world size.
     """
+    from . import compat
+
+    compat.quiet_library_notes()  # before megatron's modules import (their fallback notes fire at import)
     from megatron.core import parallel_state, tensor_parallel
 
     use_cuda = torch.cuda.is_available()
@@ -114,6 +118,18 @@ def info() -> ParallelInfo:
         tp_rank=ps.get_tensor_model_parallel_rank(), tp_size=ps.get_tensor_model_parallel_world_size(),
         pp_rank=ps.get_pipeline_model_parallel_rank(), pp_size=ps.get_pipeline_model_parallel_world_size(),
         dp_rank=ps.get_data_parallel_rank(), dp_size=ps.get_data_parallel_world_size())
+
+
+_COMM_MARKERS = ("gloo", "nccl", "connection closed", "connection reset", "connection refused", "broken pipe",
+                 "timed out", "timeout", "socket", "tcpstore", "processgroup", "peer")
+
+
+def is_comm_failure(e: BaseException) -> bool:
+    """True when ``e`` says another rank is gone or unresponsive: torch's distributed errors (DistError and
+    subclasses), or a backend RuntimeError about closed connections / timeouts (gloo raises plain RuntimeErrors)."""
+    if isinstance(e, dist.DistError):
+        return True
+    return isinstance(e, RuntimeError) and any(m in str(e).lower() for m in _COMM_MARKERS)
 
 
 def destroy() -> None:

@@ -107,7 +107,14 @@ def _set_dotted(tree: Dict[str, Any], dotted: str, value: Any) -> None:
         if not dataclasses.is_dataclass(tp):
             raise ConfigError(f"config key `{'.'.join(parts[:i + 1])}` is a value, not a section")
         cls = tp
-        node = node.setdefault(p, {})
+        if node.get(p) is None:
+            node[p] = {}
+        elif not isinstance(node[p], dict):
+            sec = ".".join(parts[:i + 1])
+            hint = f"; to turn it off use `{sec}.enabled=false`" if "enabled" in _hints(tp) else ""
+            raise ConfigError(f"config key `{sec}` is a section, but it was set to {node[p]!r} before `{dotted}` "
+                              f"(a section takes keys such as `{dotted}`{hint})")
+        node = node[p]
     names = [f.name for f in dataclasses.fields(cls)]
     if parts[-1] not in names:
         raise _unknown(parts[-1], names, ".".join(parts[:-1]))

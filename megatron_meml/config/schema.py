@@ -34,6 +34,13 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"config key `{key}`: {msg}")
 
 
+def _at_least(obj, section: str, minimum, *names: str) -> None:
+    """Each named field (None allowed: unset) must be >= ``minimum``; the error names the first that is not."""
+    for k in names:
+        v = getattr(obj, k)
+        _check(v is None or v >= minimum, f"{section}.{k}", f"must be >= {minimum}, got {v}")
+
+
 @dataclass
 class ModelConfig:
     """Decoder-only transformer shape (Qwen2/Qwen2.5 and Llama-3/3.2 families).
@@ -63,7 +70,9 @@ class ModelConfig:
     add_qkv_bias: bool = doc(True, "Bias on the fused QKV projection (Qwen2 yes, Llama no).")
     tie_word_embeddings: bool = doc(True, "Share input embedding and output projection.")
     init_method_std: float = doc(0.02, "Std of the normal init of weights.")
-    init_from: Optional[str] = doc(None, "Checkpoint directory (our format) to load weights from at start.")
+    init_from: Optional[str] = doc(None, "Checkpoint to load the weights from at start, at any TP/PP: a converted "
+                                   "checkpoint (tools/convert_hf.py import), a training checkpoint folder "
+                                   "(runs/x/checkpoints/step_N) or a run's checkpoint root (its newest complete one).")
     init_from_hf: Optional[str] = doc(None, "HF model directory (safetensors + config.json) converted on the fly.")
     recompute_activations: bool = doc(False, "Full activation recomputation per layer (saves memory, +~33% flops).")
     attention_impl: str = doc("sdpa", "Core attention where Transformer Engine is not used: `sdpa` (torch's fused "
@@ -88,6 +97,9 @@ class ModelConfig:
                f"must be `sdpa` or `megatron`, got {self.attention_impl!r}")
         _check(not (self.init_from and self.init_from_hf), "model.init_from",
                "set at most one of model.init_from and model.init_from_hf")
+        _at_least(self, "model", 1, "kv_channels", "padded_vocab_size", "rope_original_max_position")
+        for k in ("init_method_std", "norm_epsilon", "rotary_base", "rope_scaling_factor"):
+            _check(getattr(self, k) > 0, f"model.{k}", f"must be positive, got {getattr(self, k)}")
 
     def validate_shape(self) -> None:
         _check(self.num_attention_heads % self.num_query_groups == 0, "model.num_query_groups",
@@ -107,12 +119,15 @@ class ParallelConfig:
     overlap_grad_reduce: bool = doc(False, "Overlap DP grad reduce-scatter with backward.")
     sequence_parallel: bool = doc(False, "Megatron sequence parallelism (needs TE or apex norms; GPU only).")
     backend: Optional[str] = doc(None, "torch.distributed backend; default nccl with CUDA, gloo without.")
-    timeout_minutes: int = doc(30, "Process-group timeout.")
+    timeout_minutes: float = doc(30.0, "Process-group timeout: a collective that waits longer for another rank (one "
+                                 "that died or hangs) fails, and the run exits with an error. Fractions allowed "
+                                 "(0.25 = 15 s).")
 
     def __post_init__(self):
         _check(self.tensor_model_parallel_size >= 1, "parallel.tensor_model_parallel_size", "must be >= 1")
         _check(self.pipeline_model_parallel_size >= 1, "parallel.pipeline_model_parallel_size", "must be >= 1")
         _check(self.backend in (None, "gloo", "nccl"), "parallel.backend", "must be null, `gloo` or `nccl`")
+        _check(self.timeout_minutes > 0, "parallel.timeout_minutes", f"must be positive, got {self.timeout_minutes}")
 
 
 @dataclass
@@ -133,6 +148,8 @@ class PrecisionConfig:
                f"FP8 runs on bf16 weights; set precision.dtype=bf16 (got {self.dtype!r}) or precision.fp8=null")
         _check(self.fp8_amax_compute_algo in ("max", "most_recent"), "precision.fp8_amax_compute_algo",
                "must be `max` or `most_recent`")
+        _at_least(self, "precision", 0, "fp8_margin")
+        _at_least(self, "precision", 1, "fp8_amax_history_len")
 
 
 @dataclass
@@ -153,7 +170,10 @@ class OptimizerConfig:
         _check(self.lr > 0, "optimizer.lr", "must be positive")
         _check(self.lr_decay_style in ("constant", "linear", "cosine"), "optimizer.lr_decay_style",
                "must be constant|linear|cosine")
-        _check(self.lr_warmup_steps >= 0, "optimizer.lr_warmup_steps", "must be >= 0")
+        _at_least(self, "optimizer", 0, "lr_warmup_steps", "min_lr", "weight_decay", "clip_grad")
+        _check(0 <= self.adam_beta1 < 1, "optimizer.adam_beta1", f"must be in [0, 1), got {self.adam_beta1}")
+        _check(0 <= self.adam_beta2 < 1, "optimizer.adam_beta2", f"must be in [0, 1), got {self.adam_beta2}")
+        _check(self.adam_eps > 0, "optimizer.adam_eps", f"must be positive, got {self.adam_eps}")
 
 
 @dataclass
@@ -165,6 +185,11 @@ class SyntheticConfig:
     max_operand: int = doc(20, "Operands are drawn from [1, max_operand].")
     min_steps: int = doc(1, "Fewest arithmetic operations per problem.")
     max_steps: int = doc(2, "Most arithmetic operations per problem.")
+
+    def __post_init__(self):
+        _at_least(self, "data.synthetic", 1, "num_train", "num_test", "max_operand", "min_steps")
+        _check(self.max_steps >= self.min_steps, "data.synthetic.max_steps",
+               f"{self.max_steps} is below data.synthetic.min_steps={self.min_steps}")
 
 
 @dataclass
@@ -203,6 +228,7 @@ class DataConfig:
         _check(self.prefetch >= 1, "data.prefetch", f"must be >= 1, got {self.prefetch}")
         _check(self.seq_length > 0, "data.seq_length", "must be positive")
         _check(self.micro_batch_size > 0, "data.micro_batch_size", "must be positive")
+        _check(self.global_batch_size > 0, "data.global_batch_size", f"must be positive, got {self.global_batch_size}")
         _check(self.global_batch_size % self.micro_batch_size == 0, "data.global_batch_size",
                f"{self.global_batch_size} is not a multiple of data.micro_batch_size={self.micro_batch_size}")
 
@@ -242,6 +268,7 @@ class MEFConfig:
     def __post_init__(self):
         _check(self.epochs > 0, "mef.epochs", "must be positive")
         _check(self.lr > 0, "mef.lr", "must be positive")
+        _at_least(self, "mef", 1, "max_steps")
 
 
 @dataclass
@@ -305,7 +332,12 @@ class RIELConfig:
                                    "rollout transfers.")
 
     def __post_init__(self):
-        _check(self.group_size >= 1, "riel.group_size", "must be >= 1")
+        _at_least(self, "riel", 1, "steps", "questions_per_step", "group_size", "max_kl_responses",
+                  "shared_row_tokens")
+        _at_least(self, "riel", 0, "beta_ref", "lambda_kl", "lambda_sft", "max_nonfinite_steps")
+        _check(self.lr > 0, "riel.lr", "must be positive")
+        _check(self.constant_normalizer is None or self.constant_normalizer > 0, "riel.constant_normalizer",
+               "must be positive")
         _check(0 <= self.eps_low < 1 and self.eps_high >= 0, "riel.eps_low", "clip epsilons out of range")
         _check(self.aggregation in ("token_mean", "seq_mean_token_mean", "constant"), "riel.aggregation",
                "must be token_mean|seq_mean_token_mean|constant")
@@ -358,6 +390,8 @@ class RolloutConfig:
                f"must be `continuous` or `static`, got {self.engine!r}")
         _check(self.max_slots >= 0, "rollout.max_slots", "must be >= 0 (0 = as many as the token budget holds)")
         _check(self.prefill_tokens >= 1, "rollout.prefill_tokens", "must be >= 1")
+        _at_least(self, "rollout", 1, "max_new_tokens", "token_budget")
+        _at_least(self, "rollout", 0, "top_k")
 
 
 @dataclass
@@ -368,6 +402,10 @@ class EvalConfig:
     num_examples: int = doc(100, "Held-out questions evaluated (0 = all).")
     max_new_tokens: int = doc(48, "Greedy tokens per answer.")
 
+    def __post_init__(self):
+        _at_least(self, "eval", 0, "num_examples")
+        _at_least(self, "eval", 1, "max_new_tokens")
+
 
 @dataclass
 class CheckpointConfig:
@@ -376,7 +414,15 @@ class CheckpointConfig:
     dir: Optional[str] = doc(None, "Checkpoint root; default <logging.run_dir>/checkpoints.")
     save_interval: int = doc(0, "Save every N steps (0 = only at the end and on SIGTERM/SIGUSR1).")
     resume: bool = doc(True, "Resume from the latest complete checkpoint in `dir` if there is one.")
-    keep_last: int = doc(2, "Checkpoints kept (older ones deleted after a successful save).")
+    keep_last: int = doc(2, "Checkpoints kept (older ones deleted after a successful save); >= 2 leaves an older "
+                         "one to fall back to when the newest is found truncated or incomplete at resume.")
+    verify_checksums: bool = doc(True, "At resume each rank checks the CRC-32 of its own checkpoint file against the "
+                                 "one recorded at save time (one extra read); sizes and presence of every file are "
+                                 "always checked. A checkpoint that fails falls back to the next older one.")
+
+    def __post_init__(self):
+        _at_least(self, "checkpoint", 0, "save_interval")
+        _at_least(self, "checkpoint", 1, "keep_last")
 
 
 @dataclass
@@ -388,6 +434,9 @@ class LoggingConfig:
     tensorboard: bool = doc(True, "Write TensorBoard events when tensorboard is installed.")
     wandb_project: Optional[str] = doc(None, "W&B project (off when null).")
     progress_bar: bool = doc(True, "Console progress bar.")
+
+    def __post_init__(self):
+        _at_least(self, "logging", 1, "log_interval")
 
 
 @dataclass

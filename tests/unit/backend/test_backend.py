@@ -13,7 +13,8 @@ needs_data = pytest.mark.skipif(not os.path.exists(QWEN), reason=f"shared data n
 
 def test_cpu_runtime_lists_and_applies_every_change():
     r = spawn("tests.unit.backend.workers:cpu_runtime_changes", 1)[0]
-    assert len(r["changes"]) == 5
+    assert len(r["changes"]) == 6
+    assert r["max_connections"] == "1"
     for key in ("factory_cuda", "factory_cuda_index", "factory_int", "tensor_cuda", "tensor_to_cuda"):
         assert r[key] == "cpu", key
     assert r["pin_memory"] is False

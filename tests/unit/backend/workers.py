@@ -13,6 +13,9 @@ def cpu_runtime_changes():
     before_type = torch.zeros(1).type()
     assert cpu_runtime.activate() is True
     out = {"changes": list(cpu_runtime.CHANGES), "before_type": before_type}
+    import os
+
+    out["max_connections"] = os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS")
     out["factory_cuda"] = str(torch.zeros(2, device="cuda").device)
     out["factory_cuda_index"] = str(torch.ones(2, device=torch.device("cuda", 0)).device)
     out["factory_int"] = str(torch.empty(2, device=0).device)

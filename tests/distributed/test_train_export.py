@@ -1,0 +1,80 @@
+"""A trained model leaves the stack, and the padded vocabulary does not change the model (gloo, 2 processes):
+
+1. MEF at TP=1 (DP=2) and at TP=2 from the same seed: the first loss is the same although the vocab pads to 320
+   at TP=1 and 384 at TP=2 (``model.padded_vocab_size`` not pinned): padded ids get no probability mass.
+2. ``tools/convert_hf.py export --ckpt <the TP=2 run's checkpoint root>`` -> transformers loads it; a new run at
+   PP=2 with ``model.init_from=<that root>`` starts from the same function (its logits equal transformers' on the
+   exported model) and continues training from it.
+"""
+import importlib.util
+import math
+import os
+
+import torch
+
+from tests.conftest import ROOT
+
+from .launcher import spawn
+
+QUICKSTART = os.path.join(ROOT, "examples", "quickstart", "config.yaml")
+BASE = ["riel.enabled=false", "eval.enabled=false", "logging.progress_bar=false", "logging.tensorboard=false",
+        "data.global_batch_size=8", "data.micro_batch_size=4", "model.hidden_size=64",
+        "model.ffn_hidden_size=128"]
+TOKENS = torch.randint(0, 259, (2, 16), generator=torch.Generator().manual_seed(5))
+
+
+def _train(run_dir, overrides, logits_before=False):
+    from megatron_meml import trainer
+    from megatron_meml.backend.hf_convert import full_logits
+    from megatron_meml.config import load_config
+
+    cfg = load_config(QUICKSTART, BASE + [f"logging.run_dir={run_dir}"] + list(overrides))
+    run = trainer.setup(cfg, config_dir=os.path.dirname(QUICKSTART))
+    logits = full_logits(run.chunks, TOKENS, cfg.model.vocab_size) if logits_before else None
+    summary = trainer.run_all(run)
+    run.logger.close()
+    return {"summary": summary, "logits": logits, "logging": run.info.is_logging_rank}
+
+
+def train_tp1_and_tp2(root):
+    """MEF at TP=1 (1 step) then at TP=2 (2 steps, checkpointed); first losses of both."""
+    tp1 = _train(os.path.join(root, "tp1"), ["mef.max_steps=1", "checkpoint.resume=false"])
+    tp2 = _train(os.path.join(root, "tp2"), ["mef.max_steps=2", "parallel.tensor_model_parallel_size=2"])
+    return {"tp1": tp1["summary"]["mef_loss_start"], "tp2": tp2["summary"]["mef_loss_start"]}
+
+
+def continue_at_pp2(root, init_from):
+    """A new run at PP=2 from a training checkpoint: logits of its starting weights, then one MEF step."""
+    return _train(os.path.join(root, "pp2"), ["mef.max_steps=1", "parallel.pipeline_model_parallel_size=2",
+                                              f"model.init_from={init_from}"], logits_before=True)
+
+
+def _convert_hf_main(argv):
+    spec = importlib.util.spec_from_file_location("convert_hf_tool", os.path.join(ROOT, "tools", "convert_hf.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main(argv)
+
+
+def test_train_export_to_hf_and_continue_at_another_layout(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    losses = spawn("tests.distributed.test_train_export:train_tp1_and_tp2", 2, root=str(tmp_path))[0]
+    # padded ids carry no probability mass: the first loss does not depend on how TP pads the vocabulary
+    assert math.isfinite(losses["tp1"]) and abs(losses["tp1"] - losses["tp2"]) < 1e-5, losses
+
+    root = str(tmp_path / "tp2" / "checkpoints")
+    hf_dir = str(tmp_path / "hf")
+    assert _convert_hf_main(["export", "--ckpt", root, "--out", hf_dir]) == 0
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        ref = hf(input_ids=TOKENS).logits
+    assert ref.shape[-1] == 259  # the exported model is unpadded
+
+    out = spawn("tests.distributed.test_train_export:continue_at_pp2", 2, root=str(tmp_path), init_from=root)
+    got = next(r for r in out if r["logits"] is not None)
+    assert (got["logits"] - ref).abs().max().item() < 1e-4
+    logged = next(r for r in out if r["logging"])
+    assert math.isfinite(logged["summary"]["mef_loss_start"])
+    # the trained weights (not a fresh init) are where the PP=2 run starts: its first loss is below the TP=2 run's
+    assert logged["summary"]["mef_loss_start"] < losses["tp2"]
