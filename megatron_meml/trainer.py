@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import torch
-import torch.distributed as dist
 
 from .algo.objective import sft_loss  # Σ_t weight_t · mask_t · (−log p_t), fusable into the log-prob kernel
 from .backend import model as bmodel
 from .backend import optimizer as boptim
 from .backend import parallel
 from .backend.memory import peak_memory_gib
+from .backend.parallel import reduce_metrics
 from .backend.step import forward_backward
 from .config import Config, ConfigError, save_config, to_dict
 from .data import load_dataset, load_expert_prompts, read_mef, synthetic_mef_rows, tokenizer_from_config
@@ -143,16 +143,6 @@ def mef_rows(cfg: Config, say=print) -> List[MEFRow]:
             rows = [MEFRow(r.id, r.question, 0, r.solution, r.answer) for r in records]
     random.Random(cfg.data.seed).shuffle(rows)
     return rows
-
-
-def reduce_metrics(results: Sequence[Dict[str, float]], keys: Sequence[str]) -> Dict[str, float]:
-    """Sum per-microbatch metrics over microbatches and DP ranks (valid on the last pipeline stage)."""
-    from megatron.core import parallel_state as ps
-
-    vec = torch.tensor([sum(r.get(k, 0.0) for r in results) for k in keys], dtype=torch.float64)
-    if ps.is_pipeline_last_stage() and ps.get_data_parallel_world_size() > 1:
-        dist.all_reduce(vec, group=ps.get_data_parallel_group())
-    return dict(zip(keys, vec.tolist()))
 
 
 def train_sft_step(run: Run, examples, optimizer, scheduler, coef: float = 1.0) -> Dict[str, float]:
@@ -394,21 +384,33 @@ def run_all(run: Run) -> Dict[str, object]:
     summary: Dict[str, object] = {}
     path = os.path.join(run.run_dir, "eval.json")
     results = json.load(open(path)) if (cfg.checkpoint.resume and os.path.exists(path)) else {}
+    summary_path = os.path.join(run.run_dir, "summary.json")
+    before = json.load(open(summary_path)) if (cfg.checkpoint.resume and os.path.exists(summary_path)) else {}
     stages = [("mef", run_mef, cfg.mef.enabled), ("riel", run_riel, cfg.riel.enabled)]
+
+    def write_summary() -> None:  # after every stage, so a later crash does not lose a finished stage's numbers
+        summary["eval"] = {k: {"accuracy": v["accuracy"], "mean_accuracy": v["mean_accuracy"],
+                               "majority_vote": v["majority_vote"]} for k, v in results.items()}
+        if run.info.is_logging_rank:
+            with open(summary_path + ".part", "w") as f:
+                json.dump(summary, f, indent=2)
+            os.replace(summary_path + ".part", summary_path)
+
     for name, fn, enabled in stages:
         if not enabled:
             continue
-        summary.update(fn(run))
+        done = fn(run)
+        if not done:  # skipped as complete in the checkpoint: keep what the run that did it recorded
+            done = {k: v for k, v in before.items() if k.startswith(f"{name}_")}
+        summary.update(done)
         if cfg.eval.enabled and f"after_{name}" not in results:
             results[f"after_{name}"] = evaluate_experts(run, f"after_{name}")
             if run.info.is_logging_rank:
                 write_eval(results, run.run_dir)
-    summary["eval"] = {k: {"accuracy": v["accuracy"], "mean_accuracy": v["mean_accuracy"],
-                           "majority_vote": v["majority_vote"]} for k, v in results.items()}
+        write_summary()
     if run.info.is_logging_rank:
         plot_reward_curves(run.run_dir)
-        with open(os.path.join(run.run_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+    write_summary()
     return summary
 
 

@@ -46,7 +46,7 @@ def _check_worker(rank: int, world: int, port: int, ckpts: List[str], tp: int, p
                       MASTER_PORT=str(port))
     if world > 1:
         torch.set_num_threads(1)
-    from megatron_meml.backend import checkpoint_io, hf_convert, model, parallel
+    from megatron_meml.backend import checkpoint_io, checkpoint_source, hf_convert, model, parallel
 
     try:
         info = parallel.initialize(tp, pp)
@@ -55,7 +55,7 @@ def _check_worker(rank: int, world: int, port: int, ckpts: List[str], tp: int, p
             meta = checkpoint_io.read_meta(ckpt)
             cfg = hf_convert.config_for(dict(meta.model, vocab_size=meta.vocab_size), tp, pp)
             chunks = model.build_model(cfg)
-            checkpoint_io.load_converted_checkpoint(chunks, ckpt, cfg)
+            checkpoint_source.load_checkpoint_weights(chunks, ckpt, cfg)
             out.append(hf_convert.full_logits(chunks, tokens, meta.vocab_size))
         if info.is_last_stage and info.tp_rank == 0:
             torch.save(out, out_path)

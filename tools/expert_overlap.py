@@ -35,17 +35,17 @@ def read_predictions(spec: str, many: bool, records: Optional[dict], verifier: O
     for item in iter_jsonl(path):
         row = item.value
         if item.error or not isinstance(row, dict) or "id" not in row:
-            raise SystemExit(f"{path}:{item.line}: {item.error or 'expected an object with an id'}")
+            raise SystemExit(f"error: {path}:{item.line}: {item.error or 'expected an object with an id'}")
         if "correct" in row:
             ok = bool(row["correct"])
         elif "response" in row:
             if records is None or verifier is None:
-                raise SystemExit(f"{path}:{item.line}: a `response` row needs --verifier and --data")
+                raise SystemExit(f"error: {path}:{item.line}: a `response` row needs --verifier and --data")
             if row["id"] not in records:
-                raise SystemExit(f"{path}:{item.line}: id {row['id']!r} is not in the dataset split")
+                raise SystemExit(f"error: {path}:{item.line}: id {row['id']!r} is not in the dataset split")
             ok = verify(verifier, row["response"], records[row["id"]]) == 1.0
         else:
-            raise SystemExit(f"{path}:{item.line}: a row needs `correct` or `response`")
+            raise SystemExit(f"error: {path}:{item.line}: a row needs `correct` or `response`")
         group = name
         if "expert" in row:
             group = f"{name}/expert {row['expert']}" if many else f"expert {row['expert']}"

@@ -228,7 +228,7 @@ def supports_shared_rows(chunks) -> bool:
     """Whether every model chunk can run prompt-sharing rows: core attention that honours an explicit mask
     (megatron's local ``DotProductAttention`` or :class:`SDPAttention`; Transformer Engine's ignores it) and a
     :class:`PositionedRotaryEmbedding`."""
-    from .model import unwrap
+    from .state import unwrap
 
     for chunk in chunks:
         gpt = unwrap(chunk)

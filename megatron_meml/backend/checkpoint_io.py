@@ -25,7 +25,7 @@ TP rules by parameter kind (same as megatron's ``partition_dim`` / ``partition_s
     norms (*layernorm*.weight, *norm*)       replicated      -
     =======================================  ==============  ======
 
-:func:`load_converted_checkpoint` loads a checkpoint into a live model at any run TP/PP: when the layouts agree each
+:func:`.checkpoint_source.load_checkpoint_weights` loads a checkpoint into a live model at any run TP/PP: when the layouts agree each
 rank reads exactly its own slice; otherwise each parameter's full tensor is reassembled from the checkpoint's TP
 slices (one parameter at a time) and re-sharded.
 """
@@ -345,7 +345,7 @@ def live_parameters(chunks) -> List[Tuple[str, torch.nn.Parameter, bool]]:
     """(canonical global name, parameter, is_tied_output) for every parameter of this rank's model chunks. A tied
     ``output_layer.weight`` (last stage with PP > 1) is loaded from the embedding."""
     from . import state
-    from .model import unwrap
+    from .state import unwrap
 
     out = []
     for chunk in chunks:
@@ -395,26 +395,6 @@ def load_params(chunks, fetch_full, vocab: int, where: str, fetch_slice=None) ->
             p.copy_(shard.to(device=p.device, dtype=p.dtype))
         n += 1
     return n
-
-
-def load_converted_checkpoint(chunks, ckpt_dir: str, cfg, warn=lambda msg: None) -> int:
-    """Load a checkpoint's model weights into this rank's model chunks (the trainer's ``model.init_from``): a
-    converted checkpoint, a training checkpoint folder or a training checkpoint root (its newest complete one; see
-    :mod:`.checkpoint_source`). Works at any run TP/PP: with the checkpoint's TP and vocab padding each rank reads
-    its own slices; otherwise every parameter is reassembled from the checkpoint's TP slices and re-sharded.
-    Raises :class:`CheckpointError` naming the field or tensor when the checkpoint does not fit ``cfg.model``.
-    Returns the number of parameters loaded."""
-    from megatron.core import parallel_state as ps
-    from .checkpoint_source import open_checkpoint
-    from .model import padded_vocab_size
-
-    meta, reader = open_checkpoint(ckpt_dir, warn)
-    where = os.path.join(meta.path, META if os.path.isfile(os.path.join(meta.path, META)) else "meta.json")
-    check_model_matches(meta.model, cfg.model, where)
-    tp, rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
-    same = meta.tp == tp and meta.padded_vocab_size == padded_vocab_size(cfg)
-    fetch_slice = (lambda name: reader.slice(name, rank)) if same else None
-    return load_params(chunks, reader.full, meta.vocab_size, where, fetch_slice=fetch_slice)
 
 
 def save_converted_checkpoint(chunks, cfg, ckpt_dir: str, source: Optional[Dict[str, object]] = None) -> None:

@@ -166,6 +166,25 @@ def open_checkpoint(path: str, warn: Callable[[str], None] = lambda msg: None
     return read_training_checkpoint(folder)
 
 
+def load_checkpoint_weights(chunks, ckpt_dir: str, cfg, warn=lambda msg: None) -> int:
+    """Load a checkpoint's model weights into this rank's model chunks (the trainer's ``model.init_from``): a
+    converted checkpoint, a training checkpoint folder or a training checkpoint root (its newest complete one; see
+    :mod:`.checkpoint_source`). Works at any run TP/PP: with the checkpoint's TP and vocab padding each rank reads
+    its own slices; otherwise every parameter is reassembled from the checkpoint's TP slices and re-sharded.
+    Raises :class:`CheckpointError` naming the field or tensor when the checkpoint does not fit ``cfg.model``.
+    Returns the number of parameters loaded."""
+    from megatron.core import parallel_state as ps
+    from .model import padded_vocab_size
+
+    meta, reader = open_checkpoint(ckpt_dir, warn)
+    where = os.path.join(meta.path, io.META if os.path.isfile(os.path.join(meta.path, io.META)) else "meta.json")
+    io.check_model_matches(meta.model, cfg.model, where)
+    tp, rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
+    same = meta.tp == tp and meta.padded_vocab_size == padded_vocab_size(cfg)
+    fetch_slice = (lambda name: reader.slice(name, rank)) if same else None
+    return io.load_params(chunks, reader.full, meta.vocab_size, where, fetch_slice=fetch_slice)
+
+
 def hf_config_source(cfg, config_dir: Optional[str] = None) -> Optional[str]:
     """The HF config.json the run's model came from (``model.hf_config``, ``model.init_from_hf``'s config.json, or
     the one recorded in the ``model.init_from`` checkpoint), to be copied into its checkpoints; None when there is

@@ -457,13 +457,13 @@ def init_model_weights(chunks, cfg) -> Optional[str]:
     description of the source ("checkpoint DIR (N parameter tensors)"), or None when neither is set (the
     layout-invariant random init stays)."""
     import torch.distributed as dist
-    from .checkpoint_source import find
+    from .checkpoint_source import find, load_checkpoint_weights
 
     m = cfg.model
     if m.init_from:
         quiet = dist.is_initialized() and dist.get_rank() != 0
         folder = find(m.init_from, warn=(lambda msg: None) if quiet else (lambda msg: print(msg, flush=True)))
-        n = io.load_converted_checkpoint(chunks, folder, cfg)
+        n = load_checkpoint_weights(chunks, folder, cfg)
         where = m.init_from if os.path.abspath(folder) == os.path.abspath(m.init_from) else f"{m.init_from} ({folder})"
         return f"checkpoint {where} ({n} parameter tensors)"
     if m.init_from_hf:

@@ -34,7 +34,7 @@ from typing import Any, Iterator, List, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from .model import unwrap
+from .state import unwrap
 
 
 @contextlib.contextmanager

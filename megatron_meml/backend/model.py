@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ..config.schema import Config, ConfigError
 from . import compat, state
+from .state import unwrap  # noqa: F401  (re-exported: callers use backend.model.unwrap)
 
 
 def padded_vocab_size(cfg: Config) -> int:
@@ -215,13 +216,6 @@ def build_model(cfg: Config) -> List[torch.nn.Module]:
     if cfg.parallel.overlap_grad_reduce:
         model.config.grad_sync_func = ddp.start_grad_sync
     return [ddp]
-
-
-def unwrap(chunk: torch.nn.Module):
-    """The GPTModel inside a DDP / Float16Module wrapper."""
-    while hasattr(chunk, "module"):
-        chunk = chunk.module
-    return chunk
 
 
 def count_parameters(model: torch.nn.Module) -> int:

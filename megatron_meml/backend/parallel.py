@@ -9,7 +9,7 @@ import datetime
 import os
 import socket
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -140,6 +140,16 @@ def destroy() -> None:
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def reduce_metrics(results: Sequence[Dict[str, float]], keys: Sequence[str]) -> Dict[str, float]:
+    """Sum per-microbatch metrics over microbatches and DP ranks (valid on the last pipeline stage)."""
+    from megatron.core import parallel_state as ps
+
+    vec = torch.tensor([sum(r.get(k, 0.0) for r in results) for k in keys], dtype=torch.float64)
+    if ps.is_pipeline_last_stage() and ps.get_data_parallel_world_size() > 1:
+        dist.all_reduce(vec, group=ps.get_data_parallel_group())
+    return dict(zip(keys, vec.tolist()))
 
 
 def device() -> torch.device:

@@ -22,6 +22,14 @@ import torch.distributed as dist
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
 
 
+def unwrap(chunk: torch.nn.Module):
+    """The GPTModel inside a DDP / Float16Module wrapper. (Lives here, at the bottom of the backend's import graph,
+    so that model, attention, inference and the checkpoint code can all use it without importing each other.)"""
+    while hasattr(chunk, "module"):
+        chunk = chunk.module
+    return chunk
+
+
 def _strip(name: str) -> str:
     while name.startswith("module."):
         name = name[len("module."):]
@@ -91,7 +99,6 @@ def full_state_dict(chunks: List[torch.nn.Module], num_layers: int,
     """Gather ``value(name, param)`` of every parameter into full tensors keyed by global names. Collective over
     the whole world; the dict is returned on global rank ``dst`` (or every rank when ``dst`` is None)."""
     from megatron.core import parallel_state as ps
-    from .model import unwrap
 
     offset = layer_offset(num_layers)
     local: Dict[str, torch.Tensor] = {}
@@ -124,7 +131,6 @@ def load_full_state_dict(chunks: List[torch.nn.Module], state: Dict[str, torch.T
                          strict: bool = True) -> None:
     """Copy full tensors (global names) into this rank's shards. ``strict`` raises on a missing or extra key."""
     from megatron.core import parallel_state as ps
-    from .model import unwrap
 
     offset = layer_offset(num_layers)
     per_stage = num_layers // ps.get_pipeline_model_parallel_world_size()

@@ -18,9 +18,20 @@ from .launcher import spawn
 
 QUICKSTART = os.path.join(ROOT, "examples", "quickstart", "config.yaml")
 BASE = ["riel.enabled=false", "eval.enabled=false", "logging.progress_bar=false", "logging.tensorboard=false",
-        "data.global_batch_size=8", "data.micro_batch_size=4", "model.hidden_size=64",
-        "model.ffn_hidden_size=128"]
+        "data.global_batch_size=8", "data.micro_batch_size=4", "model.hidden_size=32", "model.ffn_hidden_size=64",
+        "optimizer.lr_warmup_steps=0"]
 TOKENS = torch.randint(0, 259, (2, 16), generator=torch.Generator().manual_seed(5))
+
+
+def _generation_logits(chunks):
+    """Last-position logits [B, V_padded] of the generation path (KV cache, TP-gathered), last stage only."""
+    from megatron_meml.backend import inference
+
+    with inference.generation_mode(chunks):
+        runner = inference.PipelineForward(chunks, TOKENS.shape[0], TOKENS.shape[1] + 1)
+        out = runner.forward(TOKENS)
+        runner.close()
+    return out
 
 
 def _train(run_dir, overrides, logits_before=False):
@@ -30,16 +41,19 @@ def _train(run_dir, overrides, logits_before=False):
 
     cfg = load_config(QUICKSTART, BASE + [f"logging.run_dir={run_dir}"] + list(overrides))
     run = trainer.setup(cfg, config_dir=os.path.dirname(QUICKSTART))
-    logits = full_logits(run.chunks, TOKENS, cfg.model.vocab_size) if logits_before else None
+    logits = gen = None
+    if logits_before:
+        logits = full_logits(run.chunks, TOKENS, cfg.model.vocab_size)
+        gen = _generation_logits(run.chunks)
     summary = trainer.run_all(run)
     run.logger.close()
-    return {"summary": summary, "logits": logits, "logging": run.info.is_logging_rank}
+    return {"summary": summary, "logits": logits, "generation_logits": gen, "logging": run.info.is_logging_rank}
 
 
 def train_tp1_and_tp2(root):
-    """MEF at TP=1 (1 step) then at TP=2 (2 steps, checkpointed); first losses of both."""
-    tp1 = _train(os.path.join(root, "tp1"), ["mef.max_steps=1", "checkpoint.resume=false"])
-    tp2 = _train(os.path.join(root, "tp2"), ["mef.max_steps=2", "parallel.tensor_model_parallel_size=2"])
+    """MEF at TP=1 then at TP=2 (checkpointed), one step each; first losses of both."""
+    tp1 = _train(os.path.join(root, "tp1"), ["mef.max_steps=1"])
+    tp2 = _train(os.path.join(root, "tp2"), ["mef.max_steps=1", "parallel.tensor_model_parallel_size=2"])
     return {"tp1": tp1["summary"]["mef_loss_start"], "tp2": tp2["summary"]["mef_loss_start"]}
 
 
@@ -74,6 +88,10 @@ def test_train_export_to_hf_and_continue_at_another_layout(tmp_path):
     out = spawn("tests.distributed.test_train_export:continue_at_pp2", 2, root=str(tmp_path), init_from=root)
     got = next(r for r in out if r["logits"] is not None)
     assert (got["logits"] - ref).abs().max().item() < 1e-4
+    # generation sees the same function: real columns match transformers' last position, padded ones carry no mass
+    gen = got["generation_logits"]
+    assert gen.shape[-1] == 320 and (gen[:, :259] - ref[:, -1]).abs().max().item() < 1e-4
+    assert torch.softmax(gen, dim=-1)[:, 259:].sum().item() == 0.0
     logged = next(r for r in out if r["logging"])
     assert math.isfinite(logged["summary"]["mef_loss_start"])
     # the trained weights (not a fresh init) are where the PP=2 run starts: its first loss is below the TP=2 run's

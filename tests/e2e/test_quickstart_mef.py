@@ -16,6 +16,7 @@ def test_quickstart_mef_short(tmp_path):
                         "mef.max_steps=40", "riel.enabled=false", "eval.num_examples=20", f"logging.run_dir={run_dir}",
                         "logging.progress_bar=false"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "Warning" not in r.stderr, r.stderr[-3000:]  # no library warnings on a normal run
     assert "MEF loss: start" in r.stdout
     rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     mef = [row for row in rows if row["stage"] == "mef"]
