@@ -46,13 +46,13 @@ def _check_worker(rank: int, world: int, port: int, ckpts: List[str], tp: int, p
                       MASTER_PORT=str(port))
     if world > 1:
         torch.set_num_threads(1)
-    from megatron_meml.backend import checkpoint_io, checkpoint_source, hf_convert, model, parallel
+    from megatron_meml.backend import checkpoint_source, hf_convert, model, parallel
 
     try:
         info = parallel.initialize(tp, pp)
         tokens, out = torch.load(tokens_path), []
         for ckpt in ckpts:
-            meta = checkpoint_io.read_meta(ckpt)
+            meta, _ = checkpoint_source.open_checkpoint(ckpt)
             cfg = hf_convert.config_for(dict(meta.model, vocab_size=meta.vocab_size), tp, pp)
             chunks = model.build_model(cfg)
             checkpoint_source.load_checkpoint_weights(chunks, ckpt, cfg)
@@ -77,14 +77,14 @@ def check(hf_dirs: List[str], tp: int, pp: int, ckpts: Optional[List[str]] = Non
     """Max abs logit difference (transformers vs ours at (tp, pp)) for each HF directory. Our side runs on tp*pp
     spawned gloo processes, started first so that their imports overlap the transformers forward here."""
     import torch.multiprocessing as mp
-    from megatron_meml.backend import checkpoint_io, hf_convert
+    from megatron_meml.backend import checkpoint_source, hf_convert
 
     with tempfile.TemporaryDirectory() as d:
         if ckpts is None:
             ckpts = [os.path.join(d, f"ckpt{i}") for i in range(len(hf_dirs))]
             for hf_dir, ckpt in zip(hf_dirs, ckpts):
                 hf_convert.import_hf(hf_dir, ckpt, tp, pp)
-        vocab = min(checkpoint_io.read_meta(c).vocab_size for c in ckpts)
+        vocab = min(checkpoint_source.open_checkpoint(c)[0].vocab_size for c in ckpts)
         tokens = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
         tok, out = os.path.join(d, "tokens.pt"), os.path.join(d, "logits.pt")
         torch.save(tokens, tok)
@@ -160,7 +160,8 @@ def main(argv=None) -> int:
     c.add_argument("--hf-dir", required=True, nargs="+", help="one or more HF directories (checked in one launch)")
     c.add_argument("--tp", type=int, default=1)
     c.add_argument("--pp", type=int, default=1)
-    c.add_argument("--ckpt", default=None, nargs="+", help="checkpoints at (tp, pp) to use instead of converting")
+    c.add_argument("--ckpt", default=None, nargs="+", help="checkpoints (converted or training, any layout) to use "
+                                                         "instead of converting")
     c.add_argument("--batch", type=int, default=2)
     c.add_argument("--seq", type=int, default=16)
     c.add_argument("--seed", type=int, default=0)
