@@ -40,18 +40,15 @@ def _strip(name: str) -> str:
 class TrainingShardReader(io.ShardReader):
     """:class:`.checkpoint_io.ShardReader` over a training checkpoint's rank files (see the module docstring)."""
 
-    def __init__(self, meta: io.CheckpointMeta, files: Dict[Tuple[int, int], str], keys: Dict[str, str]):
+    def __init__(self, meta: io.CheckpointMeta, files: Dict[Tuple[int, int], str], keys: Dict[str, str],
+                 opened: Optional[Dict[str, Dict[str, torch.Tensor]]] = None):
         super().__init__(meta)
         self.files, self.keys = files, keys  # (tp, pp) -> rank file; global name -> local state-dict key
-        self._open: Dict[str, Dict[str, torch.Tensor]] = {}
+        self._open: Dict[str, Dict[str, torch.Tensor]] = dict(opened or {})
 
     def _state(self, fpath: str) -> Dict[str, torch.Tensor]:
         if fpath not in self._open:
-            model = tckpt.load_rank_file(fpath, mmap=True).get("model")
-            if not isinstance(model, list) or len(model) != 1:
-                raise CheckpointError(f"{fpath}: expected one model chunk per rank, found "
-                                      f"{len(model) if isinstance(model, list) else 'none'}")
-            self._open[fpath] = model[0]
+            self._open[fpath] = _model_state(fpath)
         return self._open[fpath]
 
     def slice(self, name: str, tp_rank: int) -> torch.Tensor:
@@ -69,6 +66,15 @@ class TrainingShardReader(io.ShardReader):
         if dim is not None:
             shape[dim] *= self.meta.tp
         return t.dtype, shape
+
+
+def _model_state(fpath: str) -> Dict[str, torch.Tensor]:
+    """The (one) model chunk's state dict of a rank file, tensors memory-mapped."""
+    model = tckpt.load_rank_file(fpath, mmap=True).get("model")
+    if not isinstance(model, list) or len(model) != 1:
+        raise CheckpointError(f"{fpath}: expected one model chunk per rank (no virtual pipeline), found "
+                              f"{len(model) if isinstance(model, list) else 'none'}")
+    return model[0]
 
 
 def _rank_positions(meta: Dict[str, object]) -> List[Dict[str, int]]:
@@ -110,15 +116,15 @@ def read_training_checkpoint(path: str) -> Tuple[io.CheckpointMeta, TrainingShar
     layers = int(fields["num_layers"])
     files = {(int(r["tp_rank"]), int(r["pp_rank"])): os.path.join(path, r["file"])
              for r in _rank_positions(raw) if int(r["dp_rank"]) == 0}
-    shards, keys = [], {}
+    shards, keys, opened = [], {}, {}
     for stage in range(pp):
         for t in range(tp):
             fpath = files.get((t, stage))
             if fpath is None:
                 raise CheckpointError(f"{os.path.join(path, 'meta.json')}: no rank file for tp_rank={t} pp_rank={stage}")
-            model = tckpt.load_rank_file(fpath, mmap=True).get("model") or [{}]
+            opened[fpath] = _model_state(fpath)
             names = []
-            for key, v in model[0].items():
+            for key, v in opened[fpath].items():
                 local = _strip(key)
                 if not torch.is_tensor(v) or local.endswith("_extra_state"):
                     continue
@@ -130,13 +136,13 @@ def read_training_checkpoint(path: str) -> Tuple[io.CheckpointMeta, TrainingShar
             shards.append({"tp_rank": t, "pp_rank": stage, "file": os.path.basename(fpath), "tensors": names})
     padded = int(raw.get("padded_vocab_size") or 0)
     if not padded:  # older saves: the embedding's rows x TP
-        emb = TrainingShardReader(io.CheckpointMeta(path, tp, pp, fields, 0, 0, shards, {}), files, keys)
+        emb = TrainingShardReader(io.CheckpointMeta(path, tp, pp, fields, 0, 0, shards, {}), files, keys, opened)
         padded = emb.dtype_and_shape("embedding.word_embeddings.weight")[1][0]
     source = {"hf_config": HF_CONFIG} if os.path.isfile(os.path.join(path, HF_CONFIG)) else {}
     source.update(training_checkpoint=os.path.abspath(path), stage=raw.get("stage"), step=raw.get("step"))
     meta = io.CheckpointMeta(path=path, tp=tp, pp=pp, model=fields, vocab_size=int(fields["vocab_size"]),
                              padded_vocab_size=padded, shards=shards, source=source)
-    return meta, TrainingShardReader(meta, files, keys)
+    return meta, TrainingShardReader(meta, files, keys, opened)
 
 
 def find(path: str, warn: Callable[[str], None] = lambda msg: None) -> str:

@@ -28,7 +28,7 @@ def test_shared_rows_match_flat_rows(flat, world, overrides):
     assert r["shared_microbatches"] >= 1 and r["slots"] < flat["slots"]  # prompts really are shared
     for k in ("count/grpo", "count/kl", "count/sft"):
         assert r[k] == flat[k], k  # every loss token is still there
-    assert abs(r["loss"] - flat["loss"]) <= 1e-6
+    assert abs(r["loss"] - flat["loss"]) <= 1e-6 * max(1.0, abs(flat["loss"]))  # fp32 sums of a loss ~10
     assert _max_diff(flat["grads"], r["grads"]) <= 1e-6
     assert max(v.abs().max().item() for v in flat["grads"].values()) > 1e-4  # a real gradient
 

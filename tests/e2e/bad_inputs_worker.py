@@ -1,12 +1,13 @@
-"""Runs many bad-input cases of ``megatron_meml.train`` and the tools in ONE process (each case in-process, its
-stdout / stderr captured), so the bad-input table costs one interpreter start instead of one per case.
+"""Runs many cases of ``megatron_meml.train`` and the tools in ONE process (each case in-process, its stdout /
+stderr captured), so a table of cases costs one interpreter start instead of one per case.
 
     python -m tests.e2e.bad_inputs_worker CASES.json RESULTS.json
 
-CASES.json: [{"name", "kind": "train" | "plan_scaling" | "expert_overlap" | "convert_hf" | "snapshot", "argv":
-[...]}]. Each result: {"name", "code", "stdout", "stderr", "escaped"}; ``escaped`` holds the traceback of an
+CASES.json: [{"name", "kind": "train" | "plan_scaling" | "expert_overlap" | "convert_hf" | "snapshot" | "truncate",
+"argv": [...]}]. Each result: {"name", "code", "stdout", "stderr", "escaped"}; ``escaped`` holds the traceback of an
 exception that got out of the entry point (what a user would have seen as a traceback), else None. A ``snapshot``
-case prints {relative path: sha1} of every file under ``argv[0]`` (to show later cases left a run untouched).
+case prints {relative path: sha1} of every file under ``argv[0]`` (to show later cases left a run untouched); a
+``truncate`` case cuts the file ``argv[0]`` to half its size (a checkpoint shard torn by a crash).
 """
 import contextlib
 import importlib.util
@@ -43,6 +44,9 @@ def run_case(case):
     if case["kind"] == "snapshot":
         return {"name": case["name"], "code": 0, "stdout": json.dumps(snapshot(case["argv"][0])), "stderr": "",
                 "escaped": None}
+    if case["kind"] == "truncate":
+        os.truncate(case["argv"][0], os.path.getsize(case["argv"][0]) // 2)
+        return {"name": case["name"], "code": 0, "stdout": "", "stderr": "", "escaped": None}
     entry = train.main if case["kind"] == "train" else _tool(case["kind"])
     for k in ("MASTER_ADDR", "MASTER_PORT"):  # a fresh rendezvous port per case
         os.environ.pop(k, None)

@@ -3,8 +3,8 @@
 * the bad-input table: each bad config value, data file, checkpoint or tool argument ends in ONE line on stderr
   that names the key or file, a non-zero exit code, no traceback, and a finished run directory next to it is left
   exactly as it was;
-* a truncated newest checkpoint: the rerun warns once, falls back to the previous one, resumes RIEL at the right
-  step and keeps the finished MEF stage's numbers in summary.json;
+* a torn newest checkpoint: rerunning the finished command warns once, falls back to the previous checkpoint,
+  resumes RIEL at the right step and keeps the finished MEF stage's numbers in summary.json;
 * one rank of a 2-rank run is killed mid-RIEL: the survivor exits non-zero with one clear line within
   ``parallel.timeout_minutes`` (no hang), and the newest checkpoint is complete and loadable.
 """
@@ -40,11 +40,9 @@ def _one_error_line(stderr):
     return lines[0]
 
 
-@pytest.fixture
-def files(tmp_path):
-    """Bad files: a MEF trace file and a prediction file with a malformed line 2, an HF directory whose safetensors is truncated, a
-    training checkpoint with a truncated shard."""
-    d = tmp_path
+def _files(d):
+    """Bad files: a MEF trace file and a prediction file with a malformed line 2, an HF directory whose safetensors
+    is truncated, a training checkpoint with a truncated shard."""
     with open(d / "preds.bad.jsonl", "w") as f:
         f.write('{"id": "a", "correct": true}\n{"id": "b", "correct": \n')
     with open(d / "bad.jsonl", "w") as f:
@@ -64,18 +62,13 @@ def files(tmp_path):
     size = os.path.getsize(ck / "rank_00000.pt")
     json.dump({"format": C.FORMAT, "step": 1, "world_size": 1, "tp": 1, "pp": 1, "files": ["rank_00000.pt"],
                "file_info": {"rank_00000.pt": {"size": size + 100, "crc32": 0}}}, open(ck / "meta.json", "w"))
-    return d
 
 
-def test_bad_inputs_one_line_each_and_nothing_lost(tmp_path, files):
-    ok, new = str(tmp_path / "ok"), str(tmp_path / "new")
-    base = [QUICKSTART, *TINY, "mef.max_steps=1", "riel.enabled=false"]
-    run_ok = base + [f"logging.run_dir={ok}"]
-    run_new = base + [f"logging.run_dir={new}"]
-    trunc_hf = str(files / "hf_trunc")
-    # (name, kind, argv, what the one error line must name)
-    table = [
-        ("missing config file", "train", [str(tmp_path / "nope.yaml")], "nope.yaml"),
+def _table(tmp, run_ok, run_new):
+    """(name, kind, argv, what the one error line must name)."""
+    trunc_hf = str(tmp / "hf_trunc")
+    return [
+        ("missing config file", "train", [str(tmp / "nope.yaml")], "nope.yaml"),
         ("unknown key", "train", run_ok + ["model.hiden_size=3"], "did you mean `model.hidden_size`"),
         ("section set to a scalar, then a key", "train", run_ok + ["riel=false", "riel.steps=1"], "`riel` is a section"),
         ("mef.max_steps=0", "train", run_ok + ["mef.max_steps=0"], "`mef.max_steps`"),
@@ -88,38 +81,58 @@ def test_bad_inputs_one_line_each_and_nothing_lost(tmp_path, files):
         ("parallel.timeout_minutes=0", "train", run_ok + ["parallel.timeout_minutes=0"], "`parallel.timeout_minutes`"),
         ("data.synthetic.num_train=0", "train", run_ok + ["data.synthetic.num_train=0"], "`data.synthetic.num_train`"),
         ("tokenizer larger than model.vocab_size", "train", run_ok + ["model.vocab_size=200"], "`model.vocab_size`"),
-        ("model.init_from missing", "train", run_ok + [f"model.init_from={tmp_path}/nowhere"], "nowhere: not found"),
+        ("model.init_from missing", "train", run_ok + [f"model.init_from={tmp}/nowhere"], "nowhere: not found"),
         ("truncated .safetensors", "train", run_ok + [f"model.hf_config={trunc_hf}/config.json",
                                                         f"model.init_from_hf={trunc_hf}"], "hf_trunc/model.safetensors"),
-        ("missing dataset file", "train", run_new + ["data.name=gsm8k", f"data.path={tmp_path}/nodata"], "nodata"),
-        ("malformed trace line", "train", run_new + [f"mef.traces={files}/bad.jsonl"], "bad.jsonl:2"),
-        ("missing trace file", "train", run_new + [f"mef.traces={tmp_path}/missing.jsonl"], "missing.jsonl"),
-        ("plan_scaling: missing config", "plan_scaling", ["--config", str(tmp_path / "nope.yaml")], "nope.yaml"),
-        ("expert_overlap: missing file", "expert_overlap", [str(tmp_path / "preds.jsonl")], "preds.jsonl"),
-        ("expert_overlap: malformed line", "expert_overlap", [f"{files}/preds.bad.jsonl"], "preds.bad.jsonl:2"),
+        ("missing dataset file", "train", run_new + ["data.name=gsm8k", f"data.path={tmp}/nodata"], "nodata"),
+        ("malformed trace line", "train", run_new + [f"mef.traces={tmp}/bad.jsonl"], "bad.jsonl:2"),
+        ("missing trace file", "train", run_new + [f"mef.traces={tmp}/missing.jsonl"], "missing.jsonl"),
+        ("plan_scaling: missing config", "plan_scaling", ["--config", str(tmp / "nope.yaml")], "nope.yaml"),
+        ("expert_overlap: missing file", "expert_overlap", [str(tmp / "preds.jsonl")], "preds.jsonl"),
+        ("expert_overlap: malformed line", "expert_overlap", [f"{tmp}/preds.bad.jsonl"], "preds.bad.jsonl:2"),
         ("expert_overlap: missing dataset", "expert_overlap",
-         [f"{files}/bad.jsonl", "--data", "gsm8k", "--data-path", str(tmp_path / "nodata")], "nodata"),
+         [f"{tmp}/bad.jsonl", "--data", "gsm8k", "--data-path", str(tmp / "nodata")], "nodata"),
         ("convert_hf export: missing checkpoint", "convert_hf",
-         ["export", "--ckpt", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o1")], "nowhere: not found"),
+         ["export", "--ckpt", str(tmp / "nowhere"), "--out", str(tmp / "o1")], "nowhere: not found"),
         ("convert_hf export: truncated training shard", "convert_hf",
-         ["export", "--ckpt", f"{files}/ckpt/step_00000001", "--out", str(tmp_path / "o2")], "rank_00000.pt"),
+         ["export", "--ckpt", f"{tmp}/ckpt/step_00000001", "--out", str(tmp / "o2")], "rank_00000.pt"),
         ("convert_hf export: checkpoint root without a complete one", "convert_hf",
-         ["export", "--ckpt", f"{files}/ckpt", "--out", str(tmp_path / "o3")], "no complete checkpoint"),
+         ["export", "--ckpt", f"{tmp}/ckpt", "--out", str(tmp / "o3")], "no complete checkpoint"),
         ("convert_hf import: truncated .safetensors", "convert_hf",
-         ["import", "--hf-dir", trunc_hf, "--out", str(tmp_path / "o4")], "hf_trunc/model.safetensors"),
+         ["import", "--hf-dir", trunc_hf, "--out", str(tmp / "o4")], "hf_trunc/model.safetensors"),
     ]
+
+
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory):
+    """One worker process runs: a good run (MEF + 2 RIEL steps, a checkpoint per step) -> snapshot of its run
+    directory -> every bad input of the table -> snapshot -> the newest checkpoint's shard torn in half -> the
+    good command again."""
+    tmp = tmp_path_factory.mktemp("robust")
+    _files(tmp)
+    ok, new = tmp / "ok", tmp / "new"
+    base = [QUICKSTART, *TINY, "mef.max_steps=1", "riel.steps=2", *RIEL, "checkpoint.save_interval=1"]
+    run_ok, run_new = base + [f"logging.run_dir={ok}"], base + [f"logging.run_dir={new}"]
+    table = _table(tmp, run_ok, run_new)
     cases = [{"name": "a good run", "kind": "train", "argv": run_ok},
-             {"name": "before", "kind": "snapshot", "argv": [ok]}]
+             {"name": "before", "kind": "snapshot", "argv": [str(ok)]}]
     cases += [{"name": n, "kind": k, "argv": a} for n, k, a, _ in table]
-    cases += [{"name": "after", "kind": "snapshot", "argv": [ok]}]
-    json.dump(cases, open(tmp_path / "cases.json", "w"))
-    r = subprocess.run([sys.executable, "-m", "tests.e2e.bad_inputs_worker", str(tmp_path / "cases.json"),
-                        str(tmp_path / "results.json")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    cases += [{"name": "after", "kind": "snapshot", "argv": [str(ok)]},
+              {"name": "tear", "kind": "truncate", "argv": [str(ok / "checkpoints" / "step_01000002" / "rank_00000.pt")]},
+              {"name": "rerun", "kind": "train", "argv": run_ok}]
+    json.dump(cases, open(tmp / "cases.json", "w"))
+    r = subprocess.run([sys.executable, "-m", "tests.e2e.bad_inputs_worker", str(tmp / "cases.json"),
+                        str(tmp / "results.json")], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    res = {x["name"]: x for x in json.load(open(tmp_path / "results.json"))}
+    res = {x["name"]: x for x in json.load(open(tmp / "results.json"))}
     assert res["a good run"]["code"] == 0, res["a good run"]["stderr"][-3000:]
-    failures = []
-    for name, _, _, names in table:
+    return {"tmp": tmp, "ok": ok, "table": table, "res": res}
+
+
+def test_bad_inputs_one_line_each_and_nothing_lost(table_run):
+    res, failures = table_run["res"], []
+    assert "Warning" not in res["a good run"]["stderr"], res["a good run"]["stderr"][-3000:]  # MEF + RIEL: none
+    for name, _, _, names in table_run["table"]:
         x = res[name]
         lines = [ln for ln in x["stderr"].splitlines() if ln.strip()]
         if x["escaped"] or x["code"] in (0, None) or len(lines) != 1 or not lines[0].startswith("error") \
@@ -131,26 +144,21 @@ def test_bad_inputs_one_line_each_and_nothing_lost(tmp_path, files):
     assert any(k.startswith("checkpoints") for k in before) and after == before  # nothing lost or rewritten
 
 
-def test_truncated_newest_checkpoint_falls_back_and_resumes_riel(tmp_path):
-    run = tmp_path / "run"
-    cmd = _train_cmd(run, "mef.max_steps=1", "riel.steps=2", *RIEL, "checkpoint.save_interval=1")
-    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "Warning" not in first.stderr, first.stderr[-3000:]  # MEF + RIEL print no library warnings
-    summary = json.load(open(run / "summary.json"))
-    root = run / "checkpoints"
-    newest = root / "step_01000002"
-    assert open(root / "latest").read() == "step_01000002"
-    os.truncate(newest / "rank_00000.pt", os.path.getsize(newest / "rank_00000.pt") // 2)
-    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    warnings = [ln for ln in again.stdout.splitlines() if ln.startswith("warning:")]
-    assert any("step_01000002 is unusable" in w and "falling back to" in w and "step_01000001" in w
-               for w in warnings), again.stdout
+def test_torn_newest_checkpoint_falls_back_and_resumes_riel(table_run):
+    """The rerun of the finished command finds the newest checkpoint torn: one warning, resume from the previous
+    one at the right RIEL step, and the finished MEF stage's numbers stay in summary.json."""
+    res, root = table_run["res"], table_run["ok"] / "checkpoints"
+    rerun = res["rerun"]
+    assert rerun["code"] == 0 and not rerun["escaped"], rerun["stderr"][-3000:]
+    warnings = [ln for ln in rerun["stdout"].splitlines() if ln.startswith("warning:")]
+    assert any("step_01000002 is unusable" in w and "rank_00000.pt" in w and "falling back to" in w
+               and "step_01000001" in w for w in warnings), rerun["stdout"]
     assert (root / "step_01000002.unusable").is_dir()  # set aside, not deleted
-    assert "RIEL steps 0-0 done, continuing at step 1" in again.stdout  # the RIEL step, not the folder index
-    resumed = json.load(open(run / "summary.json"))
-    assert resumed["mef_loss_start"] == summary["mef_loss_start"] and resumed["riel_steps"] == 2
+    assert "RIEL steps 0-0 done, continuing at step 1" in rerun["stdout"]  # the RIEL step, not the folder index
+    summary = json.load(open(table_run["ok"] / "summary.json"))
+    first_loss = float(res["a good run"]["stdout"].split("MEF loss: start ")[1].split()[0])
+    assert summary["riel_steps"] == 2 and summary["mef_steps"] == 1
+    assert abs(summary["mef_loss_start"] - first_loss) < 1e-4  # kept from the run that did MEF
     assert open(root / "latest").read() == "step_01000002" and C.verify(str(root / "step_01000002")) is None
 
 
