@@ -30,8 +30,8 @@ def main(argv=None) -> int:
     path = argv.pop(0) if argv and "=" not in argv[0] else None
     try:
         cfg = load_config(path, argv)
-    except ConfigError as e:
-        return _error(e, 2)
+    except ConfigError as e:  # the same on every rank: said once
+        return _error(e, 2, every_rank=False)
 
     from . import trainer
     from .backend.checkpoint_io import CheckpointError
@@ -62,12 +62,13 @@ def main(argv=None) -> int:
     return code
 
 
-def _error(e, code: int) -> int:
+def _error(e, code: int, every_rank: bool = True) -> int:
+    """Print ``error: <e>`` (prefixed with the rank in a multi-process run) as one line on stderr."""
     if os.environ.get("MEML_TRACEBACK") and isinstance(e, BaseException):
         raise e
-    rank = os.environ.get("RANK")
-    print(f"error{f' (rank {rank})' if rank and os.environ.get('WORLD_SIZE', '1') != '1' else ''}: {e}",
-          file=sys.stderr, flush=True)
+    rank, multi = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1") != "1"
+    if every_rank or rank == "0":
+        print(f"error{f' (rank {rank})' if multi else ''}: {e}", file=sys.stderr, flush=True)
     return code
 
 
