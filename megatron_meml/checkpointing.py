@@ -25,7 +25,7 @@ class Preempted(SystemExit):
 
 
 class Checkpointer:
-    def __init__(self, cfg, run_dir: str, say=print, config_dir: Optional[str] = None):
+    def __init__(self, cfg, run_dir: str, say=print):
         c = cfg.checkpoint
         self.root = c.dir or os.path.join(run_dir, "checkpoints")
         self.interval, self.keep_last, self.resume_enabled = c.save_interval, c.keep_last, c.resume
@@ -34,7 +34,7 @@ class Checkpointer:
         self.model_meta = ckpt.model_meta(cfg)
         from .backend.checkpoint_source import HF_CONFIG, hf_config_source
 
-        src = hf_config_source(cfg, config_dir)
+        src = hf_config_source(cfg)
         self.extra_files = {HF_CONFIG: src} if src else {}
         self._signalled: Optional[int] = None
         self._resolved: Optional[Dict[str, Any]] = None  # the checkpoint resume uses, once verified

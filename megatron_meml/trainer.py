@@ -94,7 +94,7 @@ def setup(cfg: Config, config_dir: Optional[str] = None) -> Run:
                            wandb_project=cfg.logging.wandb_project, config=to_dict(cfg))
     prompts = load_expert_prompts(cfg.experts)  # @file prompts: relative to the working directory
     say = print if info.is_logging_rank else (lambda *_: None)
-    ckpt = Checkpointer(cfg, cfg.logging.run_dir, say=say, config_dir=config_dir)
+    ckpt = Checkpointer(cfg, cfg.logging.run_dir, say=say)
     run = Run(cfg, info, chunks, tokenizer, cfg.data.chat_template, prompts, logger, ckpt, config_dir)
     if split is not None:
         from .async_riel import connect_trainer

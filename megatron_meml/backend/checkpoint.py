@@ -71,7 +71,8 @@ def load_optimizer_state(optimizer, state: List[Dict[str, Any]]) -> None:
         if "shards" in entry:
             params = _params_in_order(opt)
             if len(params) != len(entry["shards"]):
-                raise CheckpointError("checkpoint optimizer shards do not match this run's parameters (different layout?)")
+                raise CheckpointError("checkpoint optimizer shards do not match this run's parameters "
+                                      "(different layout?)")
             with torch.no_grad():  # main params can be views of the (grad-requiring) model params
                 for p, tensors in zip(params, entry["shards"]):
                     _set_shard_state(opt, p, tensors)
@@ -328,7 +329,8 @@ def _read_rank_file(path: str) -> Dict[str, Any]:
     layout = (dist.get_world_size(), ps.get_tensor_model_parallel_world_size(),
               ps.get_pipeline_model_parallel_world_size())
     if (meta["world_size"], meta["tp"], meta["pp"]) != layout:
-        raise CheckpointError(f"checkpoint {path}: saved with world/TP/PP {meta['world_size']}/{meta['tp']}/{meta['pp']}, "
+        raise CheckpointError(f"checkpoint {path}: saved with world/TP/PP "
+                              f"{meta['world_size']}/{meta['tp']}/{meta['pp']}, "
                          f"this run is {layout[0]}/{layout[1]}/{layout[2]}; exact resume needs the same layout "
                          f"(model.init_from={path} starts from its weights at any layout)")
     return load_rank_file(os.path.join(path, f"rank_{dist.get_rank():05d}.pt"))

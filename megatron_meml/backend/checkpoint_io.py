@@ -25,7 +25,8 @@ TP rules by parameter kind (same as megatron's ``partition_dim`` / ``partition_s
     norms (*layernorm*.weight, *norm*)       replicated      -
     =======================================  ==============  ======
 
-:func:`.checkpoint_source.load_checkpoint_weights` loads a checkpoint into a live model at any run TP/PP: when the layouts agree each
+:func:`.checkpoint_source.load_checkpoint_weights` loads a checkpoint into a live model at any run TP/PP: when the
+layouts agree each
 rank reads exactly its own slice; otherwise each parameter's full tensor is reassembled from the checkpoint's TP
 slices (one parameter at a time) and re-sharded.
 """

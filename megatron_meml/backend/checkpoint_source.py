@@ -121,7 +121,8 @@ def read_training_checkpoint(path: str) -> Tuple[io.CheckpointMeta, TrainingShar
         for t in range(tp):
             fpath = files.get((t, stage))
             if fpath is None:
-                raise CheckpointError(f"{os.path.join(path, 'meta.json')}: no rank file for tp_rank={t} pp_rank={stage}")
+                raise CheckpointError(f"{os.path.join(path, 'meta.json')}: no rank file for tp_rank={t} "
+                                      f"pp_rank={stage}")
             opened[fpath] = _model_state(fpath)
             names = []
             for key, v in opened[fpath].items():
@@ -191,21 +192,20 @@ def load_checkpoint_weights(chunks, ckpt_dir: str, cfg, warn=lambda msg: None) -
     return io.load_params(chunks, reader.full, meta.vocab_size, where, fetch_slice=fetch_slice)
 
 
-def hf_config_source(cfg, config_dir: Optional[str] = None) -> Optional[str]:
+def hf_config_source(cfg) -> Optional[str]:
     """The HF config.json the run's model came from (``model.hf_config``, ``model.init_from_hf``'s config.json, or
     the one recorded in the ``model.init_from`` checkpoint), to be copied into its checkpoints; None when there is
-    none. HF export starts from it, so tokenizer ids and other non-shape fields survive training."""
+    none. HF export starts from it, so tokenizer ids and other non-shape fields survive training. Relative paths
+    are relative to the working directory (the one path rule, config/schema.py)."""
     m = cfg.model
     paths = []
     if m.hf_config:
-        paths += [m.hf_config] + ([os.path.join(config_dir, m.hf_config)] if config_dir else [])
+        paths.append(os.path.expanduser(m.hf_config))
     if m.init_from_hf:
-        paths.append(os.path.join(m.init_from_hf, "config.json"))
+        paths.append(os.path.join(os.path.expanduser(m.init_from_hf), "config.json"))
     if m.init_from:
         try:
-            folder = find(m.init_from)
+            paths.append(os.path.join(find(os.path.expanduser(m.init_from)), HF_CONFIG))
         except CheckpointError:
-            folder = None
-        if folder is not None:
-            paths.append(os.path.join(folder, HF_CONFIG))
+            pass
     return next((p for p in paths if os.path.isfile(p)), None)

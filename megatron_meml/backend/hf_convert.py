@@ -453,9 +453,9 @@ def load_hf_weights(chunks, hf_dir: str, cfg) -> int:
 
 def init_model_weights(chunks, cfg) -> Optional[str]:
     """Load the start weights the config names, after ``build_model``: ``model.init_from`` (a converted
-    checkpoint directory, a training checkpoint folder or a run's checkpoint root) or ``model.init_from_hf`` (an HF directory, converted on the fly). Returns a short
-    description of the source ("checkpoint DIR (N parameter tensors)"), or None when neither is set (the
-    layout-invariant random init stays)."""
+    checkpoint directory, a training checkpoint folder or a run's checkpoint root) or ``model.init_from_hf`` (an
+    HF directory, converted on the fly). Returns a short description of the source ("checkpoint DIR (N parameter
+    tensors)"), or None when neither is set (the layout-invariant random init stays)."""
     import torch.distributed as dist
     from .checkpoint_source import find, load_checkpoint_weights
 

@@ -180,7 +180,7 @@ def build_gpt(cfg: Config, pre_process: bool = True, post_process: bool = True, 
             rope_scaling_factor=cfg.model.rope_scaling_factor)
     from .output_layer import OutputOptions, set_options
 
-    set_options(model, OutputOptions(fused=cfg.model.fused_output, vocab_limit=cfg.model.vocab_size))
+    set_options(model, OutputOptions(fused=cfg.model.fused_output, vocab_limit=real_vocab_size(cfg)))
     if not meta:
         _apply_llama3_rope(model, cfg)
         _install_vocab_mask(model, cfg)

@@ -70,7 +70,8 @@ def _table(tmp, run_ok, run_new):
     return [
         ("missing config file", "train", [str(tmp / "nope.yaml")], "nope.yaml"),
         ("unknown key", "train", run_ok + ["model.hiden_size=3"], "did you mean `model.hidden_size`"),
-        ("section set to a scalar, then a key", "train", run_ok + ["riel=false", "riel.steps=1"], "`riel` is a section"),
+        ("section set to a scalar, then a key", "train", run_ok + ["riel=false", "riel.steps=1"],
+         "`riel` is a section"),
         ("mef.max_steps=0", "train", run_ok + ["mef.max_steps=0"], "`mef.max_steps`"),
         ("riel.steps=-1", "train", run_ok + ["riel.steps=-1"], "`riel.steps`"),
         ("riel.questions_per_step=0", "train", run_ok + ["riel.questions_per_step=0"], "`riel.questions_per_step`"),
@@ -82,8 +83,9 @@ def _table(tmp, run_ok, run_new):
         ("data.synthetic.num_train=0", "train", run_ok + ["data.synthetic.num_train=0"], "`data.synthetic.num_train`"),
         ("tokenizer larger than model.vocab_size", "train", run_ok + ["model.vocab_size=200"], "`model.vocab_size`"),
         ("model.init_from missing", "train", run_ok + [f"model.init_from={tmp}/nowhere"], "nowhere: not found"),
-        ("truncated .safetensors", "train", run_ok + [f"model.hf_config={trunc_hf}/config.json",
-                                                        f"model.init_from_hf={trunc_hf}"], "hf_trunc/model.safetensors"),
+        ("truncated .safetensors", "train",
+         run_ok + [f"model.hf_config={trunc_hf}/config.json", f"model.init_from_hf={trunc_hf}"],
+         "hf_trunc/model.safetensors"),
         ("missing dataset file", "train", run_new + ["data.name=gsm8k", f"data.path={tmp}/nodata"], "nodata"),
         ("malformed trace line", "train", run_new + [f"mef.traces={tmp}/bad.jsonl"], "bad.jsonl:2"),
         ("missing trace file", "train", run_new + [f"mef.traces={tmp}/missing.jsonl"], "missing.jsonl"),
@@ -118,7 +120,8 @@ def table_run(tmp_path_factory):
              {"name": "before", "kind": "snapshot", "argv": [str(ok)]}]
     cases += [{"name": n, "kind": k, "argv": a} for n, k, a, _ in table]
     cases += [{"name": "after", "kind": "snapshot", "argv": [str(ok)]},
-              {"name": "tear", "kind": "truncate", "argv": [str(ok / "checkpoints" / "step_01000002" / "rank_00000.pt")]},
+              {"name": "tear", "kind": "truncate",
+               "argv": [str(ok / "checkpoints" / "step_01000002" / "rank_00000.pt")]},
               {"name": "rerun", "kind": "train", "argv": run_ok}]
     json.dump(cases, open(tmp / "cases.json", "w"))
     r = subprocess.run([sys.executable, "-m", "tests.e2e.bad_inputs_worker", str(tmp / "cases.json"),
