@@ -130,8 +130,9 @@ class RolloutServer:
     def _status(self, text: str) -> None:
         self.control.set_status(text)
 
-    def close(self) -> None:
-        """Stop the heartbeat and drop the bridge (idempotent; :meth:`serve` does it when it returns)."""
+    def close(self, quiet: bool = False) -> None:
+        """Stop the heartbeat and drop the bridge (idempotent; :meth:`serve` does it when it returns). ``quiet`` is
+        accepted for symmetry with the training side's close (nothing here can fail loudly)."""
         self.heartbeat.stop()
         self.bridge.close()
 
