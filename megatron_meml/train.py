@@ -35,6 +35,7 @@ def main(argv=None) -> int:
 
     from . import trainer
     from .backend.checkpoint_io import CheckpointError
+    from .backend.async_bridge import AsyncRolloutError
     from .backend.parallel import is_comm_failure
     from .checkpointing import Preempted
     from .data.errors import DataError
@@ -51,6 +52,8 @@ def main(argv=None) -> int:
         if run is not None:  # after setup a plain ValueError is a bug: keep its traceback
             raise
         code = _error(e, 2)
+    except AsyncRolloutError as e:  # async RIEL: a rollout rank died or hung; the message names it and the limit
+        code = _error(f"{type(e).__name__}: {e}{trainer.last_checkpoint_note(cfg)}", 1)
     except RuntimeError as e:
         if not is_comm_failure(e):
             raise
