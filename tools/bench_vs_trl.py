@@ -60,6 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--vocab", type=int, default=512)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--engine", default="continuous", help="rollout.engine for ours")
+    p.add_argument("--micro-batch", type=int, default=32,
+                   help="ours: data.micro_batch_size (x seq_length 256 = padded tokens per microbatch)")
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--skip-meml", action="store_true")
     p.add_argument("--trl-python", default=None, help="python of an environment with trl (default: .venv-trl)")
@@ -95,7 +97,7 @@ class Ours:
             f"model.num_layers={a.layers}", f"model.hidden_size={a.hidden}", f"model.ffn_hidden_size={a.ffn}",
             f"model.num_attention_heads={a.heads}", f"model.num_query_groups={a.kv_heads}", "model.vocab_size=259",
             f"model.padded_vocab_size={a.vocab}", "model.max_position_embeddings=1024", "data.tokenizer=byte",
-            "data.seq_length=256", "data.micro_batch_size=64", "data.global_batch_size=64",
+            "data.seq_length=256", f"data.micro_batch_size={a.micro_batch}", "data.global_batch_size=64",
             f"rollout.max_new_tokens={a.max_new}",
             f"rollout.engine={a.engine}", "rollout.token_budget=65536", "rollout.temperature=1.0",
             f"riel.questions_per_step={a.questions}", f"riel.group_size={a.group}", "riel.lr=1e-6",
@@ -139,7 +141,10 @@ class Ours:
         return {"seconds": t2 - t0, "gen_seconds": t1 - t0, "train_seconds": t2 - t1,
                 "completion_tokens": sum(len(ro.response_ids) for ro in completions),
                 "completions": len(completions), "prompt_tokens": sum(prompt_lens) / len(prompt_lens),
-                "kl_pairs": len(out.kl_pairs), "sft": len(out.sft_examples)}
+                "kl_pairs": len(out.kl_pairs), "sft": len(out.sft_examples),
+                "grpo_tokens": out.stats["tokens/grpo"], "kl_tokens": out.stats["tokens/kl"],
+                "sft_tokens": out.stats["tokens/sft"], "forward_tokens": out.stats["tokens/forward"],
+                "microbatches": len(out.microbatches)}
 
 
 # -------------------------------------------------------------------------------------------------------- TRL
@@ -283,6 +288,26 @@ def _summary(name, runs):
         statistics.median(r["seconds"] / r["completion_tokens"] for r in runs)
 
 
+def _meml_breakdown(single, meml):
+    """Where MEML's time per completion token goes against single-expert: the generate+score and train phases
+    (medians of seconds per completion token), and the training rows MEML adds beyond its completions."""
+    def med(runs, key):
+        return statistics.median(r[key] / r["completion_tokens"] for r in runs)
+
+    def avg(runs, key):
+        return sum(r[key] for r in runs) / len(runs)
+
+    print(f"MEML / single-expert per completion token, median: generate+score "
+          f"{med(meml, 'gen_seconds') / med(single, 'gen_seconds'):.3f}, train "
+          f"{med(meml, 'train_seconds') / med(single, 'train_seconds'):.3f}; forward (padded) tokens per completion "
+          f"token: single {med(single, 'forward_tokens'):.2f}, MEML {med(meml, 'forward_tokens'):.2f} "
+          f"({avg(single, 'microbatches'):.1f} / {avg(meml, 'microbatches'):.1f} microbatches)")
+    print(f"MEML loss tokens per step (mean): GRPO {avg(meml, 'grpo_tokens'):.0f}, inter-expert KL "
+          f"{avg(meml, 'kl_tokens'):.0f} (+{100 * avg(meml, 'kl_tokens') / avg(meml, 'grpo_tokens'):.1f}%, "
+          f"{avg(meml, 'kl_pairs'):.1f} questions), hard-example SFT {avg(meml, 'sft_tokens'):.0f} "
+          f"({avg(meml, 'sft'):.1f} examples fired)")
+
+
 def main(argv=None):
     a = parse_args(argv)
     if a.trl_worker:
@@ -316,6 +341,7 @@ def main(argv=None):
     single = res["ours single-expert"]
     meml = res.get(f"ours MEML N={a.experts}")
     if meml is not None:
+        _meml_breakdown(runs["ours single-expert"], runs[f"ours MEML N={a.experts}"])
         print(f"MEML / single-expert time per completion token: best {meml[2] / single[2]:.3f}  "
               f"median {meml[3] / single[3]:.3f}")
     parallel.destroy()
