@@ -126,6 +126,32 @@ def test_shared_rows_layout():
     assert all(r.segment_ids is None for r in capped)
 
 
+def test_shared_rows_balance_a_split_group_and_pick_the_bound_that_pads_least():
+    """A group too long for one row is split into rows of similar length (not a full row plus a short remainder),
+    each listing its segments in input order; given the microbatch size, the row bound is lowered when one long
+    row would set the padded width of rows half as long."""
+    from megatron_meml.rollout.packing import shared_rows
+
+    prompt = list(range(1, 11))                                            # 10 tokens: 9 shared slots per row
+    group = [TrainSequence.from_prompt_response(prompt, [50 + i] * 6, TokenKind.GRPO, [-0.1] * 6, tag=str(i))
+             for i in range(8)]                                              # segments of 7 slots
+    rows = shared_rows(group, max_row_tokens=60)                            # 9 + 8 x 7 = 65 > 60: two rows
+    assert [len(r) for r in rows] == [37, 37]                               # greedy: 58 (7 segments) + 16 (1)
+    assert [[r.tokens[r.segment_ids.index(s)] for s in range(1, 5)] for r in rows] == [[10] * 4, [10] * 4]
+    firsts = [[r.tokens[r.segment_ids.index(s) + 1] for s in range(1, 5)] for r in rows]
+    assert sorted(firsts[0] + firsts[1]) == list(range(50, 58)) and all(f == sorted(f) for f in firsts)
+    # a second prompt whose group just fits one 60-slot row: alone it sets the microbatch width to 58
+    other = [TrainSequence.from_prompt_response([90] * 10, [60 + i] * 6, TokenKind.GRPO, [-0.1] * 6)
+             for i in range(7)]
+    for s in group + other:
+        s.weight = 1.0
+    plain = shared_rows(group + other, max_row_tokens=60)
+    tuned = shared_rows(group + other, max_row_tokens=60, max_tokens=1000)
+    assert sorted(len(r) for r in plain) == [37, 37, 58]
+    assert max(len(r) for r in tuned) < 58
+    assert len(tuned) * max(len(r) for r in tuned) < len(plain) * 58
+
+
 @pytest.mark.parametrize("agg", ["token_mean", "seq_mean_token_mean"])
 def test_shared_rows_keep_the_objective(agg):
     """The packed objective with prompt sharing equals the per-sequence reference (the stand-in loss depends on
