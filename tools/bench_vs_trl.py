@@ -21,8 +21,12 @@ TRL runs in its own virtual environment (``.venv-trl``, created on first use: a 
 not a test dependency. It is driven as a subprocess that runs one ``trainer.train()`` and blocks before each step
 until this process says go, so the steps interleave with ours under the same machine load.
 
-Reported per side: completion tokens / step time (best and median over ``--steps`` timed steps after ``--warmup``),
-the generate+score and train split. Last line: ``ours single-expert / TRL completion tokens per second: <ratio>``
+Ours trains in microbatches of ``--micro-batch`` x 256 padded tokens (default 32 -> 8192: on the CPU, microbatches of
+16384 ran ~25% slower per token, their activations and logits out of cache; single-expert's ~5.7k tokens are one
+microbatch either way). Reported per side: completion tokens / step time (best and median over ``--steps`` timed
+steps after ``--warmup``), the generate+score and train split; for MEML also the per-phase ratios to
+single-expert, the padded forward tokens per completion token and the loss tokens of each term (GRPO, inter-expert
+KL, hard-example SFT). Last line: ``ours single-expert / TRL completion tokens per second: <ratio>``
 (best over best). Measure on a quiet machine when you can; the numbers are as noisy as the machine.
 """
 from __future__ import annotations
