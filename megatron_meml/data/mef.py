@@ -13,8 +13,8 @@ teacher trace whose final answer fails the verifier is dropped when ``drop_unver
 expert in the summary). A second trace for the same (id, expert) is dropped as a duplicate, a trace whose id is not
 in ``records`` is counted as ``unknown_id``, and a malformed line is a bad record (``DataError`` naming file and
 line, or skipped and counted with ``on_bad_record="skip"``).
-:func:`synthetic_mef_rows` gives the synthetic task its "heterogeneous teachers" offline: expert e's trace is
-``synthetic.solution(steps, style=e)``.
+:func:`synthetic_mef_rows` gives the synthetic task its "heterogeneous teachers" offline (v2: error-prone teachers,
+``synthetic_families.teacher_trace``; v1: ``synthetic.solution(steps, style=e)``).
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from ..types import Record
 from .errors import LoadSummary, RecordError
 from .jsonio import iter_jsonl, read_items, write_jsonl
 from .synthetic import solution as synthetic_solution
+from .synthetic_families import teacher_trace
 
 log = logging.getLogger(__name__)
 
@@ -140,14 +141,24 @@ def describe_expert_counts(counts: Counter, num_experts: int) -> str:
     return f"{sum(counts.values())} traces ({parts}){note}"
 
 
-def synthetic_mef_rows(records: Sequence[Record], num_experts: int) -> List[MEFRow]:
-    """Expert e's trace of a synthetic record is its solution in style e (``meta["steps"]`` is required)."""
+def synthetic_mef_rows(records: Sequence[Record], num_experts: int, teacher_error: float = 0.75,
+                       seed: int = 0) -> List[MEFRow]:
+    """Expert e's MEF trace of every synthetic record: teacher e's answer.
+
+    v2 records (``meta["family"]``): ``synthetic_families.teacher_trace`` — teacher e writes in style e and makes
+    its systematic mistake on trigger cases of its weak family with probability ``teacher_error`` (seeded per
+    record and teacher by ``seed``), so these rows contain wrong traces on purpose (``mef.drop_unverified`` drops
+    them like any other unverified trace). v1 records (``meta["steps"]``): the correct solution in style e."""
     rows = []
     for r in records:
-        if "steps" not in r.meta:
-            raise ValueError(f"record {r.id}: synthetic_mef_rows needs meta['steps'] (a synthetic-task record)")
-        for e in range(num_experts):
-            rows.append(MEFRow(r.id, r.question, e, synthetic_solution(r.meta["steps"], style=e), r.answer))
+        if "family" in r.meta:
+            traces = [teacher_trace(r, e, teacher_error, seed)[0] for e in range(num_experts)]
+        elif "steps" in r.meta:
+            traces = [synthetic_solution(r.meta["steps"], style=e) for e in range(num_experts)]
+        else:
+            raise ValueError(f"record {r.id}: synthetic_mef_rows needs meta['family'] (v2) or meta['steps'] (v1): "
+                             f"a synthetic-task record")
+        rows.extend(MEFRow(r.id, r.question, e, t, r.answer) for e, t in enumerate(traces))
     return rows
 
 

@@ -1,6 +1,11 @@
-"""The embedded synthetic task: procedurally generated arithmetic word problems with exact integer answers.
+"""The embedded synthetic task: procedurally generated arithmetic problems with exact integer answers.
 
-Nothing is downloaded: a fresh machine can run MEF and RIEL end to end. Problems are chains of 1..max_steps
+Nothing is downloaded: a fresh machine can run MEF and RIEL end to end. Two versions (``data.synthetic.version``):
+  * **2** (default): three problem families and three error-prone teachers, the testbed of the paper's mechanism
+    (``synthetic_families.py``: experts that differ in *which* questions they get right);
+  * **1**: the task below, whose teachers differ in format only (kept for comparison and for tests that pin it).
+
+Version 1. Problems are chains of 1..max_steps
 operations (+, -, *) over small operands, told as a short story. Splits are deterministic in ``seed`` and
 disjoint: the test split never repeats a train question.
 
@@ -14,9 +19,11 @@ All end in ``#### <answer>`` so the synthetic verifier (exact integer) reads eve
 from __future__ import annotations
 
 import random
-from typing import List, Tuple
+from typing import List, Sequence, Tuple
 
 from ..types import Record
+from .synthetic_families import FAMILIES
+from .synthetic_families import generate as generate_v2
 
 NAMES = ["Ann", "Bo", "Cy", "Di", "Ed", "Flo", "Gus", "Hal"]
 ITEMS = ["apples", "cards", "coins", "pens", "shells", "stamps"]
@@ -84,11 +91,23 @@ def generate(split: str, num: int, seed: int, max_operand: int = 20, min_steps: 
     return out
 
 
-def load_synthetic(split: str, num_train: int = 2000, num_test: int = 200, seed: int = 1234, **kw) -> List[Record]:
-    """Deterministic ``train`` / ``test`` splits; test questions never occur in train."""
-    train = generate("train", num_train, seed, **kw)
+def load_synthetic(split: str, num_train: int = 2000, num_test: int = 200, seed: int = 1234, version: int = 2,
+                   families: Sequence[str] = FAMILIES, **kw) -> List[Record]:
+    """Deterministic ``train`` / ``test`` splits; test questions never occur in train. ``version`` 2 takes
+    ``families``; version 1 takes ``max_operand``, ``min_steps``, ``max_steps`` (other keywords are ignored by the
+    version they do not belong to, so one config section serves both)."""
+    unknown = set(kw) - {"max_operand", "min_steps", "max_steps"}
+    if unknown:
+        raise TypeError(f"load_synthetic: unexpected keyword arguments {sorted(unknown)}")
+    if version == 2:
+        gen = lambda sp, n, exclude=frozenset(): generate_v2(sp, n, seed, families, exclude)  # noqa: E731
+    elif version == 1:
+        gen = lambda sp, n, exclude=frozenset(): generate(sp, n, seed, exclude=exclude, **kw)  # noqa: E731
+    else:
+        raise ValueError(f"config key `data.synthetic.version`: must be 1 or 2, got {version!r}")
+    train = gen("train", num_train)
     if split == "train":
         return train
     if split in ("test", "dev", "eval"):
-        return generate("test", num_test, seed, exclude={r.question for r in train}, **kw)
+        return gen("test", num_test, {r.question for r in train})
     raise ValueError(f"synthetic task: unknown split {split!r} (train | test)")

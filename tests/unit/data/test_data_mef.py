@@ -50,7 +50,7 @@ def test_bad_trace_lines(tmp_path):
 
 
 def test_synthetic_teachers_are_heterogeneous_and_verified():
-    records = load_synthetic("train", num_train=20, seed=7)
+    records = load_synthetic("train", num_train=20, seed=7, version=1)  # v1: format-only teachers, all correct
     rows = synthetic_mef_rows(records, num_experts=3)
     assert len(rows) == 60 and [r.expert for r in rows[:3]] == [0, 1, 2]
     assert rows[0].response == records[0].solution

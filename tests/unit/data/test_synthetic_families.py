@@ -1,0 +1,63 @@
+"""The v2 synthetic testbed: families, error-prone teachers (wrong only on trigger cases of their weak family, at
+the configured rate), gold solutions that verify, deterministic disjoint splits, and v1 still reachable."""
+from collections import Counter
+
+import pytest
+
+from megatron_meml.data import load_synthetic, synthetic_mef_rows
+from megatron_meml.data.synthetic_families import FAMILIES, WEAK_FAMILY, correct_answer, teacher_trace
+from megatron_meml.rewards import verify
+
+TRAIN = load_synthetic("train", num_train=600, num_test=60, seed=5)
+
+
+def test_splits_are_deterministic_disjoint_and_balanced():
+    test = load_synthetic("test", num_train=600, num_test=60, seed=5)
+    assert load_synthetic("train", num_train=600, num_test=60, seed=5) == TRAIN
+    assert not {r.question for r in test} & {r.question for r in TRAIN}
+    assert Counter(r.meta["family"] for r in TRAIN) == {f: 200 for f in FAMILIES}
+    assert all(verify("synthetic", r.solution, r) == 1.0 and int(r.answer) == correct_answer(r) for r in TRAIN)
+    assert load_synthetic("train", num_train=600, seed=6) != TRAIN
+
+
+def test_teachers_err_only_on_trigger_cases_of_their_weak_family():
+    rows = synthetic_mef_rows(TRAIN, num_experts=3, teacher_error=0.75, seed=5)
+    by_id = {r.id: r for r in TRAIN}
+    wrong = Counter()
+    triggers = Counter(r.meta["family"] for r in TRAIN if r.meta["trigger"])
+    for row in rows:
+        rec = by_id[row.id]
+        ok = verify("synthetic", row.response, rec) == 1.0
+        if not ok:
+            assert rec.meta["family"] == WEAK_FAMILY[row.expert] and rec.meta["trigger"], (row, rec)
+            wrong[row.expert] += 1
+    for e, fam in enumerate(WEAK_FAMILY):
+        assert 0.6 <= wrong[e] / triggers[fam] <= 0.9, (e, wrong[e], triggers[fam])  # ~teacher_error
+    assert synthetic_mef_rows(TRAIN, 3, 0.75, seed=5) == rows  # seeded
+    assert all(verify("synthetic", r.response, by_id[r.id]) == 1.0 for r in synthetic_mef_rows(TRAIN, 3, 0.0))
+
+
+@pytest.mark.parametrize("family,question,right,wrong", [
+    ("add", "adds 47 and 8.", "47+8: 7+8=15. 4+1=5. #### 55", "47+8: 7+8=15. 4+0=4. #### 45"),
+    ("prec", "computes 3+4*2.", "3+4*2. 1) 4*2=8. 2) 3+8=11. #### 11", "3+4*2. 1) 3+4=7. 2) 7*2=14. #### 14"),
+    ("units", "has 3 weeks and 4 days. How many days?", "3*7+4; a=3*7=21; b=21+4=25; #### 25", "3+4; a=3+4=7; #### 7"),
+])
+def test_each_teacher_makes_its_realistic_mistake(family, question, right, wrong):
+    """mis-carry (style 0 on add), left-to-right precedence (style 1 on prec), dropped unit (style 2 on units)."""
+    rec = next(r for r in load_synthetic("train", num_train=3000, num_test=10, seed=1)
+               if r.meta["family"] == family and r.question.endswith(question))
+    style = WEAK_FAMILY.index(family)
+    assert teacher_trace(rec, style, 0.0) == (right, False)
+    assert teacher_trace(rec, style, 1.0) == (wrong, True)
+    assert all(teacher_trace(rec, s, 1.0)[1] is False for s in range(3) if s != style)
+
+
+def test_version_1_and_bad_arguments():
+    v1 = load_synthetic("train", num_train=10, seed=3, version=1, max_steps=1)
+    assert all("steps" in r.meta for r in v1) and synthetic_mef_rows(v1, 2)[0].response == v1[0].solution
+    with pytest.raises(ValueError, match="data.synthetic.version"):
+        load_synthetic("train", num_train=10, version=3)
+    with pytest.raises(ValueError, match="data.synthetic.families"):
+        load_synthetic("train", num_train=10, families=["add", "trig"])
+    with pytest.raises(TypeError):
+        load_synthetic("train", num_train=10, max_digits=3)
