@@ -1,10 +1,13 @@
-"""Held-out evaluation: greedy accuracy per expert and the majority vote across experts.
+"""Held-out evaluation: greedy accuracy per expert, the majority vote, label-free selection, best expert, oracle.
 
 For each question q and expert e the model answers greedily under P_e (inference in the paper uses one expert
 prompt, greedy). ``accuracy[e]`` is the verifier's mean score of expert e. The majority vote takes every expert's
 final answer (``rewards.answers.answer_key``: the last explicit answer statement, normalised as a number, option
 letter or yes/no, else the last number), picks the most frequent one (ties: the answer of the lowest expert index
-among the tied), and scores the response of the first expert that gave it.
+among the tied), and scores the response of the first expert that gave it. ``selection`` holds the label-free
+strategies of ``eval/selection.py`` (``eval.selection``); ``best_expert`` is the single expert with the highest
+accuracy (picked with labels: the bar a selection has to clear) and ``oracle`` the fraction of questions some expert
+answers right (the ceiling of any selection).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import Callable, Dict, List, Sequence
 
 from ..rewards.answers import answer_key
 from ..types import Record, Request, Rollout
+from .selection import STRATEGIES, mean_logprob, select
 
 RewardFn = Callable[[str, Record], float]
 
@@ -29,40 +33,81 @@ def majority_index(texts: Sequence[str]) -> int:
     return next(i for i, k in enumerate(keys) if k is not None and counts[k] == best)
 
 
-def evaluate(generate: Callable[[List[Request]], List[Rollout]], prompt_fn: Callable[[Record, int], List[int]],
-             records: Sequence[Record], num_experts: int, reward_fn: RewardFn) -> Dict[str, object]:
-    """Greedy accuracy of every expert and of the majority vote on ``records``.
+def _scores(per_expert: Sequence[Sequence[float]], picks: Dict[str, Sequence[int]], qs: Sequence[int]) -> dict:
+    """Accuracy per expert, mean, best single expert, oracle and every selection strategy over questions ``qs``."""
+    n = max(len(qs), 1)
+    acc = [sum(s[q] for q in qs) / n for s in per_expert]
+    best = max(range(len(acc)), key=lambda e: (acc[e], -e))
+    return {"num_questions": len(qs), "accuracy": acc, "mean_accuracy": sum(acc) / max(len(acc), 1),
+            "majority_vote": sum(per_expert[picks["majority_vote"][q]][q] for q in qs) / n,
+            "best_expert": {"expert": best, "accuracy": acc[best]},
+            "oracle": sum(max(s[q] for s in per_expert) for q in qs) / n,
+            "selection": {k: sum(per_expert[v[q]][q] for q in qs) / n for k, v in picks.items()
+                          if k != "majority_vote"}}
 
-    ``generate`` maps requests to rollouts (greedy); ``prompt_fn(record, e)`` renders the prompt."""
+
+def evaluate(generate: Callable[[List[Request]], List[Rollout]], prompt_fn: Callable[[Record, int], List[int]],
+             records: Sequence[Record], num_experts: int, reward_fn: RewardFn,
+             strategies: Sequence[str] = STRATEGIES) -> Dict[str, object]:
+    """Greedy accuracy of every expert, the majority vote, the label-free selection ``strategies``
+    (``eval/selection.py``), the best single expert and the oracle (some expert right) on ``records``; the same
+    per problem family under ``by_family`` when records carry ``meta["family"]`` (the synthetic testbed).
+
+    ``generate`` maps requests to rollouts (greedy, with the log-probs of the chosen tokens); ``prompt_fn(record,
+    e)`` renders the prompt."""
     requests = [Request(prompt_ids=prompt_fn(r, e), qid=r.id, expert=e, seed=0)
                 for r in records for e in range(num_experts)]
     rollouts = generate(requests)
     per_expert = [[0.0] * len(records) for _ in range(num_experts)]
-    majority = []
+    picks: Dict[str, List[int]] = {"majority_vote": [], **{k: [] for k in strategies}}
     for qi, r in enumerate(records):
         outs = rollouts[qi * num_experts:(qi + 1) * num_experts]
         for e, o in enumerate(outs):
             per_expert[e][qi] = reward_fn(o.text, r)
-        m = majority_index([o.text for o in outs])
-        majority.append(per_expert[m][qi])
-    n = max(len(records), 1)
-    acc = [sum(s) / n for s in per_expert]
-    return {"num_questions": len(records), "accuracy": acc, "mean_accuracy": sum(acc) / max(len(acc), 1),
-            "majority_vote": sum(majority) / n, "per_question": [[s[qi] for s in per_expert]
-                                                                 for qi in range(len(records))]}
+        picks["majority_vote"].append(majority_index([o.text for o in outs]))
+        keys = [answer_key(o.text) for o in outs]
+        conf = [mean_logprob(o.logprobs) for o in outs]
+        for k in strategies:
+            picks[k].append(select(k, keys, conf))
+    out = _scores(per_expert, picks, range(len(records)))
+    families: Dict[str, List[int]] = {}
+    for qi, r in enumerate(records):
+        if r.meta.get("family") is not None:
+            families.setdefault(str(r.meta["family"]), []).append(qi)
+    if families:
+        out["by_family"] = {f: _scores(per_expert, picks, qs) for f, qs in sorted(families.items())}
+    out["per_question"] = [[s[qi] for s in per_expert] for qi in range(len(records))]
+    return out
+
+
+def _table(rows: Sequence[tuple], n: int, strategies: Sequence[str]) -> List[str]:
+    head = ["stage"] + [f"expert {e}" for e in range(n)] + ["mean", "majority vote", "best expert", "oracle"] + \
+        [f"select: {k}" for k in strategies]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for name, r in rows:
+        cells = [f"{a:.3f}" for a in r["accuracy"]] + [f"{r['mean_accuracy']:.3f}", f"{r['majority_vote']:.3f}"]
+        best = r.get("best_expert")
+        cells += [f"{best['accuracy']:.3f} (e{best['expert']})" if best else "", f"{r['oracle']:.3f}"
+                  if "oracle" in r else ""]
+        cells += [f"{r.get('selection', {}).get(k, float('nan')):.3f}" for k in strategies]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_eval(results: Dict[str, Dict[str, object]], run_dir: str) -> None:
-    """``eval.json`` (every stage's results) and ``eval.md`` (a table: stage x expert accuracy, mean, majority)."""
+    """``eval.json`` (every stage's results) and ``eval.md``: stage x (expert accuracy, mean, majority vote, best
+    single expert, oracle, each selection strategy), then the same per problem family when there are families."""
     os.makedirs(run_dir, exist_ok=True)
     slim = {stage: {k: v for k, v in res.items() if k != "per_question"} for stage, res in results.items()}
     with open(os.path.join(run_dir, "eval.json"), "w") as f:
         json.dump(slim, f, indent=2)
     n = max((len(r["accuracy"]) for r in results.values()), default=0)
-    lines = ["| stage | " + " | ".join(f"expert {e}" for e in range(n)) + " | mean | majority vote |",
-             "|---|" + "---:|" * (n + 2)]
+    strategies = sorted({k for r in results.values() for k in r.get("selection", {})},
+                        key=lambda k: (STRATEGIES.index(k) if k in STRATEGIES else len(STRATEGIES), k))
+    lines = _table(list(results.items()), n, strategies)
     for stage, r in results.items():
-        accs = " | ".join(f"{a:.3f}" for a in r["accuracy"])
-        lines.append(f"| {stage} | {accs} | {r['mean_accuracy']:.3f} | {r['majority_vote']:.3f} |")
+        if r.get("by_family"):
+            lines += ["", f"{stage}, per family:", ""]
+            lines += _table([(f, v) for f, v in r["by_family"].items()], n, strategies)
     with open(os.path.join(run_dir, "eval.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

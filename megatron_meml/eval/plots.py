@@ -1,4 +1,5 @@
-"""``reward_curves.png``: RIEL reward per expert and the loss terms per step, from ``metrics.jsonl``."""
+"""``reward_curves.png``: RIEL reward and held-out accuracy per expert, the loss terms and the per-term gradient
+norms per step, from ``metrics.jsonl``."""
 from __future__ import annotations
 
 import json
@@ -20,8 +21,10 @@ def read_metrics(path: str, stage: Optional[str] = None) -> List[dict]:
 
 
 def plot_reward_curves(run_dir: str, out_name: str = "reward_curves.png") -> Optional[str]:
-    """Two panels: reward/expert{e} over RIEL steps; loss/grpo, loss/kl, loss/sft (and MEF loss when present).
-    Returns the PNG path, or None when there is nothing to plot."""
+    """Three panels: training reward per expert over RIEL steps with the held-out greedy accuracy per expert
+    during RIEL (``heldout/expert{e}``, eval.riel_interval) as dashed lines of the same colour; loss/grpo,
+    loss/kl, loss/sft (and the MEF loss when present); the per-term gradient norms (grad_norm/grpo, /kl, /sft,
+    riel.grad_norm_interval) on a log scale. Returns the PNG path, or None when there is nothing to plot."""
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):
         return None
@@ -34,16 +37,20 @@ def plot_reward_curves(run_dir: str, out_name: str = "reward_curves.png") -> Opt
     mef = read_metrics(path, "mef")
     if not riel and not mef:
         return None
-    fig, (ax_r, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_r, ax_l, ax_g) = plt.subplots(1, 3, figsize=(16, 4))
     series = defaultdict(list)
     for row in riel:
         for k, v in row.items():
-            if k.startswith("reward/expert") or k.startswith("loss/"):
+            if k.startswith(("reward/expert", "loss/", "heldout/expert", "grad_norm/")):
                 series[k].append((row["step"], v))
-    for k in sorted(s for s in series if s.startswith("reward/expert")):
+    for i, k in enumerate(sorted((s for s in series if s.startswith("reward/expert")), key=lambda s: int(s[13:]))):
         xs, ys = zip(*series[k])
-        ax_r.plot(xs, ys, label=k.split("/")[1])
-    ax_r.set(title="RIEL reward per expert", xlabel="RIEL step", ylabel="mean reward")
+        ax_r.plot(xs, ys, color=f"C{i}", label=f"{k.split('/')[1]} reward")
+        held = series.get(f"heldout/{k.split('/')[1]}")
+        if held:
+            hx, hy = zip(*held)
+            ax_r.plot(hx, hy, color=f"C{i}", ls="--", marker="o", ms=3, label=f"{k.split('/')[1]} held-out acc")
+    ax_r.set(title="RIEL: training reward and held-out accuracy", xlabel="RIEL step", ylabel="reward / accuracy")
     for k in ("loss/grpo", "loss/kl", "loss/sft"):
         if series.get(k):
             xs, ys = zip(*series[k])
@@ -51,9 +58,17 @@ def plot_reward_curves(run_dir: str, out_name: str = "reward_curves.png") -> Opt
     if mef:
         ax_l.plot([-len(mef) + r["step"] for r in mef], [r["loss"] for r in mef], label="MEF loss", alpha=0.6)
     ax_l.set(title="loss terms (MEF steps before 0)", xlabel="step", ylabel="loss")
-    for ax in (ax_r, ax_l):
+    for k in ("grad_norm/grpo", "grad_norm/kl", "grad_norm/sft"):
+        pts = [(x, y) for x, y in series.get(k, []) if y > 0]
+        if pts:
+            xs, ys = zip(*pts)
+            ax_g.plot(xs, ys, ".-", label=k)
+    ax_g.set(title="gradient norm per term (before clipping)", xlabel="RIEL step", ylabel="L2 norm")
+    if ax_g.lines:
+        ax_g.set_yscale("log")
+    for ax in (ax_r, ax_l, ax_g):
         if ax.lines:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     out = os.path.join(run_dir, out_name)
