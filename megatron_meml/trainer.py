@@ -25,6 +25,7 @@ from .backend import parallel
 from .backend.memory import peak_memory_gib
 from .backend.parallel import reduce_metrics
 from .backend.step import forward_backward
+from .backend.term_grads import forward_backward_by_term
 from .config import Config, ConfigError, save_config, to_dict
 from .data import load_dataset, load_expert_prompts, read_mef, synthetic_mef_rows, tokenizer_from_config
 from .data.collate import count_loss_tokens, sft_microbatches
@@ -110,38 +111,42 @@ def load_records(cfg: Config, split: str) -> List[Record]:
     kw = {}
     if d.name == "synthetic":
         kw = dict(seed=d.seed, num_train=d.synthetic.num_train, num_test=d.synthetic.num_test,
+                  version=d.synthetic.version, families=list(d.synthetic.families),
                   max_operand=d.synthetic.max_operand, min_steps=d.synthetic.min_steps,
                   max_steps=d.synthetic.max_steps)
     return load_dataset(d.name, d.path, split, on_bad_record=d.on_bad_record, **kw)
 
 
 def mef_rows(cfg: Config, say=print) -> List[MEFRow]:
-    """MEF data: the configured trace file, or for the synthetic task the offline "teachers" (one solution style
-    per expert), or for a real dataset without traces the dataset rationale as expert 0 only.
+    """MEF data: the configured trace file, or for the synthetic task the offline "teachers" (v2: one error-prone
+    teacher per expert, ``data.synthetic.teacher_error``), or for a real dataset without traces the dataset
+    rationale as expert 0 only.
 
-    With ``mef.drop_unverified`` a trace whose final answer fails the dataset's verifier is dropped (counted and
-    reported); the verifier sees the dataset record of the trace's id when the train split has it. The rows come
-    shuffled with ``data.seed``: MEF step s trains rows (s * global_batch_size + i) mod N (tools/pretokenize.py
-    writes them in this order for ``data.loader=dali``)."""
+    With ``mef.drop_unverified`` a teacher trace (file or synthetic) whose final answer fails the dataset's
+    verifier is dropped (counted and reported); the verifier sees the dataset record of the trace's id when the
+    train split has it. The rows come shuffled with the run's ``seed`` (data order is the run's, the questions are
+    ``data.seed``'s): MEF step s trains rows (s * global_batch_size + i) mod N (tools/pretokenize.py writes them in
+    this order for ``data.loader=dali``)."""
     n = cfg.experts.num_experts
+    teachers = bool(cfg.mef.traces) or cfg.data.name == "synthetic"
     if cfg.mef.traces:
         rows = [r for r in read_mef(cfg.mef.traces, on_bad_record=cfg.data.on_bad_record) if r.expert < n]
-        if cfg.mef.drop_unverified:
-            from .rewards import verify
-
-            by_id = {r.id: r for r in load_records(cfg, cfg.data.train_split)}
-            kept = [r for r in rows if verify(cfg.data.name, r.response,
-                                              by_id.get(r.id) or Record(r.id, r.question, r.answer, "")) > 0]
-            say(f"MEF: dropped {len(rows) - len(kept)} of {len(rows)} traces whose final answer fails the "
-                f"{cfg.data.name} verifier (mef.drop_unverified)")
-            rows = kept
     else:
         records = load_records(cfg, cfg.data.train_split)
         if cfg.data.name == "synthetic":
-            rows = synthetic_mef_rows(records, n)
+            rows = synthetic_mef_rows(records, n, cfg.data.synthetic.teacher_error, seed=cfg.data.seed)
         else:
             rows = [MEFRow(r.id, r.question, 0, r.solution, r.answer) for r in records]
-    random.Random(cfg.data.seed).shuffle(rows)
+    if teachers and cfg.mef.drop_unverified:
+        from .rewards import verify
+
+        by_id = {r.id: r for r in load_records(cfg, cfg.data.train_split)}
+        kept = [r for r in rows if verify(cfg.data.name, r.response,
+                                          by_id.get(r.id) or Record(r.id, r.question, r.answer, "")) > 0]
+        say(f"MEF: dropped {len(rows) - len(kept)} of {len(rows)} traces whose final answer fails the "
+                f"{cfg.data.name} verifier (mef.drop_unverified)")
+        rows = kept
+    random.Random(cfg.seed).shuffle(rows)
     return rows
 
 
@@ -234,26 +239,33 @@ def make_engine(run: Run):
     return build_engine(run.cfg.rollout, run.chunks, run.tokenizer, stop_token_ids=stops)
 
 
-def evaluate_experts(run: Run, stage: str) -> Dict[str, object]:
-    """Greedy accuracy per expert and majority vote on ``eval.num_examples`` held-out questions."""
+def evaluate_experts(run: Run, stage: str, num_examples: Optional[int] = None, log: bool = True) -> Dict[str, object]:
+    """Greedy accuracy per expert, majority vote, the ``eval.selection`` strategies, best expert and oracle on the
+    first ``num_examples`` (default ``eval.num_examples``) held-out questions. ``log``: print the line and write
+    an ``eval_<stage>`` metrics row (the evaluation during RIEL logs into the RIEL rows instead)."""
     from .eval.accuracy import evaluate
     from .rollout.engine import SamplingParams
     from .rollout.scheduler import ChatRenderer, verifier_reward
 
     cfg = run.cfg
     records = load_records(cfg, cfg.data.eval_split)
-    if cfg.eval.num_examples:
-        records = records[:cfg.eval.num_examples]
+    n = cfg.eval.num_examples if num_examples is None else num_examples
+    if n:
+        records = records[:n]
     engine = make_engine(run)
     params = SamplingParams(max_new_tokens=cfg.eval.max_new_tokens, top_k=1,
                             stop_strings=tuple(cfg.rollout.stop_strings))
     renderer = ChatRenderer(run.tokenizer, run.prompts, run.template)
     res = evaluate(lambda reqs: engine.generate(reqs, params), renderer.prompt, records,
-                   cfg.experts.num_experts, verifier_reward(cfg.data.name))
-    accs = ", ".join(f"e{e}={a:.3f}" for e, a in enumerate(res["accuracy"]))
-    run.say(f"eval {stage}: {accs}; mean {res['mean_accuracy']:.3f}; majority vote {res['majority_vote']:.3f}")
-    run.logger.log(0, {"mean_accuracy": res["mean_accuracy"], "majority_vote": res["majority_vote"],
-                       **{f"accuracy/expert{e}": a for e, a in enumerate(res["accuracy"])}}, f"eval_{stage}")
+                   cfg.experts.num_experts, verifier_reward(cfg.data.name), strategies=cfg.eval.selection)
+    if log:
+        accs = ", ".join(f"e{e}={a:.3f}" for e, a in enumerate(res["accuracy"]))
+        sel = "".join(f"; {k} {v:.3f}" for k, v in res["selection"].items())
+        run.say(f"eval {stage}: {accs}; mean {res['mean_accuracy']:.3f}; majority vote {res['majority_vote']:.3f}"
+                f"{sel}; oracle {res['oracle']:.3f}")
+        run.logger.log(0, {"mean_accuracy": res["mean_accuracy"], "majority_vote": res["majority_vote"],
+                           "oracle": res["oracle"], **{f"selection/{k}": v for k, v in res["selection"].items()},
+                           **{f"accuracy/expert{e}": a for e, a in enumerate(res["accuracy"])}}, f"eval_{stage}")
     return res
 
 
@@ -301,12 +313,19 @@ def run_riel(run: Run) -> Dict[str, float]:
         bar.update(start)
     for step in range(start, steps):
         t0 = time.time()
-        out = sched.step(riel_questions(records, step, cfg.riel.questions_per_step, cfg.data.seed), step)
+        every = cfg.riel.grad_norm_interval
+        out = sched.step(riel_questions(records, step, cfg.riel.questions_per_step, cfg.seed), step,
+                         split_terms=bool(every) and step % every == 0)
         t_gen = time.time()
         if ref is not None:
             ref.fill(out.microbatches)
         boptim.zero_grads(run.chunks, optimizer)
-        results = forward_backward(run.chunks, out.microbatches, loss_fn, temperature=cfg.rollout.temperature)
+        term_norms = {}
+        if out.terms is not None:  # one pass per term: per-term gradient norms, same summed gradient
+            results, term_norms = forward_backward_by_term(run.chunks, optimizer, out.terms, loss_fn,
+                                                           temperature=cfg.rollout.temperature)
+        else:
+            results = forward_backward(run.chunks, out.microbatches, loss_fn, temperature=cfg.rollout.temperature)
         finite = boptim.grads_finite(run.chunks)
         bad_in_a_row = 0 if finite else bad_in_a_row + 1
         if finite:
@@ -320,6 +339,7 @@ def run_riel(run: Run) -> Dict[str, float]:
                                    f"(riel.max_nonfinite_steps={cfg.riel.max_nonfinite_steps}); aborting")
         t_end = time.time()
         m = dict(out.stats, **reduce_metrics(results, keys))
+        m.update({f"grad_norm/{k}": v for k, v in term_norms.items()})
         m.update({"e_plus_minus_pairs": float(len(out.kl_pairs)), "grad_norm": grad_norm,
                   "skipped": float(not finite), "clip_fraction": m["count/clipped"] / max(m["count/grpo"], 1.0),
                   "time/generate_score": t_gen - t0, "time/train": t_end - t_gen, "time/step": t_end - t0,
@@ -328,6 +348,11 @@ def run_riel(run: Run) -> Dict[str, float]:
         for e in range(cfg.experts.num_experts):
             m[f"e_plus/expert{e}"] = float(sum(p.e_plus == e for p in out.kl_pairs))
             m[f"e_minus/expert{e}"] = float(sum(p.e_minus == e for p in out.kl_pairs))
+        k = cfg.eval.riel_interval
+        if k and (step % k == 0 or step == steps - 1):  # a small held-out eval: accuracy per expert during RIEL
+            held = evaluate_experts(run, "riel", num_examples=cfg.eval.riel_examples, log=False)
+            m.update({f"heldout/expert{e}": a for e, a in enumerate(held["accuracy"])})
+            m.update({"heldout/mean": held["mean_accuracy"], "heldout/oracle": held["oracle"]})
         if step % cfg.logging.log_interval == 0 or step == steps - 1:
             run.logger.log(step, m, "riel")
         if bar is not None:
@@ -389,8 +414,8 @@ def run_all(run: Run) -> Dict[str, object]:
     stages = [("mef", run_mef, cfg.mef.enabled), ("riel", run_riel, cfg.riel.enabled)]
 
     def write_summary() -> None:  # after every stage, so a later crash does not lose a finished stage's numbers
-        summary["eval"] = {k: {"accuracy": v["accuracy"], "mean_accuracy": v["mean_accuracy"],
-                               "majority_vote": v["majority_vote"]} for k, v in results.items()}
+        keep = ("accuracy", "mean_accuracy", "majority_vote", "best_expert", "oracle", "selection")
+        summary["eval"] = {k: {f: v[f] for f in keep if f in v} for k, v in results.items()}
         if run.info.is_logging_rank:
             with open(summary_path + ".part", "w") as f:
                 json.dump(summary, f, indent=2)

@@ -178,15 +178,27 @@ class OptimizerConfig:
 
 @dataclass
 class SyntheticConfig:
-    """The embedded arithmetic word-problem task (no downloads)."""
+    """The embedded arithmetic task (no downloads): v2 = three problem families with error-prone teachers
+    (``data/synthetic_families.py``), v1 = word-problem chains whose teachers differ in format only."""
 
+    version: int = doc(2, "2: families add / prec / units, each teacher (expert) errs systematically on one of them "
+                       "(mis-carry, left-to-right precedence, dropped unit); 1: the format-only task of earlier "
+                       "releases (max_operand, min_steps, max_steps apply to it only).")
     num_train: int = doc(2000, "Training problems generated.")
     num_test: int = doc(200, "Held-out problems generated (disjoint from train).")
-    max_operand: int = doc(20, "Operands are drawn from [1, max_operand].")
-    min_steps: int = doc(1, "Fewest arithmetic operations per problem.")
-    max_steps: int = doc(2, "Most arithmetic operations per problem.")
+    families: List[str] = doc(["add", "prec", "units"], "v2: problem families, taken in turn.")
+    teacher_error: float = doc(0.75, "v2: probability that a teacher's MEF trace makes its systematic mistake on a "
+                               "trigger case of its weak family (a carry, a+b*c, a units question); 0 = every "
+                               "trace correct, the experts then differ in format only.")
+    max_operand: int = doc(20, "v1: operands are drawn from [1, max_operand].")
+    min_steps: int = doc(1, "v1: fewest arithmetic operations per problem.")
+    max_steps: int = doc(2, "v1: most arithmetic operations per problem.")
 
     def __post_init__(self):
+        _check(self.version in (1, 2), "data.synthetic.version", "must be 1 or 2")
+        _check(0.0 <= self.teacher_error <= 1.0, "data.synthetic.teacher_error", "must be in [0, 1]")
+        _check(bool(self.families) and all(f in ("add", "prec", "units") for f in self.families),
+               "data.synthetic.families", "must be a non-empty list of add | prec | units")
         _at_least(self, "data.synthetic", 1, "num_train", "num_test", "max_operand", "min_steps")
         _check(self.max_steps >= self.min_steps, "data.synthetic.max_steps",
                f"{self.max_steps} is below data.synthetic.min_steps={self.min_steps}")
@@ -209,7 +221,8 @@ class DataConfig:
     seq_length: int = doc(512, "Maximum tokens per training sequence (prompt + response); longer ones are cut.")
     micro_batch_size: int = doc(8, "Sequences per microbatch on one DP rank.")
     global_batch_size: int = doc(32, "Sequences per optimizer step over all DP ranks (SFT stages).")
-    seed: int = doc(1234, "Seed of splits, shuffling and synthetic generation.")
+    seed: int = doc(1234, "Seed of the data: synthetic problems, splits and synthetic teacher traces (the order "
+                    "data is seen in follows the global `seed`).")
     on_bad_record: str = doc("error", "error | skip: what a malformed record does (skips are counted).")
     loader: str = doc("default", "MEF batches: `default` renders and tokenizes rows in the training process; `dali` "
                       "reads pre-tokenized shards (tools/pretokenize.py) through an NVIDIA DALI pipeline with "
@@ -290,7 +303,15 @@ class RIELConfig:
     beta_ref: float = doc(0.0, "Coefficient of the KL to a frozen reference (0 = off, no reference model).")
     ref_kl_estimator: str = doc("k3", "k1 | k2 | k3 estimator for the reference KL.")
     inter_expert_kl: bool = doc(True, "Ablation switch for the inter-expert KL term.")
-    lambda_kl: float = doc(1.0, "lambda1: weight of the inter-expert KL.")
+    lambda_kl: float = doc(1.0, "lambda1: weight of the inter-expert KL (its scale depends on riel.kl_normalizer; "
+                           "see algo/objective.py for the measured choice).")
+    kl_normalizer: str = doc("grpo", "Population the KL term is averaged over (rollout/packing.py): `grpo` = a KL "
+                             "sequence counts like one more GRPO rollout whose advantage is lambda1 (the KL grows "
+                             "with the number of E+/E- questions); `own` = a mean over the KL tokens alone (the "
+                             "first release: at lambda1 = 1 its gradient was ~30x GRPO's).")
+    sft_normalizer: str = doc("own", "Population the hard-example SFT term is averaged over: `own` (the paper: "
+                              "token-mean NLL of the fired buffer, weight lambda2) or `grpo` (each buffer example "
+                              "counts like one more rollout with advantage lambda2).")
     kl_estimator: str = doc("k1", "k1 | k3 sample estimate of KL(pi(.|P+) || pi(.|P-)).")
     max_kl_responses: int = doc(4, "Cap on |O+| per question.")
     hard_example_buffer: bool = doc(True, "Ablation switch for the hard-example buffer.")
@@ -330,6 +351,12 @@ class RIELConfig:
                                    "rollouts, or a rank whose peer sent no heartbeat for min(this, 60 s), stops the "
                                    "run with an error naming the silent rank. Also the timeout of the weight and "
                                    "rollout transfers.")
+    grad_norm_interval: int = doc(1, "Every this many RIEL steps log the gradient norm of each term (grad_norm/grpo, "
+                                  "/kl, /sft): the step's GRPO, KL and SFT rows run as separate forward-backward "
+                                  "passes whose DP-reduced gradients are measured and then summed into the update — "
+                                  "the same update (to float rounding) with no extra forward or backward; it costs a "
+                                  "grad-buffer copy and a DP reduction per term and the prompt sharing across terms "
+                                  "(backend/term_grads.py). 0 = off.")
 
     def __post_init__(self):
         _at_least(self, "riel", 1, "steps", "questions_per_step", "group_size", "max_kl_responses",
@@ -342,6 +369,9 @@ class RIELConfig:
         _check(self.aggregation in ("token_mean", "seq_mean_token_mean", "constant"), "riel.aggregation",
                "must be token_mean|seq_mean_token_mean|constant")
         _check(self.kl_estimator in ("k1", "k3"), "riel.kl_estimator", "must be k1 or k3")
+        _check(self.kl_normalizer in ("own", "grpo"), "riel.kl_normalizer", "must be own or grpo")
+        _check(self.sft_normalizer in ("own", "grpo"), "riel.sft_normalizer", "must be own or grpo")
+        _check(self.grad_norm_interval >= 0, "riel.grad_norm_interval", "must be >= 0")
         _check(self.ref_kl_estimator in ("k1", "k2", "k3"), "riel.ref_kl_estimator", "must be k1|k2|k3")
         _check(0 <= self.buffer_k <= self.group_size, "riel.buffer_k", f"must be in [0, riel.group_size]")
         _check(self.buffer_capacity >= 1, "riel.buffer_capacity", "must be >= 1")
@@ -381,7 +411,8 @@ class RolloutConfig:
                                   "only; ignored on the CPU).")
     keep_cache: bool = doc(False, "continuous engine: keep the KV pool and its CUDA graphs between generate calls "
                                   "(no re-capture each step, but the cache memory stays allocated during training).")
-    seed: int = doc(0, "Base seed; request i of step s uses hash(seed, step, i).")
+    seed: Optional[int] = doc(None, "Base seed of sampling: request i of RIEL step s uses hash(seed, step, i); "
+                              "null = the run's `seed`.")
 
     def __post_init__(self):
         _check(self.temperature > 0, "rollout.temperature", "must be positive (use top_k=1 for greedy)")
@@ -396,13 +427,25 @@ class RolloutConfig:
 
 @dataclass
 class EvalConfig:
-    """Held-out evaluation: greedy accuracy per expert and majority vote."""
+    """Held-out evaluation: greedy accuracy per expert, majority vote, label-free selection, best expert, oracle."""
 
     enabled: bool = doc(True, "Evaluate after MEF and after RIEL (eval.json / eval.md in the run dir).")
     num_examples: int = doc(100, "Held-out questions evaluated (0 = all).")
     max_new_tokens: int = doc(48, "Greedy tokens per answer.")
+    selection: List[str] = doc(["vote", "logprob", "agreement"], "Label-free ways to pick one expert's answer per "
+                               "question (eval/selection.py): vote (majority, ties by confidence), logprob (highest "
+                               "mean token log-prob), agreement (votes weighted by exp(mean log-prob)). Reported "
+                               "beside the best single expert and the oracle.")
+    riel_interval: int = doc(0, "During RIEL, every this many steps (and at the last step) evaluate each expert "
+                             "greedily on the first eval.riel_examples held-out questions; logged as "
+                             "heldout/expert{e} in the RIEL metrics and drawn in reward_curves.png. 0 = off.")
+    riel_examples: int = doc(48, "Held-out questions of the evaluation during RIEL (eval.riel_interval).")
 
     def __post_init__(self):
+        _check(all(k in ("vote", "logprob", "agreement") for k in self.selection), "eval.selection",
+               "strategies are vote | logprob | agreement")
+        _check(self.riel_interval >= 0, "eval.riel_interval", "must be >= 0")
+        _check(self.riel_examples >= 1, "eval.riel_examples", "must be >= 1")
         _at_least(self, "eval", 0, "num_examples")
         _at_least(self, "eval", 1, "max_new_tokens")
 
@@ -455,7 +498,10 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    seed: int = doc(1234, "Global seed (model init, sampling, dropout-free so fully deterministic on CPU).")
+    seed: int = doc(1234, "Global seed: model init, MEF row order, RIEL question order, rollout sampling (unless "
+                    "rollout.seed is set), hard-example admission. The data itself (splits, synthetic problems and "
+                    "teacher traces) follows data.seed, so runs that differ only in `seed` see the same questions. "
+                    "Dropout-free, so runs are deterministic on CPU.")
 
     def __post_init__(self):
         self.validate_layout()

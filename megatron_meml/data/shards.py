@@ -51,7 +51,7 @@ def run_meta(cfg, tokenizer, prompts: Sequence[str]) -> Dict[str, object]:
     traces = cfg.mef.traces
     return {"tokenizer": getattr(tokenizer, "name", type(tokenizer).__name__), "vocab_size": tokenizer.vocab_size,
             "chat_template": d.chat_template, "prompts_sha256": sha256_text(json.dumps(list(prompts))),
-            "data": d.name, "train_split": d.train_split, "seed": d.seed,
+            "data": d.name, "train_split": d.train_split, "seed": d.seed, "order_seed": cfg.seed,
             "traces_sha256": file_sha256(traces) if traces and os.path.isfile(traces) else None,
             "num_experts": cfg.experts.num_experts}
 

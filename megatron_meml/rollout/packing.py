@@ -5,18 +5,25 @@ response under E−'s prompt) or SFT (a buffer example: prompt + gold solution).
 function that decides which sequence goes into which microbatch on which data-parallel rank.
 
 Aggregation weights (``MicroBatch.weight``; ``l_t`` is the per-token loss of the token's kind, coefficient c_k =
-1, λ1, λ2 for GRPO, KL, SFT). Each term is normalised over the *global* batch of its own kind, so the sum of
-``weight · l`` over all tokens of all microbatches on all DP ranks is exactly
+1, λ1, λ2 for GRPO, KL, SFT). Every term is normalised over the *global* batch, so the sum of ``weight · l`` over
+all tokens of all microbatches on all DP ranks is exactly
 
     L = L_GRPO + λ1·L_KL + λ2·L_SFT
 
-however the sequences are cut into microbatches:
-    token_mean            w = c_k / T_k                     T_k = loss tokens of kind k in the step
-    seq_mean_token_mean   w = c_k / (n_k · |o|)             n_k = sequences of kind k, |o| = this sequence's tokens
-    constant              w = c_k / (n_k · C)               C = riel.constant_normalizer (default max_new_tokens):
+however the sequences are cut into microbatches. The rule (``riel.aggregation``) and the population it counts
+(``riel.kl_normalizer`` / ``riel.sft_normalizer``: ``own`` = the term's own sequences, ``grpo`` = the GRPO
+sequences, for every term g = GRPO when ``grpo``, g = k when ``own``):
+    token_mean            w = c_k / T_g                     T_g = loss tokens of kind g in the step
+    seq_mean_token_mean   w = c_k / (n_g · |o|)             n_g = sequences of kind g, |o| = this sequence's tokens
+    constant              w = c_k / (n_g · C)               C = riel.constant_normalizer (default max_new_tokens):
                                                             Dr.GRPO's mean over sequences of token sums / C
-(The paper does not say how the three terms are normalised against each other; applying the configured rule to
-each term separately keeps λ1, λ2 meaningful as relative weights.)
+The paper does not say how the three terms are normalised against each other. ``own`` makes each term a mean
+over its own tokens, so a handful of KL tokens carries the weight of the whole GRPO term: with token_mean at λ1 = 1
+the KL gradient measured ~30x GRPO's on the v1 quickstart and took over the update. ``grpo`` (the default for the
+KL term) counts a KL sequence exactly like one more rollout in the GRPO mean whose advantage is λ1 on every token:
+"E+'s correct answer is worth λ1 extra correct samples of E−". The KL term then grows with the number of
+questions that have an E+/E− pair instead of being renormalised to full weight every step (measurements and the
+chosen λ1 in algo/objective.py).
 
 Packing: sequences sorted by length (longest first) go first-fit into microbatches whose padded size
 ``rows × longest`` stays within ``max_tokens`` (a longer sequence gets a microbatch of its own); microbatches are
@@ -69,30 +76,41 @@ class TrainSequence:
         return cls(tokens, mask, kind, old, advantage, tag=tag)
 
 
+NORMALIZERS = ("own", "grpo")
+
+
 def assign_weights(seqs: Sequence[TrainSequence], aggregation: str, coefficients: Sequence[float],
-                   constant: Optional[float] = None) -> None:
-    """Set ``seq.weight`` for every sequence (see module docstring). ``coefficients[k]`` is c_k per TokenKind."""
+                   constant: Optional[float] = None, normalizers: Optional[Sequence[str]] = None) -> None:
+    """Set ``seq.weight`` for every sequence (see module docstring). ``coefficients[k]`` is c_k per TokenKind;
+    ``normalizers[k]`` (default ``own`` for every kind) names the population kind k is normalised over. A ``grpo``
+    normaliser in a step without GRPO loss tokens falls back to ``own``."""
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"config key `riel.aggregation`: must be one of {AGGREGATIONS}, got {aggregation!r}")
+    normalizers = list(normalizers or ["own"] * len(TokenKind))
+    for k, nz in zip(TokenKind, normalizers):
+        if nz not in NORMALIZERS:
+            raise ValueError(f"config key `riel.{k.name.lower()}_normalizer`: must be one of {NORMALIZERS}, got {nz!r}")
     tokens = {k: 0 for k in TokenKind}
     count = {k: 0 for k in TokenKind}
     for s in seqs:
         if s.num_loss_tokens:
             tokens[s.kind] += s.num_loss_tokens
             count[s.kind] += 1
+    pop = {k: TokenKind.GRPO if normalizers[int(k)] == "grpo" and tokens[TokenKind.GRPO] else k for k in TokenKind}
     for s in seqs:
         n = s.num_loss_tokens
         c = float(coefficients[int(s.kind)])
+        g = pop[s.kind]
         if n == 0:
             s.weight = 0.0
         elif aggregation == "token_mean":
-            s.weight = c / tokens[s.kind]
+            s.weight = c / tokens[g]
         elif aggregation == "seq_mean_token_mean":
-            s.weight = c / (count[s.kind] * n)
+            s.weight = c / (count[g] * n)
         else:
             if not constant or constant <= 0:
                 raise ValueError("config key `riel.constant_normalizer`: aggregation=constant needs a positive value")
-            s.weight = c / (count[s.kind] * float(constant))
+            s.weight = c / (count[g] * float(constant))
 
 
 @dataclass

@@ -6,8 +6,8 @@
 
 What :meth:`RielScheduler.step` does, in order:
   1. requests: question × expert × G, prompt = the question under expert e's system prompt, seed =
-     ``mix_seed(rollout.seed, step, i)`` for the i-th request (so a request's sample depends on neither batch
-     composition nor the DP layout);
+     ``mix_seed(seed, step, i)`` for the i-th request (seed = ``rollout.seed``, or the run's ``seed`` when null;
+     so a request's sample depends on neither batch composition nor the DP layout);
   2. generation under the token budget — under data parallelism each DP rank generates every dp-th request and
      the rollouts are all-gathered, so every rank sees the whole step;
   3. rewards (verifier on the decoded text), one :class:`ScoredGroup` per (question, expert), advantages
@@ -95,6 +95,9 @@ class RielStepOutput:
     kl_pairs: List[KLPair]           # questions with an inter-expert KL term
     sft_examples: List[HardExample]  # the buffer examples that fired this step (empty most steps)
     stats: Dict[str, float] = field(default_factory=dict)
+    # with step(..., split_terms=True): this DP rank's microbatches per term, in TokenKind order, for the terms that
+    # have rows anywhere in the step (every rank gets the same kinds); ``microbatches`` is then their concatenation
+    terms: Optional[List[Tuple[TokenKind, List[MicroBatch]]]] = None
 
 
 class RielScheduler:
@@ -115,13 +118,14 @@ class RielScheduler:
             model whose attention honours explicit masks (``backend.attention.supports_shared_rows``).
         kl_teacher: optional ``pairs -> pairs`` applied to the step's KL pairs before the KL rows are built; async
             RIEL uses it to replace the stale P+ log-probs of O+ by the current policy's (``async_riel``).
+        seed: base seed of the requests (default ``rollout.seed``, 0 when that is null).
     """
 
     def __init__(self, engine: GenerationEngine, renderer: PromptRenderer, reward_fn: RewardFn, riel, rollout,
                  num_experts: int, max_tokens_per_microbatch: int, pad_id: int,
                  buffer: Optional[HardExampleBuffer] = None, dp_rank: int = 0, dp_size: int = 1,
                  all_gather: Optional[AllGather] = None, share_prompts: bool = False,
-                 kl_teacher: Optional[Callable[[List[KLPair]], List[KLPair]]] = None):
+                 kl_teacher: Optional[Callable[[List[KLPair]], List[KLPair]]] = None, seed: Optional[int] = None):
         if dp_size > 1 and all_gather is None:
             raise ValueError("data parallel generation needs an all_gather function")
         self.engine, self.renderer, self.reward_fn = engine, renderer, reward_fn
@@ -135,6 +139,7 @@ class RielScheduler:
         self.params = SamplingParams.from_config(rollout)
         self.share_prompts = bool(share_prompts)
         self.kl_teacher = kl_teacher
+        self.seed = int(seed if seed is not None else (rollout.seed or 0))
 
     # 1. ---------------------------------------------------------------------------------------------------------
     def requests(self, records: Sequence[Record], step: int) -> List[Request]:
@@ -146,7 +151,7 @@ class RielScheduler:
                 prompt = self.renderer.prompt(rec, e)
                 for _ in range(G):
                     out.append(Request(prompt_ids=list(prompt), qid=rec.id, expert=e,
-                                       seed=mix_seed(self.rollout.seed, step, len(out))))
+                                       seed=mix_seed(self.seed, step, len(out))))
         return out
 
     # 2. ---------------------------------------------------------------------------------------------------------
@@ -165,10 +170,13 @@ class RielScheduler:
         return out
 
     # 3.-6. ------------------------------------------------------------------------------------------------------
-    def step(self, records: Sequence[Record], step: int, rollouts: Optional[List[Rollout]] = None) -> RielStepOutput:
+    def step(self, records: Sequence[Record], step: int, rollouts: Optional[List[Rollout]] = None,
+             split_terms: bool = False) -> RielStepOutput:
         """One RIEL step's rollouts, groups, KL pairs, fired SFT examples and this DP rank's microbatches.
         Every rank of every parallel group calls it with the same ``records`` and ``step``. ``rollouts`` given
-        (async RIEL: generated elsewhere, in ``requests`` order with rewards) replaces steps 1-2."""
+        (async RIEL: generated elsewhere, in ``requests`` order with rewards) replaces steps 1-2. ``split_terms``:
+        pack GRPO, KL and SFT rows into separate microbatches (``RielStepOutput.terms``) so the trainer can measure
+        each term's gradient (``backend/term_grads.py``); the weights, hence the summed loss, are the same."""
         ids = [r.id for r in records]
         if len(set(ids)) != len(ids):
             raise ValueError(f"a RIEL step needs distinct record ids, got {ids}")
@@ -183,7 +191,8 @@ class RielScheduler:
         pairs: List[KLPair] = []
         if self.riel.inter_expert_kl and N > 1:
             for q in range(len(records)):
-                p = kl_pair(groups[q * N:(q + 1) * N], self.riel.max_kl_responses)
+                p = kl_pair(groups[q * N:(q + 1) * N], self.riel.max_kl_responses,
+                            tie_seed=mix_seed(self.seed, step, q, 0x7135))
                 if p is not None:
                     pairs.append(p)
         if self.kl_teacher is not None and pairs:
@@ -194,16 +203,25 @@ class RielScheduler:
 
         seqs = self.sequences(records, groups, pairs, fired)
         assign_weights(seqs, self.riel.aggregation, [1.0, self.riel.lambda_kl, self.riel.lambda_sft],
-                       constant=self.riel.constant_normalizer or self.rollout.max_new_tokens)
+                       constant=self.riel.constant_normalizer or self.rollout.max_new_tokens,
+                       normalizers=["own", self.riel.kl_normalizer, self.riel.sft_normalizer])
         train = seqs
         if self.riel.skip_zero_advantage and self.riel.beta_ref == 0:  # l_t = -min(r·0, clip(r)·0) = 0, no gradient
             train = [s for s in seqs if not (s.kind == TokenKind.GRPO and s.advantage == 0.0)]
-        plan = plan_microbatches(train, self.max_tokens, self.dp_size, self.pad_id, share_prompts=self.share_prompts,
-                                 max_row_tokens=self.riel.shared_row_tokens)
-        stats = self._stats(groups, pairs, fired, seqs, plan, t_gen)
+        pack = lambda rows: plan_microbatches(rows, self.max_tokens, self.dp_size, self.pad_id,  # noqa: E731
+                                              share_prompts=self.share_prompts,
+                                              max_row_tokens=self.riel.shared_row_tokens)
+        terms = None
+        if split_terms and train:
+            terms = [(k, pack(rows)[self.dp_rank]) for k in TokenKind
+                     for rows in [[s for s in train if s.kind == k]] if rows]
+            mine = [mb for _, mbs in terms for mb in mbs]
+        else:
+            mine = pack(train)[self.dp_rank]
+        stats = self._stats(groups, pairs, fired, seqs, mine, t_gen)
         stats["rows/skipped_zero_advantage"] = float(len(seqs) - len(train))
-        stats["tokens/forward"] = float(sum(mb.tokens.numel() for mb in plan[self.dp_rank]))
-        return RielStepOutput(plan[self.dp_rank], groups, pairs, fired, stats)
+        stats["tokens/forward"] = float(sum(mb.tokens.numel() for mb in mine))
+        return RielStepOutput(mine, groups, pairs, fired, stats, terms)
 
     def sequences(self, records: Sequence[Record], groups: Sequence[ScoredGroup], pairs: Sequence[KLPair],
                   fired: Sequence[HardExample]) -> List[TrainSequence]:
@@ -225,7 +243,7 @@ class RielScheduler:
             seqs.append(TrainSequence(list(ids), list(mask), TokenKind.SFT, tag=f"sft/{ex.record.id}/e{ex.expert}"))
         return seqs
 
-    def _stats(self, groups, pairs, fired, seqs, plan, t_gen) -> Dict[str, float]:
+    def _stats(self, groups, pairs, fired, seqs, plan: Sequence[MicroBatch], t_gen) -> Dict[str, float]:
         per_expert: Dict[int, List[float]] = defaultdict(list)
         for g in groups:
             per_expert[g.expert].extend(g.rewards)
@@ -238,7 +256,7 @@ class RielScheduler:
         stats["kl/questions"] = float(len(pairs))
         stats["sft/fired"] = float(len(fired))
         stats["buffer/size"] = float(len(self.buffer)) if self.buffer is not None else 0.0
-        stats["microbatches"] = float(len(plan[self.dp_rank]))
+        stats["microbatches"] = float(len(plan))
         gen = getattr(self.engine, "last_stats", {}) or {}
         stats["rollout/seconds"] = t_gen
         if gen.get("seconds"):
@@ -276,4 +294,5 @@ def build_riel_scheduler(cfg, chunks, tokenizer, expert_prompts: Sequence[str], 
                          num_experts=len(expert_prompts),
                          max_tokens_per_microbatch=cfg.data.micro_batch_size * cfg.data.seq_length,
                          pad_id=tokenizer.pad_id, buffer=buffer, dp_rank=dp_rank, dp_size=dp_size,
-                         all_gather=inference.dp_all_gather_objects, share_prompts=share, kl_teacher=kl_teacher)
+                         all_gather=inference.dp_all_gather_objects, share_prompts=share, kl_teacher=kl_teacher,
+                         seed=cfg.rollout.seed if cfg.rollout.seed is not None else cfg.seed)

@@ -101,11 +101,13 @@ def riel_sequences(n: int = 8, seq: int = 12, vocab: int = 100, seed: int = 11):
 
 
 def riel_grads(max_tokens: int, overrides: Sequence[str] = (), sequences: str = "riel", share: bool = False,
-               max_row_tokens: Optional[int] = None) -> Dict[str, Any]:
+               max_row_tokens: Optional[int] = None, by_term: bool = False) -> Dict[str, Any]:
     """One RIEL forward-backward (GRPO + KL + SFT, token-mean over the global batch, λ1 = 0.5, λ2 = 2) over fixed
     sequences (``riel_sequences`` or ``shared_prompt_sequences``) packed with ``max_tokens`` per microbatch, flat or
     into prompt-sharing rows, and split over DP. On rank 0: summed loss and per-kind token counts, full grads, the
-    microbatch count, padded slots and how many microbatches hold shared rows."""
+    microbatch count, padded slots and how many microbatches hold shared rows. ``by_term``: one pass per term
+    (``backend.term_grads``); also returns its per-term norms and, as their reference, the norm of each term's
+    gradient computed from that term's rows alone (full grads gathered, plain torch norm)."""
     from functools import partial
 
     from megatron.core import parallel_state as ps
@@ -121,10 +123,31 @@ def riel_grads(max_tokens: int, overrides: Sequence[str] = (), sequences: str = 
     opt, _ = O.build_optimizer(cfg, chunks, total_steps=1)
     seqs = {"riel": riel_sequences, "shared": shared_prompt_sequences}[sequences]()
     assign_weights(seqs, "token_mean", [1.0, cfg.riel.lambda_kl, cfg.riel.lambda_sft])
-    mbs = plan_microbatches(seqs, max_tokens, dp_size=info.dp_size, share_prompts=share,
-                            max_row_tokens=max_row_tokens)[info.dp_rank]
-    O.zero_grads(chunks, opt)
-    res = S.forward_backward(chunks, mbs, partial(riel_loss, riel_cfg=cfg.riel, impl="torch"), temperature=0.7)
+    pack = lambda rows: plan_microbatches(rows, max_tokens, dp_size=info.dp_size, share_prompts=share,  # noqa: E731
+                                          max_row_tokens=max_row_tokens)[info.dp_rank]
+    loss_fn = partial(riel_loss, riel_cfg=cfg.riel, impl="torch")
+    extra: Dict[str, Any] = {}
+    if by_term:
+        from megatron_meml.backend.term_grads import forward_backward_by_term
+        from megatron_meml.types import TokenKind
+
+        reference = {}
+        for k in TokenKind:  # each term alone: the norm its gradient should have
+            O.zero_grads(chunks, opt)
+            S.forward_backward(chunks, pack([q for q in seqs if q.kind == k]), loss_fn, temperature=0.7)
+            gather_dp_grad_buffers(chunks)
+            g = state.full_state_dict(chunks, cfg.model.num_layers, value=lambda n, p: p.main_grad)
+            if g is not None:  # rank 0 holds the full state dict
+                reference[k.name.lower()] = float(torch.sqrt(sum((v.double() ** 2).sum() for v in g.values())))
+        terms = [(k, pack([q for q in seqs if q.kind == k])) for k in TokenKind]
+        mbs = [mb for _, m in terms for mb in m]
+        O.zero_grads(chunks, opt)
+        res, norms = forward_backward_by_term(chunks, opt, terms, loss_fn, temperature=0.7)
+        extra = {"term_norms": norms, "reference_norms": reference}
+    else:
+        mbs = pack(seqs)
+        O.zero_grads(chunks, opt)
+        res = S.forward_backward(chunks, mbs, loss_fn, temperature=0.7)
     keys = ["loss", "count/grpo", "count/kl", "count/sft"]
     local = torch.tensor([sum(r[k] for r in res) for k in keys], dtype=torch.float64)
     if ps.is_pipeline_last_stage():
@@ -134,7 +157,7 @@ def riel_grads(max_tokens: int, overrides: Sequence[str] = (), sequences: str = 
     grads = state.full_state_dict(chunks, cfg.model.num_layers, value=lambda n, p: p.main_grad)
     if dist.get_rank() != 0:
         return {}
-    return {"grads": grads, **dict(zip(keys, local.tolist())), "microbatches": len(mbs),
+    return {"grads": grads, **dict(zip(keys, local.tolist())), **extra, "microbatches": len(mbs),
             "slots": sum(mb.tokens.numel() for mb in mbs),
             "shared_microbatches": sum(int(mb.segment_ids is not None) for mb in mbs)}
 

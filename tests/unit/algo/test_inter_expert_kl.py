@@ -13,6 +13,18 @@ def test_select_experts_ties_go_to_lowest_index():
     assert select_experts([0.5, 0.0, 0.5, 0.0]) == (0, 1)
 
 
+def test_select_experts_seeded_tie_draw():
+    """With a tie_seed, E+ and E- are uniform draws among the tied experts, reproducible per seed."""
+    draws = [select_experts([0.5, 0.5, 0.0, 0.0], tie_seed=s) for s in range(400)]
+    assert draws == [select_experts([0.5, 0.5, 0.0, 0.0], tie_seed=s) for s in range(400)]
+    for e in (0, 1):
+        assert 150 <= sum(d[0] == e for d in draws) <= 250
+    for e in (2, 3):
+        assert 150 <= sum(d[1] == e for d in draws) <= 250
+    assert all(select_experts([0.25, 0.75, 0.5], tie_seed=s) == (1, 0) for s in range(20))  # no tie: no draw
+    assert select_experts([0.5, 0.5, 0.5], tie_seed=3) is None
+
+
 def test_select_experts_skip_rules():
     assert select_experts([0.5, 0.5, 0.5]) is None         # m+ == m-
     assert select_experts([0.0, 0.0]) is None

@@ -67,6 +67,30 @@ def test_weights_give_the_global_objective_for_any_packing(agg):
         assert objective(plan_microbatches(seqs, max_tokens, dp)) == pytest.approx(ref, rel=1e-5)
 
 
+@pytest.mark.parametrize("agg", ["token_mean", "seq_mean_token_mean", "constant"])
+def test_grpo_normalizer_weighs_kl_and_sft_rows_like_rollouts(agg):
+    """normalizers=grpo for KL and SFT: their rows get the weight a GRPO row of the same length would get, times
+    λ1 / λ2; GRPO rows are unchanged; without GRPO rows a term falls back on its own population."""
+    seqs = make_seqs()
+    assign_weights(seqs, agg, COEF, constant=10.0)
+    own = [q.weight for q in seqs]
+    assign_weights(seqs, agg, COEF, constant=10.0, normalizers=["own", "grpo", "grpo"])
+    grpo = [q for q in seqs if q.kind == TokenKind.GRPO]
+    T, n = sum(q.num_loss_tokens for q in grpo), len(grpo)
+    for q, w in zip(seqs, own):
+        c = COEF[int(q.kind)]
+        want = {"token_mean": c / T, "seq_mean_token_mean": c / (n * q.num_loss_tokens),
+                "constant": c / (n * 10.0)}[agg]
+        assert q.weight == pytest.approx(w if q.kind == TokenKind.GRPO else want)
+    rest = [q for q in seqs if q.kind != TokenKind.GRPO]
+    assign_weights(rest, agg, COEF, constant=10.0, normalizers=["own", "grpo", "grpo"])
+    again = [q.weight for q in rest]
+    assign_weights(rest, agg, COEF, constant=10.0)
+    assert again == [q.weight for q in rest]
+    with pytest.raises(ValueError, match="riel.kl_normalizer"):
+        assign_weights(seqs, agg, COEF, constant=10.0, normalizers=["own", "tokens", "own"])
+
+
 def test_packing_capacity_balance_and_every_rank_busy():
     seqs = make_seqs(40, seed=1)
     assign_weights(seqs, "token_mean", COEF)

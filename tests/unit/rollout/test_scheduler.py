@@ -67,7 +67,7 @@ def reward(text, record):
 
 def make(riel=None, dp_rank=0, dp_size=1, all_gather=None):
     riel = riel or RIELConfig(group_size=G, buffer_k=2, buffer_capacity=2, admit_prob=1.0, max_kl_responses=2,
-                              lambda_kl=0.5, lambda_sft=2.0, skip_zero_advantage=False)
+                              lambda_kl=0.5, lambda_sft=2.0, skip_zero_advantage=False, kl_normalizer="own")
     rollout = RolloutConfig(max_new_tokens=8, seed=3)
     sched = RielScheduler(ScriptedEngine(), Renderer(), reward, riel, rollout, num_experts=N,
                           max_tokens_per_microbatch=24, pad_id=PAD, buffer=HardExampleBuffer.from_config(riel, seed=0),
@@ -142,7 +142,7 @@ def test_zero_advantage_rollouts_are_left_out_of_the_forward():
     """riel.skip_zero_advantage: the 16 GRPO rows with A = 0 (q0's expert 2, all of q1) are not trained on; every
     other row is emitted with the weight it has when they are kept (the normaliser still counts them)."""
     riel = RIELConfig(group_size=G, buffer_k=2, buffer_capacity=2, admit_prob=1.0, max_kl_responses=2,
-                      lambda_kl=0.5, lambda_sft=2.0, skip_zero_advantage=True)
+                      lambda_kl=0.5, lambda_sft=2.0, skip_zero_advantage=True, kl_normalizer="own")
     out = make(riel).step(RECORDS, step=0)
     kept = [r for r in expected_rows() if not (r[0] == TokenKind.GRPO and r[4] == 0.0)]
     assert len(expected_rows()) - len(kept) == 16
@@ -175,6 +175,40 @@ def test_shared_prompt_rows_hold_the_same_loss_tokens():
     assert tokens_of(shared) == tokens_of(flat)
     assert any(mb.segment_ids is not None for mb in shared)
     assert sum(mb.tokens.numel() for mb in shared) < sum(mb.tokens.numel() for mb in flat)
+
+
+def test_grpo_normalizer_counts_a_kl_row_like_a_rollout_and_split_terms_keep_every_row():
+    """riel.kl_normalizer=grpo (the default): a KL token weighs λ1 / T_GRPO (T_GRPO = 72 rollout tokens), not
+    λ1 / T_KL; split_terms packs each term into its own microbatches with the same rows and weights."""
+    riel = RIELConfig(group_size=G, buffer_k=2, buffer_capacity=2, admit_prob=1.0, max_kl_responses=2,
+                      lambda_kl=0.5, lambda_sft=2.0, skip_zero_advantage=False)
+    assert riel.kl_normalizer == "grpo" and riel.sft_normalizer == "own"
+    out = make(riel).step(RECORDS, step=0, split_terms=True)
+    want = [r[:5] + (round(0.5 / 72, 6),) if r[0] == TokenKind.KL else r for r in expected_rows()]
+    assert Counter(rows(out.microbatches)) == Counter(want)
+    assert [k for k, _ in out.terms] == [TokenKind.GRPO, TokenKind.KL, TokenKind.SFT]
+    for kind, mbs in out.terms:
+        assert {r[0] for r in rows(mbs)} == {kind}
+    assert out.microbatches == [mb for _, mbs in out.terms for mb in mbs]
+
+
+def test_ties_between_experts_are_a_seeded_draw():
+    """q0 has two experts tied for E+ (rewards 0.5) and one below: E+ is drawn per (seed, step, question), not the
+    lowest index; the same seed and step give the same draw."""
+    tie = {"q0": [[1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 1, 0]], "q1": REWARDS["q1"]}
+    drawn = []
+    for step in range(24):
+        sched = make()
+        sched.reward_fn = lambda text, rec: float(tie[rec.id][int(text.split("/")[1])][int(text.split("/")[2])])
+        _G_INDEX.update({r.seed: i % G for i, r in enumerate(sched.requests(RECORDS, step=step))})
+        (pair,) = sched.step(RECORDS, step=step).kl_pairs
+        drawn.append(pair.e_plus)
+        assert pair.e_minus == 1
+    assert set(drawn) == {0, 2} and 6 <= drawn.count(0) <= 18
+    sched = make()
+    sched.reward_fn = lambda text, rec: float(tie[rec.id][int(text.split("/")[1])][int(text.split("/")[2])])
+    _G_INDEX.update({r.seed: i % G for i, r in enumerate(sched.requests(RECORDS, step=5))})
+    assert sched.step(RECORDS, step=5).kl_pairs[0].e_plus == drawn[5]
 
 
 def test_buffer_below_capacity_gives_no_sft_and_switches_work():
