@@ -1,16 +1,28 @@
-"""The paper's ablation grid on the synthetic task, with a fixed budget and seeds, printed as the paper's table.
+"""The paper's ablation grid on the synthetic testbed, over several seeds, with a λ1 sweep and k1 vs k3.
 
-    python tools/ablate.py --budget small [--seeds 1 2] [--out runs/ablate]
+    python tools/ablate.py --seeds 1 2 3 [--jobs 2] [--lambdas 0.1 0.3 3] [--out runs/ablate] [overrides ...]
 
-Rows (each: MEF then RIEL with the same step budget; accuracy = greedy, held-out, after RIEL):
-  single-expert GRPO            experts.single_expert=true  (SFT on expert 0's traces, plain GRPO, no KL/buffer)
-  + multi-expert SFT            N experts, MEF on every expert's traces; RIEL without KL and buffer
-  + multi-expert SFT + buffer   ... with the hard-example buffer
-  + multi-expert SFT + KL       ... with the inter-expert KL
-  all (MEML-GRPO)               both
-The four multi-expert rows share one MEF run per seed (its final checkpoint is copied into each RIEL run, which
-then resumes after MEF), so they differ only in RIEL. Each row reports the mean over experts of accuracy and the
-majority vote across experts, averaged over seeds.
+Every run is the quickstart (examples/quickstart/config.yaml: MEF then RIEL, same step budget) with ``seed=N``
+(which reaches model init, data order, sampling and the buffer; the questions themselves follow data.seed and are
+the same for every seed) plus the row's overrides; extra ``key=value`` arguments apply to every run. Rows
+(accuracy = greedy, held-out, after RIEL):
+
+  none: single-expert GRPO       experts.single_expert=true  (SFT on expert 0's traces, plain GRPO)
+  + MoE (multi-expert SFT)       N experts, MEF on every teacher's traces; RIEL = GRPO only
+  + HSFT (hard-example buffer)   ... + the buffer
+  + IML (inter-expert KL)        ... + the KL, no buffer
+  all (MEML-GRPO)                ... + both
+  all, λ1 = x                    the λ1 sweep (all components)
+  all, k3                        the KL's k3 estimator instead of k1
+  all, KL over its own tokens    riel.kl_normalizer=own: the first release's KL scale
+
+The multi-expert rows of a seed share one MEF run (its final checkpoint and after-MEF eval are copied into each
+RIEL run, which resumes after MEF), so they differ only in RIEL. Each row reports mean ± std over seeds of: the
+mean accuracy over experts, its change from after MEF, the majority vote, the best label-free selection
+(eval.selection), and the training reward gain (mean of the last 10 RIEL steps minus the first 10). The paper's
+numbers (its ablation table, accuracy %) are printed beside the rows they correspond to. ``--jobs 2`` runs two
+independent runs at a time with one thread each: first every seed's single-expert run and shared MEF, then the
+RIEL rows. Finished runs are reused when the command is repeated with the same ``--out``.
 """
 from __future__ import annotations
 
@@ -18,94 +30,160 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "examples", "quickstart", "config.yaml")
+PAPER = {"none": 70.1, "moe": 72.6, "hsft": 76.4, "iml": 74.6, "all": 77.3}  # the paper's ablation, accuracy %
 
-BUDGETS = {  # overrides that set the step budget; everything else comes from the quickstart config
-    "small": ["riel.steps=40", "eval.num_examples=200"],
-    "medium": ["riel.steps=120", "eval.num_examples=200"],
-}
-MULTI_ROWS = [
-    ("+ multi-expert SFT", ["riel.inter_expert_kl=false", "riel.hard_example_buffer=false"]),
-    ("+ multi-expert SFT + buffer", ["riel.inter_expert_kl=false", "riel.hard_example_buffer=true"]),
-    ("+ multi-expert SFT + KL", ["riel.inter_expert_kl=true", "riel.hard_example_buffer=false"]),
-    ("all (MEML-GRPO)", ["riel.inter_expert_kl=true", "riel.hard_example_buffer=true"]),
+SINGLE = ("none: single-expert GRPO", "none", ["experts.single_expert=true", "riel.inter_expert_kl=false",
+                                               "riel.hard_example_buffer=false"])
+MULTI = [
+    ("+ MoE (multi-expert SFT)", "moe", ["riel.inter_expert_kl=false", "riel.hard_example_buffer=false"]),
+    ("+ HSFT (hard-example buffer)", "hsft", ["riel.inter_expert_kl=false", "riel.hard_example_buffer=true"]),
+    ("+ IML (inter-expert KL)", "iml", ["riel.inter_expert_kl=true", "riel.hard_example_buffer=false"]),
+    ("all (MEML-GRPO)", "all", ["riel.inter_expert_kl=true", "riel.hard_example_buffer=true"]),
 ]
-SINGLE = ("single-expert GRPO", ["experts.single_expert=true", "riel.inter_expert_kl=false",
-                                 "riel.hard_example_buffer=false"])
 
 
-def train(run_dir: str, overrides, log) -> dict:
+def rows_for(lambdas: Sequence[float], k3: bool, own: bool) -> List[Tuple[str, str, List[str]]]:
+    all_on = ["riel.inter_expert_kl=true", "riel.hard_example_buffer=true"]
+    out = list(MULTI)
+    for lam in lambdas:
+        out.append((f"all, λ1 = {lam:g}", f"lambda{lam:g}", all_on + [f"riel.lambda_kl={lam}"]))
+    if k3:
+        out.append(("all, k3 estimator", "k3", all_on + ["riel.kl_estimator=k3"]))
+    if own:
+        out.append(("all, KL averaged over its own tokens (first release)", "klown",
+                    all_on + ["riel.kl_normalizer=own"]))
+    return out
+
+
+def train(run_dir: str, overrides: Sequence[str], threads: Optional[int], log) -> dict:
     """One training run (subprocess); returns its eval.json."""
     cmd = [sys.executable, "-m", "megatron_meml.train", CONFIG, f"logging.run_dir={run_dir}",
            "logging.progress_bar=false", *overrides]
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     t0 = time.time()
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "train.log"), "w") as f:
-        rc = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        rc = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
     if rc != 0:
         raise SystemExit(f"run failed (exit {rc}): see {run_dir}/train.log")
     log(f"  {os.path.relpath(run_dir, ROOT)} done in {time.time() - t0:.0f}s")
-    with open(os.path.join(run_dir, "eval.json")) as f:
-        return json.load(f)
+    return json.load(open(os.path.join(run_dir, "eval.json")))
 
 
-def seed_mef(out: str, seed: int, base, log) -> str:
-    """The shared multi-expert MEF run of one seed (RIEL off)."""
-    run_dir = os.path.join(out, f"seed{seed}", "mef_multi")
-    if not os.path.exists(os.path.join(run_dir, "eval.json")):
-        train(run_dir, base + ["riel.enabled=false"], log)
-    return run_dir
+def finished(run_dir: str, stage: str) -> bool:
+    path = os.path.join(run_dir, "eval.json")
+    return os.path.exists(path) and stage in json.load(open(path))
 
 
-def riel_from(mef_dir: str, run_dir: str, overrides, log) -> dict:
+def riel_from(mef_dir: str, run_dir: str, overrides, threads, log) -> None:
     """A RIEL run that starts from a finished MEF run (checkpoint + after-MEF eval copied in)."""
-    if os.path.exists(os.path.join(run_dir, "eval.json")) and "after_riel" in json.load(
-            open(os.path.join(run_dir, "eval.json"))):
-        return json.load(open(os.path.join(run_dir, "eval.json")))
+    if finished(run_dir, "after_riel"):
+        return
     shutil.rmtree(run_dir, ignore_errors=True)
     os.makedirs(run_dir)
     shutil.copytree(os.path.join(mef_dir, "checkpoints"), os.path.join(run_dir, "checkpoints"))
     shutil.copy(os.path.join(mef_dir, "eval.json"), os.path.join(run_dir, "eval.json"))
-    return train(run_dir, overrides, log)
+    train(run_dir, overrides, threads, log)
 
 
-def table(rows) -> str:
-    lines = ["| setting | mean accuracy over experts | majority vote | after MEF (mean) | seeds |",
-             "|---|---:|---:|---:|---:|"]
-    for name, evals in rows:
-        mean = sum(e["after_riel"]["mean_accuracy"] for e in evals) / len(evals)
-        vote = sum(e["after_riel"]["majority_vote"] for e in evals) / len(evals)
-        mef = sum(e["after_mef"]["mean_accuracy"] for e in evals) / len(evals)
-        lines.append(f"| {name} | {mean:.3f} | {vote:.3f} | {mef:.3f} | {len(evals)} |")
+def reward_gain(run_dir: str) -> float:
+    """Mean training reward of the last 10 RIEL steps minus that of the first 10."""
+    rows = {}
+    for line in open(os.path.join(run_dir, "metrics.jsonl")):
+        row = json.loads(line)
+        if row.get("stage") == "riel" and "reward/mean" in row:
+            rows[row["step"]] = row["reward/mean"]
+    r = [rows[k] for k in sorted(rows)]
+    return sum(r[-10:]) / len(r[-10:]) - sum(r[:10]) / len(r[:10]) if r else float("nan")
+
+
+def summarise(run_dir: str) -> Dict[str, float]:
+    ev = json.load(open(os.path.join(run_dir, "eval.json")))
+    after, mef = ev["after_riel"], ev["after_mef"]
+    sel = after.get("selection", {})
+    return {"mean": after["mean_accuracy"], "delta": after["mean_accuracy"] - mef["mean_accuracy"],
+            "vote": after["majority_vote"], "select": max(sel.values()) if sel else float("nan"),
+            "best": after.get("best_expert", {}).get("accuracy", float("nan")), "gain": reward_gain(run_dir),
+            "mef": mef["mean_accuracy"]}
+
+
+def fmt(values: Sequence[float], pct: bool = True) -> str:
+    k = 100.0 if pct else 1.0
+    m = statistics.mean(values) * k
+    s = statistics.stdev(values) * k if len(values) > 1 else 0.0
+    return f"{m:.1f} ± {s:.1f}" if pct else f"{m:+.3f} ± {s:.3f}"
+
+
+def table(rows: List[Tuple[str, str, List[Dict[str, float]]]]) -> str:
+    lines = ["| setting | paper | mean acc. over experts | Δ vs after MEF | majority vote | best label-free "
+             "selection | best expert | train reward gain (last10 − first10) | seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, key, res in rows:
+        if not res:
+            continue
+        paper = f"{PAPER[key]:.1f}" if key in PAPER else ""
+        lines.append(f"| {name} | {paper} | {fmt([r['mean'] for r in res])} | {fmt([r['delta'] for r in res])} | "
+                     f"{fmt([r['vote'] for r in res])} | {fmt([r['select'] for r in res])} | "
+                     f"{fmt([r['best'] for r in res])} | {fmt([r['gain'] for r in res], pct=False)} | {len(res)} |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--budget", choices=sorted(BUDGETS), default="small")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--lambdas", type=float, nargs="*", default=[0.3, 3.0],
+                    help="λ1 values of the sweep besides the default (all components on)")
+    ap.add_argument("--no-k3", action="store_true", help="leave out the k3-estimator row")
+    ap.add_argument("--no-own", action="store_true", help="leave out the riel.kl_normalizer=own row")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time (each with one thread when > 1)")
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "ablate"))
+    ap.add_argument("overrides", nargs="*", help="key=value applied to every run")
     a = ap.parse_args(argv)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
-    rows = {name: [] for name, _ in [SINGLE] + MULTI_ROWS}
-    for seed in a.seeds:
-        base = BUDGETS[a.budget] + [f"seed={seed}", f"data.seed={seed}", f"rollout.seed={seed}"]
-        log(f"seed {seed}: single-expert run")
-        rows[SINGLE[0]].append(train(os.path.join(a.out, f"seed{seed}", "single_expert"), base + SINGLE[1], log))
-        log(f"seed {seed}: shared multi-expert MEF")
-        mef_dir = seed_mef(a.out, seed, base, log)
-        for name, ov in MULTI_ROWS:
-            slug = name.strip("+ ").replace(" + ", "_").replace(" ", "_").replace("(", "").replace(")", "")
-            rows[name].append(riel_from(mef_dir, os.path.join(a.out, f"seed{seed}", slug), base + ov, log))
-    text = table([(name, rows[name]) for name, _ in [SINGLE] + MULTI_ROWS])
-    with open(os.path.join(a.out, f"ablation_{a.budget}.md"), "w") as f:
-        f.write(text + "\n")
-    print(text)
+    threads = 1 if a.jobs > 1 else None
+    grid = rows_for(a.lambdas, not a.no_k3, not a.no_own)
+    dirs: Dict[str, List[str]] = {key: [] for _, key, _ in [SINGLE] + grid}
+
+    t0 = time.time()
+    sdir = {s: os.path.join(a.out, f"seed{s}") for s in a.seeds}
+    with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
+        first = []  # phase 1: every seed's single-expert run and shared multi-expert MEF
+        for s in a.seeds:
+            single, mef = os.path.join(sdir[s], "single_expert"), os.path.join(sdir[s], "mef_multi")
+            dirs["none"].append(single)
+            if not finished(single, "after_riel"):
+                first.append(pool.submit(train, single, [f"seed={s}", *a.overrides] + SINGLE[2], threads, log))
+            if not finished(mef, "after_mef"):
+                first.append(pool.submit(train, mef, [f"seed={s}", *a.overrides, "riel.enabled=false"], threads, log))
+        for f in first:
+            f.result()
+        second = []  # phase 2: the RIEL rows, each from its seed's MEF checkpoint
+        for s in a.seeds:
+            for _, key, ov in grid:
+                run = os.path.join(sdir[s], key)
+                dirs[key].append(run)
+                second.append(pool.submit(riel_from, os.path.join(sdir[s], "mef_multi"), run,
+                                          [f"seed={s}", *a.overrides] + ov, threads, log))
+        for f in second:
+            f.result()
+    rows = [(name, key, [summarise(d) for d in dirs[key]]) for name, key, _ in [SINGLE] + grid]
+    text = table(rows)
+    mef = [summarise(d)["mef"] for d in dirs["all"]]
+    note = (f"\nAfter MEF (shared by the multi-expert rows): mean accuracy {fmt(mef)}; seeds {a.seeds}; "
+            f"{time.time() - t0:.0f}s wall.\n")
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "ablation.md"), "w") as f:
+        f.write(text + "\n" + note)
+    print(text + "\n" + note)
     return 0
 
 

@@ -77,6 +77,7 @@ def evaluate(generate: Callable[[List[Request]], List[Rollout]], prompt_fn: Call
     if families:
         out["by_family"] = {f: _scores(per_expert, picks, qs) for f, qs in sorted(families.items())}
     out["per_question"] = [[s[qi] for s in per_expert] for qi in range(len(records))]
+    out["ids"] = [r.id for r in records]
     return out
 
 
@@ -95,12 +96,21 @@ def _table(rows: Sequence[tuple], n: int, strategies: Sequence[str]) -> List[str
 
 
 def write_eval(results: Dict[str, Dict[str, object]], run_dir: str) -> None:
-    """``eval.json`` (every stage's results) and ``eval.md``: stage x (expert accuracy, mean, majority vote, best
-    single expert, oracle, each selection strategy), then the same per problem family when there are families."""
+    """``eval.json`` (every stage's results), ``eval.md`` (stage x expert accuracy, mean, majority vote, best
+    single expert, oracle, each selection strategy, then the same per problem family when there are families) and
+    ``predictions_<stage>.jsonl`` (``{id, expert, correct}`` per question and expert, for stages evaluated in this
+    process: ``python tools/expert_overlap.py <run_dir>/predictions_after_mef.jsonl`` is the paper's Table 1)."""
     os.makedirs(run_dir, exist_ok=True)
-    slim = {stage: {k: v for k, v in res.items() if k != "per_question"} for stage, res in results.items()}
+    slim = {stage: {k: v for k, v in res.items() if k not in ("per_question", "ids")}
+            for stage, res in results.items()}
     with open(os.path.join(run_dir, "eval.json"), "w") as f:
         json.dump(slim, f, indent=2)
+    for stage, res in results.items():  # per-question correctness: input of tools/expert_overlap.py
+        if res.get("per_question") and res.get("ids"):
+            with open(os.path.join(run_dir, f"predictions_{stage}.jsonl"), "w") as f:
+                for qid, scores in zip(res["ids"], res["per_question"]):
+                    for e, sc in enumerate(scores):
+                        f.write(json.dumps({"id": qid, "expert": e, "correct": bool(sc > 0.5)}) + "\n")
     n = max((len(r["accuracy"]) for r in results.values()), default=0)
     strategies = sorted({k for r in results.values() for k in r.get("selection", {})},
                         key=lambda k: (STRATEGIES.index(k) if k in STRATEGIES else len(STRATEGIES), k))

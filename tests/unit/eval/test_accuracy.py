@@ -30,6 +30,9 @@ def test_accuracy_and_majority_vote(tmp_path):
     saved = json.load(open(tmp_path / "eval.json"))
     assert saved["after_mef"]["accuracy"] == [1.0, 1 / 3, 2 / 3] and "per_question" not in saved["after_mef"]
     assert "| after_mef | 1.000 | 0.333 | 0.667 | 0.667 | 0.667 |" in (tmp_path / "eval.md").read_text()
+    preds = [json.loads(line) for line in open(tmp_path / "predictions_after_mef.jsonl")]
+    assert len(preds) == 9 and preds[3] == {"id": "q1", "expert": 0, "correct": True}
+    assert sum(p["correct"] for p in preds if p["expert"] == 1) == 1
 
 
 def test_majority_ties_go_to_lowest_index_and_keys_normalise():

@@ -31,8 +31,10 @@ def test_hand_computed_table():
     assert t.pair_rate == pytest.approx({("A", "B"): 1 / 3, ("A", "C"): 1 / 6, ("B", "C"): 1 / 6})
     assert t.pair_jaccard == pytest.approx({("A", "B"): 0.5, ("A", "C"): 0.25, ("B", "C"): 0.25})
     assert t.all_errors == 1 and t.all_rate == pytest.approx(1 / 6)
+    assert t.independent_pair(("A", "B")) == pytest.approx(0.25) and t.independent_all == pytest.approx(1 / 12)
     text = format_table(t)
     assert "questions compared: 6" in text and "A & B" in text and "33.33%" in text and "16.67%" in text
+    assert "if independent" in text and "25.00%" in text and "8.33%" in text
 
 
 def test_edge_cases():
