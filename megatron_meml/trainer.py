@@ -363,7 +363,18 @@ def run_riel(run: Run) -> Dict[str, float]:
                                      "bad_in_a_row": bad_in_a_row}, last=step == steps - 1)
     if bar is not None:
         bar.close()
-    return {"riel_steps": steps}
+    out: Dict[str, float] = {"riel_steps": steps}
+    path = os.path.join(run.run_dir, "metrics.jsonl")
+    if run.info.is_logging_rank and os.path.exists(path):  # from the log, so a resumed run reports every step
+        from .eval.plots import read_metrics
+
+        r = [row["reward/mean"] for row in read_metrics(path, "riel") if "reward/mean" in row]
+        if r:
+            k = min(10, len(r))
+            out.update(reward_first10=sum(r[:k]) / k, reward_last10=sum(r[-k:]) / k)
+            run.say(f"RIEL training reward: mean of the first {k} steps {out['reward_first10']:.3f} -> "
+                    f"last {k} steps {out['reward_last10']:.3f}")
+    return out
 
 
 class ReferencePolicy:

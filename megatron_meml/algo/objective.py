@@ -19,6 +19,22 @@ Two ways to evaluate an objective, same result (``tests/distributed/test_fused_o
     ``objective.reduce(per_token_loss, clipped, mb) -> (loss, metrics)``.
 ``backend.step.forward_backward`` takes the second way for any loss function that has ``loss_inputs``
 (:class:`TokenObjective`), the first for plain callables.
+
+Scale of the terms (the paper fixes λ1 = λ2 = 1 but not the normalisers; decided here, measured with the per-term
+gradient norms of ``backend/term_grads.py`` on the quickstart, grad_norm/{grpo,kl,sft} in metrics.jsonl):
+  * The GRPO gradient is small by construction: advantages sum to zero in every group, so the per-token pushes
+    largely cancel (quickstart: 0.1-0.5). The k1 KL gradient is −∇log π(O+ | P−), supervised learning on E+'s
+    answers, with no cancellation; the SFT gradient likewise.
+  * Normalised over its own tokens (``riel.kl_normalizer=own``, the first release) the KL term had the weight of
+    the whole GRPO term although it lives on a few rows: at λ1 = 1 its gradient was ~30x GRPO's (8.4 vs 0.27) and
+    after clipping GRPO was ~12% of the update; a λ1 sweep on v1 peaked at λ1 = 0.01.
+  * ``riel.kl_normalizer=grpo`` (default) divides KL tokens by the GRPO population: a KL row counts like one more
+    rollout of E− whose advantage is λ1 on every token. Measured on the v2 quickstart at λ1 = 1: KL 1.0-2.6 vs GRPO
+    0.1-0.5 in the first 20 steps (the experts disagree most), 0.1-0.8 vs 0.1-0.5 after step 40 (the pull fades
+    as E− learns O+). λ1 keeps its meaning as a relative weight and needs no recalibration per batch shape.
+  * The buffer's SFT term at the paper's normalisation (``riel.sft_normalizer=own``: token-mean over the fired
+    examples, λ2 = 1) measured 2.4-10 when it fires (B = 16 every ~3 steps), i.e. those steps are SFT steps.
+The λ1 / normaliser choices and their effect on accuracy are in the README's ablation table (tools/ablate.py).
 """
 from __future__ import annotations
 

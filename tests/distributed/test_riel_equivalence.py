@@ -36,10 +36,12 @@ def test_data_parallel_two_ranks(one_by_eight):
 
 
 def test_per_term_passes_sum_to_the_same_gradient_and_measure_each_term(one_by_eight):
-    """backend.term_grads under DP=2 with the distributed optimizer: one pass per term (GRPO, KL, SFT) leaves the
-    single-pass gradient in the buffers, and each term's norm is that term's own gradient norm."""
+    """backend.term_grads at DP=2 x TP=2 with the distributed optimizer: one pass per term (GRPO, KL, SFT) leaves
+    the single-pass gradient in the buffers, and each term's norm is that term's own gradient norm (shards combined
+    over DP, tensor-parallel duplicates counted once)."""
     one = one_by_eight
-    r = spawn("tests.distributed.workers:riel_grads", 2, max_tokens=2 * SEQ, by_term=True)[0]
+    r = spawn("tests.distributed.workers:riel_grads", 4, max_tokens=2 * SEQ, by_term=True,
+              overrides=["parallel.tensor_model_parallel_size=2"])[0]
     assert abs(r["loss"] - one["loss"]) <= 1e-6
     assert _max_diff(one["grads"], r["grads"]) <= 1e-6
     for term in ("grpo", "kl", "sft"):
