@@ -5,30 +5,34 @@ strong expert of a question can teach the weak one. v1 of the synthetic task had
 only: every expert learnt the same arithmetic and the inter-expert KL could transfer nothing but style. Here each
 teacher is reliable on two families and makes a realistic, systematic mistake on the third:
 
-  family  question (byte text)                     correct trace (style 0)            teacher that errs, and how
-  add     ``Ann adds 47 and 38.``                   ``7+8=15. 4+3+1=8. #### 85``       style 0 drops the carry:
-                                                                                       ``7+8=15. 4+3=7. #### 75``
-  prec    ``Bo computes 3+4*2.``                    ``4*2=8. 3+8=11. #### 11``         style 1 goes left to right:
-                                                                                       ``3+4=7. 7*2=14. #### 14``
-  units   ``Cy has 3 weeks and 4 days. How many     ``3*7=21. 21+4=25. #### 25``       style 2 drops the unit:
-          days?``                                                                      ``3+4=7. #### 7``
+  family  question (byte text)          correct trace (style 0)                 the teacher that errs, and how
+  add     ``Ann adds 47 and 8.``           ``47+8: 7+8=15. 4+1=5. #### 55``        style 0 drops the carry:
+                                                                                  ``47+8: 7+8=15. 4+0=4. #### 45``
+  prec    ``Bo computes 3+4*2.``           ``3+4*2: 4*2=8. 3+8=11. #### 11``       style 1 goes left to right:
+                                                                                  ``3+4*2: 3+4=7. 7*2=14. #### 14``
+  units   ``Cy has 3 weeks 4 days. In      ``3*7+4: 3*7=21. 21+4=25. #### 25``     style 2 drops the unit:
+          days?``                                                                 ``3+4: 3+4=7. #### 7``
 
-A teacher errs with probability ``teacher_error`` on the *trigger* cases of its weak family (a carry in the ones
-column; ``a+b*c`` rather than ``a*b+c``; every units question) and never elsewhere; the draw is seeded per
-(record, teacher), so the MEF data is a pure function of the seed. The MEF student under P_e therefore learns a
-mixture that is mostly wrong on its weak family (greedy answers wrong, samples sometimes right: room for GRPO),
-while the other two experts answer those questions correctly (knowledge the inter-expert KL can transfer).
+A teacher errs with probability ``teacher_error`` on the *trigger* cases of its weak family (a carry out of the
+ones column, 70% of ``add``; ``a+b*c`` rather than ``b*c+a``, 70% of ``prec``; every units question) and never
+elsewhere; the draw is seeded per (record, teacher), so the MEF data is a pure function of data.seed. The MEF
+student under P_e therefore learns a mixture that is mostly wrong on its weak family (greedy answers wrong, samples
+sometimes right: room for GRPO), while the other two experts answer those questions correctly (knowledge the
+inter-expert KL can transfer).
 
 Formats (each teacher writes every family in its own style; all end in ``#### <answer>``):
-  style 0 equations  ``7+8=15. 4+3+1=8. #### 85``
-  style 1 steps      ``Step 1: 7+8=15. Step 2: 4+3+1=8. #### 85``
-  style 2 parts      ``a=7+8=15; b=4+3+1=8; #### 85``
-Style k >= 3 cycles through the three (with the weakness of style k mod 3).
+  style 0 equations  ``47+8: 7+8=15. 4+1=5. #### 55``
+  style 1 steps      ``47+8. 1) 7+8=15. 2) 4+1=5. #### 55``
+  style 2 parts      ``47+8; a=7+8=15; b=4+1=5; #### 55``
+Style k >= 3 cycles through the three (with the weakness of style k mod 3). Every trace first restates the problem
+as an expression copied in question order: a 2-layer byte model could not copy operands out of order (~4%
+accuracy after 450 MEF steps with column sums written straight from the question).
 
 ``Record.solution`` is the *correct* trace in style 0 (the gold rationale the hard-example buffer trains on);
 ``Record.meta`` holds ``family``, ``args`` and ``trigger`` so any teacher's trace can be rendered
-(:func:`teacher_trace`). Operands are kept to facts a 0.2M-parameter model learns in a few hundred steps
-(single-digit columns, products of 2..5, units of 7, 12 and 24); names make the question strings distinct.
+(:func:`teacher_trace`). Operands are kept to facts a 0.2M-parameter model learns in a few hundred steps (a
+two-digit number plus a digit, products of 2..5, units of 7 and 12, half of them weeks); names make the question
+strings distinct.
 """
 from __future__ import annotations
 
@@ -39,7 +43,8 @@ from ..types import Record
 
 FAMILIES = ("add", "prec", "units")
 WEAK_FAMILY = ("add", "prec", "units")  # teacher style s errs on WEAK_FAMILY[s % 3]
-NAMES = ["Ann", "Bo", "Cy", "Di", "Ed", "Flo", "Gus", "Hal", "Ivy", "Jo", "Kim", "Lu"]
+NAMES = ["Ann", "Bo", "Cy", "Di", "Ed", "Flo", "Gus", "Hal", "Ivy", "Jo", "Kim", "Lu", "Max", "Ned", "Olu", "Pia",
+         "Quin", "Rae", "Sol", "Tia"]
 UNITS = [("weeks", "days", 7), ("feet", "inches", 12), ("years", "months", 12), ("dozens", "eggs", 12)]
 CARRY_RATE = 0.7   # fraction of `add` problems with a carry out of the ones column (the trigger)
 SUM_FIRST_RATE = 0.7  # fraction of `prec` problems written a+b*c (the trigger; else b*c+a)
@@ -56,8 +61,8 @@ def _draw(rng: random.Random, family: str) -> Tuple[list, bool]:
     if family == "prec":
         sum_first = rng.random() < SUM_FIRST_RATE
         return [rng.randint(1, 6), rng.randint(2, 5), rng.randint(2, 5), int(sum_first)], sum_first
-    if family == "units":
-        u = rng.randrange(len(UNITS))
+    if family == "units":  # half the problems in weeks (factor 7), half in one of the factor-12 units
+        u = 0 if rng.random() < 0.5 else rng.randrange(1, len(UNITS))
         return [rng.randint(2, 5), rng.randint(1, 6), u], True
     raise ValueError(f"synthetic v2: unknown family {family!r}; choose from {', '.join(FAMILIES)}")
 
@@ -69,7 +74,7 @@ def question(name: str, family: str, args: Sequence[int]) -> str:
         a, b, c, sum_first = args
         return f"{name} computes {a}+{b}*{c}." if sum_first else f"{name} computes {b}*{c}+{a}."
     big, small, _ = UNITS[args[2]]
-    return f"{name} has {args[0]} {big} and {args[1]} {small}. How many {small}?"
+    return f"{name} has {args[0]} {big} {args[1]} {small}. In {small}?"
 
 
 def _steps(family: str, args: Sequence[int], wrong: bool) -> Tuple[str, List[str], int]:

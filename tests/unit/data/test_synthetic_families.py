@@ -40,7 +40,7 @@ def test_teachers_err_only_on_trigger_cases_of_their_weak_family():
 @pytest.mark.parametrize("family,question,right,wrong", [
     ("add", "adds 47 and 8.", "47+8: 7+8=15. 4+1=5. #### 55", "47+8: 7+8=15. 4+0=4. #### 45"),
     ("prec", "computes 3+4*2.", "3+4*2. 1) 4*2=8. 2) 3+8=11. #### 11", "3+4*2. 1) 3+4=7. 2) 7*2=14. #### 14"),
-    ("units", "has 3 weeks and 4 days. How many days?", "3*7+4; a=3*7=21; b=21+4=25; #### 25", "3+4; a=3+4=7; #### 7"),
+    ("units", "has 3 weeks 4 days. In days?", "3*7+4; a=3*7=21; b=21+4=25; #### 25", "3+4; a=3+4=7; #### 7"),
 ])
 def test_each_teacher_makes_its_realistic_mistake(family, question, right, wrong):
     """mis-carry (style 0 on add), left-to-right precedence (style 1 on prec), dropped unit (style 2 on units)."""
