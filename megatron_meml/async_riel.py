@@ -93,7 +93,7 @@ class RolloutRank:
     def __init__(self, cfg: Config, split: Split, config_dir: Optional[str] = None):
         from .data import load_expert_prompts, tokenizer_from_config
         from .rollout.scheduler import build_riel_scheduler, verifier_reward
-        from .trainer import load_records
+        from .trainer import riel_records
 
         self.cfg, self.split = cfg, split
         # Preemption signals are the training ranks' business: they checkpoint at the next step boundary, which
@@ -112,7 +112,7 @@ class RolloutRank:
         for prm in model.parameters():
             prm.requires_grad_(False)
         self.chunks = [model]
-        self.records = load_records(cfg, cfg.data.train_split)
+        self.records = riel_records(cfg)
         self.sched = build_riel_scheduler(rcfg, self.chunks, tokenizer, load_expert_prompts(cfg.experts),
                                           verifier_reward(cfg.data.name))
         heartbeat = Heartbeat(split.store, split.name)
@@ -125,7 +125,7 @@ class RolloutRank:
         from .trainer import riel_questions
 
         c = self.cfg
-        recs = riel_questions(self.records, step, c.riel.questions_per_step, c.data.seed)
+        recs = riel_questions(self.records, step, c.riel.questions_per_step, c.seed)
         t0 = time.perf_counter()
         rollouts = self.sched.generate_and_score(self.sched.requests(recs, step), recs)
         return rollouts, {"seconds": time.perf_counter() - t0,
@@ -203,13 +203,13 @@ def run_riel_async(run) -> Dict[str, float]:
     from .algo.async_objective import decoupled_riel_loss
     from .checkpointing import Preempted
     from .rollout.scheduler import build_riel_scheduler, verifier_reward
-    from .trainer import ReferencePolicy, _progress, load_records, reduce_metrics, riel_questions
+    from .trainer import ReferencePolicy, _progress, reduce_metrics, riel_questions, riel_records
 
     cfg, client = run.cfg, run.link
     if run.ckpt.stage_done("riel"):
         run.say("RIEL: complete in the latest checkpoint; skipped")
         return {}
-    records = load_records(cfg, cfg.data.train_split)
+    records = riel_records(cfg)
     steps, N, G = cfg.riel.steps, cfg.experts.num_experts, cfg.riel.group_size
     optimizer, scheduler = boptim.build_optimizer(cfg, run.chunks, lr=cfg.riel.lr, total_steps=steps)
     sched = build_riel_scheduler(cfg, run.chunks, run.tokenizer, run.prompts, verifier_reward(cfg.data.name),
@@ -242,7 +242,7 @@ def run_riel_async(run) -> Dict[str, float]:
         mark = time.time()
         for step in range(start, steps):
             t0 = time.time()
-            recs = riel_questions(records, step, cfg.riel.questions_per_step, cfg.data.seed)
+            recs = riel_questions(records, step, cfg.riel.questions_per_step, cfg.seed)
             _check_rollouts(pending, step, recs, N, G)
             out = sched.step(recs, step, rollouts=pending["rollouts"])
             t_sched = time.time()

@@ -111,10 +111,16 @@ def load_records(cfg: Config, split: str) -> List[Record]:
     kw = {}
     if d.name == "synthetic":
         kw = dict(seed=d.seed, num_train=d.synthetic.num_train, num_test=d.synthetic.num_test,
+                  num_riel=d.synthetic.num_riel,
                   version=d.synthetic.version, families=list(d.synthetic.families),
                   max_operand=d.synthetic.max_operand, min_steps=d.synthetic.min_steps,
                   max_steps=d.synthetic.max_steps)
     return load_dataset(d.name, d.path, split, on_bad_record=d.on_bad_record, **kw)
+
+
+def riel_records(cfg: Config) -> List[Record]:
+    """RIEL's question pool: ``riel.train_split`` when set, else ``data.train_split``."""
+    return load_records(cfg, cfg.riel.train_split or cfg.data.train_split)
 
 
 def mef_rows(cfg: Config, say=print) -> List[MEFRow]:
@@ -295,7 +301,7 @@ def run_riel(run: Run) -> Dict[str, float]:
     if run.ckpt.stage_done("riel"):
         run.say("RIEL: complete in the latest checkpoint; skipped")
         return {}
-    records = load_records(cfg, cfg.data.train_split)
+    records = riel_records(cfg)
     steps = cfg.riel.steps
     optimizer, scheduler = boptim.build_optimizer(cfg, run.chunks, lr=cfg.riel.lr, total_steps=steps)
     sched = build_riel_scheduler(cfg, run.chunks, run.tokenizer, run.prompts, verifier_reward(cfg.data.name))

@@ -247,7 +247,7 @@ def riel_part(run, dev: Device, s: dict, ceil: Dict[str, float], mem_gib: float,
             score_s[0] = 0.0
             dev.sync()
             t0 = time.perf_counter()
-            out = sched.step(riel_questions(records, step, cfg.riel.questions_per_step, cfg.data.seed), step)
+            out = sched.step(riel_questions(records, step, cfg.riel.questions_per_step, cfg.seed), step)
             dev.sync()
             t1 = time.perf_counter()
             boptim.zero_grads(run.chunks, optimizer)

@@ -186,6 +186,8 @@ class SyntheticConfig:
                        "releases (max_operand, min_steps, max_steps apply to it only).")
     num_train: int = doc(2000, "Training problems generated.")
     num_test: int = doc(200, "Held-out problems generated (disjoint from train).")
+    num_riel: int = doc(0, "Problems of the extra split `riel` (disjoint from train and test, no teacher traces): "
+                        "with riel.train_split=riel, RIEL's questions are ones MEF never trained on.")
     families: List[str] = doc(["add", "prec", "units"], "v2: problem families, taken in turn.")
     teacher_error: float = doc(0.75, "v2: probability that a teacher's MEF trace makes its systematic mistake on a "
                                "trigger case of its weak family (a carry, a+b*c, a units question); 0 = every "
@@ -200,6 +202,7 @@ class SyntheticConfig:
         _check(bool(self.families) and all(f in ("add", "prec", "units") for f in self.families),
                "data.synthetic.families", "must be a non-empty list of add | prec | units")
         _at_least(self, "data.synthetic", 1, "num_train", "num_test", "max_operand", "min_steps")
+        _at_least(self, "data.synthetic", 0, "num_riel")
         _check(self.max_steps >= self.min_steps, "data.synthetic.max_steps",
                f"{self.max_steps} is below data.synthetic.min_steps={self.min_steps}")
 
@@ -292,6 +295,10 @@ class RIELConfig:
     steps: int = doc(10, "RIEL optimizer steps.")
     lr: float = doc(1e-6, "Peak LR of RIEL (paper: 1e-6).")
     questions_per_step: int = doc(8, "Questions per RIEL step (each gets N experts x G rollouts).")
+    train_split: Optional[str] = doc(None, "Split RIEL draws its questions from (null = data.train_split). A split "
+                                     "MEF did not train on keeps the training reward honest: after several MEF "
+                                     "epochs the experts have memorised each other's answers to the MEF questions "
+                                     "(the synthetic task's `riel` split, data.synthetic.num_riel).")
     group_size: int = doc(8, "G: rollouts per (question, expert).")
     eps_low: float = doc(0.2, "PPO clip lower epsilon.")
     eps_high: float = doc(0.2, "PPO clip upper epsilon (clip-higher when > eps_low).")

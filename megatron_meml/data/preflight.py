@@ -27,6 +27,8 @@ def check_run_inputs(cfg) -> None:
         splits = []
         if cfg.riel.enabled or (cfg.mef.enabled and (not cfg.mef.traces or cfg.mef.drop_unverified)):
             splits.append(("data.train_split", d.train_split))
+        if cfg.riel.enabled and cfg.riel.train_split:
+            splits.append(("riel.train_split", cfg.riel.train_split))
         if cfg.eval.enabled:
             splits.append(("data.eval_split", d.eval_split))
         for key, split in splits:

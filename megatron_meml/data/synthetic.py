@@ -92,10 +92,11 @@ def generate(split: str, num: int, seed: int, max_operand: int = 20, min_steps: 
 
 
 def load_synthetic(split: str, num_train: int = 2000, num_test: int = 200, seed: int = 1234, version: int = 2,
-                   families: Sequence[str] = FAMILIES, **kw) -> List[Record]:
+                   families: Sequence[str] = FAMILIES, num_riel: int = 0, **kw) -> List[Record]:
     """Deterministic ``train`` / ``test`` splits; test questions never occur in train. ``version`` 2 takes
     ``families``; version 1 takes ``max_operand``, ``min_steps``, ``max_steps`` (other keywords are ignored by the
-    version they do not belong to, so one config section serves both)."""
+    version they do not belong to, so one config section serves both). Split ``riel``: ``num_riel`` problems
+    that occur in neither train nor test (RIEL questions MEF never saw, ``riel.train_split``)."""
     unknown = set(kw) - {"max_operand", "min_steps", "max_steps"}
     if unknown:
         raise TypeError(f"load_synthetic: unexpected keyword arguments {sorted(unknown)}")
@@ -108,6 +109,12 @@ def load_synthetic(split: str, num_train: int = 2000, num_test: int = 200, seed:
     train = gen("train", num_train)
     if split == "train":
         return train
+    test = gen("test", num_test, {r.question for r in train})
     if split in ("test", "dev", "eval"):
-        return gen("test", num_test, {r.question for r in train})
-    raise ValueError(f"synthetic task: unknown split {split!r} (train | test)")
+        return test
+    if split == "riel":
+        if num_riel < 1:
+            raise ValueError("config key `data.synthetic.num_riel`: the `riel` split is empty; set it >= 1 (or "
+                             "leave riel.train_split unset)")
+        return gen("riel", num_riel, {r.question for r in train} | {r.question for r in test})
+    raise ValueError(f"synthetic task: unknown split {split!r} (train | test | riel)")

@@ -61,3 +61,39 @@ def test_version_1_and_bad_arguments():
         load_synthetic("train", num_train=10, families=["add", "trig"])
     with pytest.raises(TypeError):
         load_synthetic("train", num_train=10, max_digits=3)
+
+
+def test_riel_split_is_disjoint_from_train_and_test_and_leaves_them_unchanged():
+    """riel.train_split=riel: RIEL's questions are ones MEF never trained on and eval never asks."""
+    kw = dict(num_train=60, num_test=30, seed=5)
+    train, test = load_synthetic("train", **kw), load_synthetic("test", **kw)
+    riel = load_synthetic("riel", num_riel=40, **kw)
+    assert len(riel) == 40 and Counter(r.meta["family"] for r in riel) == Counter({f: 40 // 3 + (i < 40 % 3)
+                                                                                     for i, f in enumerate(FAMILIES)})
+    assert not {r.question for r in riel} & ({r.question for r in train} | {r.question for r in test})
+    assert len({r.id for r in riel}) == 40 and all(r.id.startswith("syn-riel-") for r in riel)
+    # asking for the riel split does not move train or test (the MEF data and the held-out set stay the same)
+    assert [r.question for r in load_synthetic("train", num_riel=40, **kw)] == [r.question for r in train]
+    assert [r.question for r in load_synthetic("test", num_riel=40, **kw)] == [r.question for r in test]
+    with pytest.raises(ValueError, match="data.synthetic.num_riel"):
+        load_synthetic("riel", **kw)
+
+
+def test_riel_train_split_config_reaches_the_riel_pool():
+    from megatron_meml.config import ConfigError, load_config
+    from megatron_meml.data.preflight import check_run_inputs
+    from megatron_meml.trainer import load_records, riel_records
+
+    cfg = load_config(None, ["data.name=synthetic", "data.synthetic.num_train=30", "data.synthetic.num_test=9",
+                             "data.synthetic.num_riel=12", "riel.train_split=riel"])
+    pool = riel_records(cfg)
+    assert len(pool) == 12 and not {r.id for r in pool} & {r.id for r in load_records(cfg, "train")}
+    assert len(riel_records(load_config(None, ["data.name=synthetic", "data.synthetic.num_train=30"]))) == 30
+    with pytest.raises(ConfigError, match="data.synthetic.num_riel"):
+        load_config(None, ["data.synthetic.num_riel=-1"])
+    # a real dataset: a RIEL split it does not have is a one-line error naming riel.train_split
+    from tests.conftest import DATA
+
+    cfg = load_config(None, ["data.name=gsm8k", f"data.path={DATA}", "riel.train_split=rl", "mef.enabled=false"])
+    with pytest.raises(ConfigError, match=r"config key `riel.train_split`: gsm8k: unknown split 'rl'"):
+        check_run_inputs(cfg)
