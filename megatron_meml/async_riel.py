@@ -203,7 +203,8 @@ def run_riel_async(run) -> Dict[str, float]:
     from .algo.async_objective import decoupled_riel_loss
     from .checkpointing import Preempted
     from .rollout.scheduler import build_riel_scheduler, verifier_reward
-    from .trainer import ReferencePolicy, _progress, reduce_metrics, riel_questions, riel_records
+    from .trainer import (ReferencePolicy, _progress, reduce_metrics, riel_optimizer_step, riel_questions,
+                          riel_records)
 
     cfg, client = run.cfg, run.link
     if run.ckpt.stage_done("riel"):
@@ -250,17 +251,7 @@ def run_riel_async(run) -> Dict[str, float]:
                 ref.fill(out.microbatches)
             boptim.zero_grads(run.chunks, optimizer)
             results = forward_backward(run.chunks, out.microbatches, loss_fn, temperature=cfg.rollout.temperature)
-            finite = boptim.grads_finite(run.chunks)
-            bad_in_a_row = 0 if finite else bad_in_a_row + 1
-            if finite:
-                _, grad_norm = boptim.optimizer_step(optimizer, scheduler)
-            else:
-                grad_norm = float("nan")
-                boptim.zero_grads(run.chunks, optimizer)
-                run.say(f"RIEL step {step}: non-finite gradients, step skipped ({bad_in_a_row} in a row)")
-                if bad_in_a_row > cfg.riel.max_nonfinite_steps:
-                    raise RuntimeError(f"RIEL: {bad_in_a_row} consecutive non-finite steps "
-                                       f"(riel.max_nonfinite_steps={cfg.riel.max_nonfinite_steps}); aborting")
+            finite, grad_norm, bad_in_a_row = riel_optimizer_step(run, optimizer, scheduler, step, bad_in_a_row)
             t_train = time.time()
             nxt = client.receive(step + 1) if step + 1 < steps else None
             now = time.time()

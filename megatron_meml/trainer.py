@@ -287,6 +287,24 @@ def riel_questions(records: Sequence[Record], step: int, per_step: int, seed: in
     return out
 
 
+def riel_optimizer_step(run: Run, optimizer, scheduler, step: int, bad_in_a_row: int):
+    """The optimizer step of a RIEL step whose gradients are in the buffers, or its skip when they are not finite
+    (weights untouched, gradients zeroed). Returns (finite, grad_norm, non-finite steps in a row); raises after
+    more than ``riel.max_nonfinite_steps`` in a row."""
+    finite = boptim.grads_finite(run.chunks)
+    bad_in_a_row = 0 if finite else bad_in_a_row + 1
+    if finite:
+        _, grad_norm = boptim.optimizer_step(optimizer, scheduler)
+        return True, grad_norm, bad_in_a_row
+    boptim.zero_grads(run.chunks, optimizer)
+    run.say(f"RIEL step {step}: non-finite gradients, step skipped ({bad_in_a_row} in a row)")
+    limit = run.cfg.riel.max_nonfinite_steps
+    if bad_in_a_row > limit:
+        raise RuntimeError(f"RIEL: {bad_in_a_row} consecutive non-finite steps (riel.max_nonfinite_steps={limit}); "
+                           f"aborting")
+    return False, float("nan"), bad_in_a_row
+
+
 def run_riel(run: Run) -> Dict[str, float]:
     """Stage 2, per step: generate -> reward -> advantage -> E+/E- and O+ -> hard-example admission -> one
     forward-backward over GRPO + KL (+ SFT when the buffer fires) microbatches -> one optimizer step."""
@@ -332,17 +350,7 @@ def run_riel(run: Run) -> Dict[str, float]:
                                                            temperature=cfg.rollout.temperature)
         else:
             results = forward_backward(run.chunks, out.microbatches, loss_fn, temperature=cfg.rollout.temperature)
-        finite = boptim.grads_finite(run.chunks)
-        bad_in_a_row = 0 if finite else bad_in_a_row + 1
-        if finite:
-            _, grad_norm = boptim.optimizer_step(optimizer, scheduler)
-        else:
-            grad_norm = float("nan")
-            boptim.zero_grads(run.chunks, optimizer)
-            run.say(f"RIEL step {step}: non-finite gradients, step skipped ({bad_in_a_row} in a row)")
-            if bad_in_a_row > cfg.riel.max_nonfinite_steps:
-                raise RuntimeError(f"RIEL: {bad_in_a_row} consecutive non-finite steps "
-                                   f"(riel.max_nonfinite_steps={cfg.riel.max_nonfinite_steps}); aborting")
+        finite, grad_norm, bad_in_a_row = riel_optimizer_step(run, optimizer, scheduler, step, bad_in_a_row)
         t_end = time.time()
         m = dict(out.stats, **reduce_metrics(results, keys))
         m.update({f"grad_norm/{k}": v for k, v in term_norms.items()})

@@ -62,7 +62,10 @@ def test_llama3_rope_scaling_matches_hf_formula(factor, low, high, orig):
 
 def test_nonfinite_gradients_are_detected():
     r = spawn("tests.unit.backend.workers:nonfinite_guard", 1)[0]
-    assert r == {"nan": False, "finite": True}
+    assert (r["nan"], r["finite"]) == (False, True)
+    assert r["skip"] == (False, True, 1, "RIEL step 7: non-finite gradients, step skipped (1 in a row)")
+    assert r["abort"] == "RIEL: 2 consecutive non-finite steps (riel.max_nonfinite_steps=1); aborting"
+    assert r["untouched"] and r["step"] == (True, True, 0)
 
 
 def test_finished_stage_checkpoint_restores_trained_weights(tmp_path):

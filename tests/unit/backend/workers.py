@@ -115,6 +115,31 @@ def nonfinite_guard():
         O.zero_grads(chunks, opt)
         S.forward_backward(chunks, [mb], lambda lp, m: (-(lp * m.weight).sum() * scale, {}))
         out[name] = O.grads_finite(chunks)
+    # the trainer's step-or-skip (sync and async RIEL share it): a NaN step leaves the weights, counts, then aborts
+    from types import SimpleNamespace
+
+    from megatron_meml.trainer import riel_optimizer_step
+
+    opt, sched = O.build_optimizer(cfg, chunks, total_steps=4)
+    said = []
+    run = SimpleNamespace(chunks=chunks, cfg=load_config(None, ["riel.max_nonfinite_steps=1"]), say=said.append)
+    before = [p.detach().clone() for c in chunks for p in c.parameters()]
+    for k in range(2):
+        O.zero_grads(chunks, opt)
+        S.forward_backward(chunks, [mb], lambda lp, m: (-(lp * m.weight).sum() * float("nan"), {}))
+        if k == 0:
+            finite, norm, bad = riel_optimizer_step(run, opt, sched, 7, 0)
+            out["skip"] = (finite, norm != norm, bad, said[-1])
+        else:
+            try:
+                riel_optimizer_step(run, opt, sched, 8, bad)
+            except RuntimeError as e:
+                out["abort"] = str(e)
+    out["untouched"] = all(torch.equal(a, p) for a, p in zip(before, (p for c in chunks for p in c.parameters())))
+    O.zero_grads(chunks, opt)
+    S.forward_backward(chunks, [mb], lambda lp, m: (-(lp * m.weight).sum(), {}))
+    finite, norm, bad = riel_optimizer_step(run, opt, sched, 9, 1)
+    out["step"] = (finite, norm > 0, bad)
     return out
 
 
