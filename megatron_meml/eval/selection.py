@@ -34,11 +34,17 @@ def select_logprob(keys: Sequence[Optional[str]], conf: Sequence[float]) -> int:
     return _most_confident(range(len(conf)), conf)
 
 
-def select_vote(keys: Sequence[Optional[str]], conf: Sequence[float]) -> int:
+def _voters(keys: Sequence[Optional[str]]) -> Dict[str, List[int]]:
+    """Answer -> the experts that gave it (responses without an answer do not vote)."""
     voters: Dict[str, List[int]] = defaultdict(list)
     for e, k in enumerate(keys):
         if k is not None:
             voters[k].append(e)
+    return voters
+
+
+def select_vote(keys: Sequence[Optional[str]], conf: Sequence[float]) -> int:
+    voters = _voters(keys)
     if not voters:
         return select_logprob(keys, conf)
     best = max(voters.values(), key=lambda v: (len(v), sum(conf[e] for e in v) / len(v), -min(v)))
@@ -46,10 +52,7 @@ def select_vote(keys: Sequence[Optional[str]], conf: Sequence[float]) -> int:
 
 
 def select_agreement(keys: Sequence[Optional[str]], conf: Sequence[float]) -> int:
-    voters: Dict[str, List[int]] = defaultdict(list)
-    for e, k in enumerate(keys):
-        if k is not None:
-            voters[k].append(e)
+    voters = _voters(keys)
     if not voters:
         return select_logprob(keys, conf)
     best = max(voters.values(), key=lambda v: (sum(math.exp(conf[e]) for e in v), -min(v)))
