@@ -217,13 +217,21 @@ class Control:
 
 
 # ------------------------------------------------------------------------------------------------------ the bridge
+RENDEZVOUS_TIMEOUT = datetime.timedelta(seconds=120)
+
+
 def _group(store, name: str, rank: int, size: int, timeout: datetime.timedelta, nccl: bool):
     prefixed = dist.PrefixStore(name, store)
     if nccl:
         opts = dist.ProcessGroupNCCL.Options()
         opts._timeout = timeout
         return dist.ProcessGroupNCCL(prefixed, rank, size, opts)
-    return dist.ProcessGroupGloo(prefixed, rank, size, timeout)
+    # the rendezvous waits for every member to start (seconds apart on a loaded machine); the transfers then use
+    # riel.rollout_timeout_s
+    pg = dist.ProcessGroupGloo(prefixed, rank, size, max(timeout, RENDEZVOUS_TIMEOUT))
+    if hasattr(pg, "set_timeout"):
+        pg.set_timeout(timeout)
+    return pg
 
 
 class Bridge:

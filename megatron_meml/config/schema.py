@@ -363,7 +363,7 @@ class RIELConfig:
                                   "passes whose DP-reduced gradients are measured and then summed into the update — "
                                   "the same update (to float rounding) with no extra forward or backward; it costs a "
                                   "grad-buffer copy and a DP reduction per term and the prompt sharing across terms "
-                                  "(backend/term_grads.py). 0 = off.")
+                                  "(backend/term_grads.py). 0 = off. Synchronous RIEL only (async RIEL logs the total norm).")
 
     def __post_init__(self):
         _at_least(self, "riel", 1, "steps", "questions_per_step", "group_size", "max_kl_responses",

@@ -52,7 +52,9 @@ def sync_phase(tmp: str) -> Dict[str, Any]:
     from megatron_meml.rollout import scheduler as S
 
     S.verifier_reward = _parity_reward
-    cfg = _cfg(os.path.join(tmp, "sync"), "riel.steps=2")
+    # one forward-backward per step on both sides (riel.grad_norm_interval > 0 splits it by term: the same update
+    # to float rounding, tests/distributed/test_riel_equivalence.py)
+    cfg = _cfg(os.path.join(tmp, "sync"), "riel.steps=2", "riel.grad_norm_interval=0")
     run = trainer.setup(cfg)
     trainer.run_riel(run)
     full_a = state.full_state_dict(run.chunks, cfg.model.num_layers)
@@ -62,17 +64,17 @@ def sync_phase(tmp: str) -> Dict[str, Any]:
     # today's loop, written out, on a fresh model in the same process groups (the init is seeded by name)
     from megatron_meml.backend import model as bmodel, parallel
 
-    cfg = _cfg(os.path.join(tmp, "plain"), "riel.steps=2")
+    cfg = _cfg(os.path.join(tmp, "plain"), "riel.steps=2", "riel.grad_norm_interval=0")
     parallel.initialize(1, 1, seed=cfg.seed)
     chunks = bmodel.build_model(cfg)
     tok = trainer.tokenizer_from_config(cfg.data)
     prompts = trainer.load_expert_prompts(cfg.experts)
     opt, sch = boptim.build_optimizer(cfg, chunks, lr=cfg.riel.lr, total_steps=2)
     sched = S.build_riel_scheduler(cfg, chunks, tok, prompts, S.verifier_reward("synthetic"))
-    records = trainer.load_records(cfg, "train")
+    records = trainer.riel_records(cfg)
     plain = []
     for step in range(2):
-        out = sched.step(trainer.riel_questions(records, step, 2, cfg.data.seed), step)
+        out = sched.step(trainer.riel_questions(records, step, 2, cfg.seed), step)
         boptim.zero_grads(chunks, opt)
         res = forward_backward(chunks, out.microbatches, RielObjective(cfg.riel),
                                temperature=cfg.rollout.temperature)
@@ -114,7 +116,7 @@ def handoff_phase(tmp: str, train_tp: int, rollout_tp: int, rollout_ranks: int) 
     run.link.request([0], version=7)
     got = run.link.receive(0)
     sched = build_riel_scheduler(cfg, run.chunks, run.tokenizer, run.prompts, verifier_reward("synthetic"))
-    recs = trainer.riel_questions(trainer.load_records(cfg, "train"), 0, 2, cfg.data.seed)
+    recs = trainer.riel_questions(trainer.riel_records(cfg), 0, 2, cfg.seed)
     local = sched.generate_and_score(sched.requests(recs, 0), recs)
     sent = state.full_state_dict(run.chunks, L, dst=0)
     trainer.finish(run)
