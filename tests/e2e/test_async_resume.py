@@ -15,6 +15,7 @@ from megatron_meml.backend.parallel import free_port
 from tests.conftest import ROOT
 
 ARGS = ["examples/quickstart/config.yaml", "mef.max_steps=4", "model.num_layers=1", "data.global_batch_size=16",
+        "data.micro_batch_size=8",
         "eval.enabled=false", "logging.progress_bar=false", "logging.tensorboard=false", "riel.steps=5",
         "riel.questions_per_step=2", "riel.group_size=4", "riel.buffer_k=2", "riel.buffer_capacity=3",
         "riel.lr=1e-3", "rollout.max_new_tokens=12", "riel.async_rollout=true", "riel.rollout_ranks=1",

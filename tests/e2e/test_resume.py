@@ -10,7 +10,8 @@ import time
 from tests.conftest import ROOT
 
 BASE = ["examples/quickstart/config.yaml", "mef.max_steps=10", "riel.enabled=false", "logging.progress_bar=false",
-        "logging.tensorboard=false", "model.num_layers=1", "data.global_batch_size=16", "eval.enabled=false"]
+        "logging.tensorboard=false", "model.num_layers=1", "data.global_batch_size=16", "data.micro_batch_size=8",
+        "eval.enabled=false"]
 
 
 def _cmd(run_dir, *extra):
