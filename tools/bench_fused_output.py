@@ -39,21 +39,8 @@ if REPO not in sys.path:
 GiB = float(2 ** 30)
 
 
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_kernels import _proc_status_bytes as _status, _reset_peak_rss as _reset_peak  # noqa: E402
 
 
 def _peak(reset_ok: bool) -> int:

@@ -21,7 +21,6 @@ output's sha256) and, with ``--summary PATH``, the same as JSON. Exit status 0; 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -30,14 +29,7 @@ from typing import List, Optional
 from megatron_meml.data import DataError, build_mef_data, load_dataset, write_mef
 from megatron_meml.data.dataset import LOADERS, default_data_root
 from megatron_meml.data.mef import describe_mef_rows
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+from megatron_meml.data.shards import file_sha256 as sha256
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:

@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import base64
 import glob
-import hashlib
 import json
 import os
 import re
@@ -56,6 +55,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from megatron_meml.data.dataset import LOADERS, SPLIT_FILES, load_dataset_with_summary
 from megatron_meml.data.tokenizer_factory import DEFAULT_FILES
+from megatron_meml.data.shards import file_sha256 as sha256
 
 
 class PrepError(Exception):
@@ -258,14 +258,6 @@ def convert(dataset: str, rows: Iterable[dict], split: str, source: str) -> List
 
 
 # --------------------------------------------------------------------------------------------- writing
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def write_split(dataset: str, split: str, records: List[dict], out: str) -> str:
     """Write one split in the layout's format, atomically, and read it back with the project's loader."""
