@@ -143,7 +143,7 @@ def generate(split: str, num: int, seed: int, families: Sequence[str] = FAMILIES
         tries += 1
         if tries > 100 * num + 1000:
             raise ValueError(f"synthetic task v2: cannot draw {num} distinct {split} problems; lower "
-                             f"data.synthetic.num_train / num_test")
+                             f"data.synthetic.num_train / num_test / num_riel")
         family = families[len(out) % len(families)]
         args, trigger = _draw(rng, family)
         q = question(rng.choice(NAMES), family, args)
