@@ -23,8 +23,10 @@ __all__ = ["decode_attention"]
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor,
-                     scale: float, max_len: Optional[int] = None, impl: str = "auto") -> torch.Tensor:
-    """See the module docstring."""
+                     scale: float, max_len: Optional[int] = None, impl: str = "auto",
+                     mask: Optional[torch.Tensor] = None, nonempty: bool = False) -> torch.Tensor:
+    """See the module docstring. ``mask`` / ``nonempty``: hints for the CPU SDPA path (``auto`` on the CPU), see
+    ``reference.decode_attention_sdpa``; the other paths ignore them."""
     if q.dim() != 3 or k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
         raise ValueError(f"expected q [B, nh, hn] and caches [N, ng, C, hn], got {tuple(q.shape)}, "
                          f"{tuple(k_cache.shape)}, {tuple(v_cache.shape)}")
@@ -38,5 +40,5 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         from . import triton_impl
         return triton_impl.decode_attention(q, k_cache, v_cache, lengths, scale, max_len)
     if impl == "auto":  # the production torch path: one fused SDPA call (tested against the twin)
-        return reference.decode_attention_sdpa(q, k_cache, v_cache, lengths, scale, max_len)
+        return reference.decode_attention_sdpa(q, k_cache, v_cache, lengths, scale, max_len, mask, nonempty)
     return reference.decode_attention(q, k_cache, v_cache, lengths, scale, max_len)

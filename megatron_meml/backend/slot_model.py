@@ -46,10 +46,10 @@ import torch.distributed as dist
 from .model import unwrap
 
 
-def _plain_torch():
-    """Run the body without the CPU runtime's ``TorchFunctionMode`` (``backend/cpu_runtime.py``): the slot model
-    never asks for a CUDA device, and the mode's per-op Python hook was ~10% of a CPU decode step. A no-op on CUDA
-    (no mode is installed there)."""
+def plain_torch():
+    """Run the body without the CPU runtime's ``TorchFunctionMode`` (``backend/cpu_runtime.py``): the slot model and
+    the continuous engine's scheduler never ask for a CUDA device, and the mode's per-op Python hook (~8 us a call)
+    was ~10% of a CPU decode step. A no-op on CUDA (no mode is installed there)."""
     if torch.cuda.is_available():
         return contextlib.nullcontext()
     return torch._C.DisableTorchFunction()
@@ -331,40 +331,47 @@ class SlotModel:
                 qp, kk, vv, attn_mask=allowed[:, None], scale=self.scale, enable_gqa=self.ng != self.nh)
             return ctx.transpose(1, 2).reshape(nb * maxq, self.nh * self.hn)[flat]
 
-        with _plain_torch():
+        with plain_torch():
             x = self._layers(self._stage_input(tokens.to(dev), positions), slots, positions, attend)
             last_tok = (torch.cumsum(lens, 0) - 1).to(dev)
             return self._stage_output(x, last_tok)
 
     # ---------------------------------------------------------------------------------------------- decode
     def _decode_eager(self, x: torch.Tensor, positions: torch.Tensor, lengths: torch.Tensor,
-                      max_len: int) -> torch.Tensor:
+                      max_len: int, nonempty: bool = False) -> torch.Tensor:
         from meml_kernels.decode_attention import decode_attention
+        from meml_kernels.decode_attention.reference import length_mask
 
         slots = torch.arange(x.shape[0], device=self.device)
+        L = max(1, min(int(max_len), self.C))
+        # the CPU path's length mask, built once for every layer (the Triton path reads lengths itself)
+        mask = length_mask(lengths, L) if self.device.type == "cpu" and self.attention_impl == "auto" else None
 
         def attend(li: int, q: torch.Tensor) -> torch.Tensor:
-            out = decode_attention(q, self.k[li], self.v[li], lengths, self.scale, max_len=max_len,
-                                   impl=self.attention_impl)
+            out = decode_attention(q, self.k[li], self.v[li], lengths, self.scale, max_len=L,
+                                   impl=self.attention_impl, mask=mask, nonempty=nonempty)
             return out.reshape(q.shape[0], self.nh * self.hn)
 
         return self._layers(x, slots, positions, attend)
 
-    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, active: torch.Tensor,
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, active: Optional[torch.Tensor],
                max_len: int) -> Optional[torch.Tensor]:
         """One token per slot ``0..B-1`` (``tokens``, ``positions`` [B]); inactive rows are redirected to the
-        scratch column with length 0. ``max_len`` (host int) >= every active row's ``position + 1``. Returns logits
-        ``[B, V]`` on the last stage (None elsewhere)."""
+        scratch column with length 0 (``active=None``: every row is active). ``max_len`` (host int) >= every
+        active row's ``position + 1``. Returns logits ``[B, V]`` on the last stage (None elsewhere)."""
         dev = self.device
-        B = tokens.shape[0]
-        positions = torch.where(active, positions, torch.full_like(positions, self.capacity))
-        lengths = torch.where(active, positions + 1, torch.zeros_like(positions))
-        tokens = torch.where(active, tokens, torch.zeros_like(tokens))
+        full = active is None
+        if full:  # every row decodes (the caller knows it on the host): no redirection, no empty rows
+            lengths = positions + 1
+        else:
+            positions = torch.where(active, positions, torch.full_like(positions, self.capacity))
+            lengths = torch.where(active, positions + 1, torch.zeros_like(positions))
+            tokens = torch.where(active, tokens, torch.zeros_like(tokens))
         if self.use_graphs:
             return self._decode_graph(tokens.to(dev), positions.to(dev), lengths.to(dev))
-        with _plain_torch():
+        with plain_torch():
             x = self._stage_input(tokens.to(dev), positions.to(dev))
-            x = self._decode_eager(x, positions.to(dev), lengths.to(dev), max_len)
+            x = self._decode_eager(x, positions.to(dev), lengths.to(dev), max_len, nonempty=full)
             return self._stage_output(x, None)
 
     def _decode_graph(self, tokens, positions, lengths):

@@ -138,11 +138,14 @@ class ContinuousEngine:
         n_slots = min(len(requests), max(1, self.token_budget // C))
         if self.max_slots:
             n_slots = min(n_slots, self.max_slots)
+        from ..backend.slot_model import plain_torch
+
         with inference.generation_mode(self.chunks):
             model = self._pool(n_slots, C)
             try:
                 run = _Run(self, model, requests, max_new, params, n_slots)
-                out = run.loop()
+                with plain_torch():  # the scheduler's own small ops skip the CPU runtime's per-op hook too
+                    out = run.loop()
             finally:
                 if not self.keep_cache:
                     self.release()
@@ -352,8 +355,8 @@ class _Run:
     def _decode_step(self) -> None:
         busy = [s for s in range(self.N) if self.decoding[s]]
         hi = busy[-1] + 1
-        active_l = [self.decoding[s] for s in range(hi)]
-        active = torch.tensor(active_l, dtype=torch.bool, device=self.dev)
+        active = None if len(busy) == hi else \
+            torch.tensor([self.decoding[s] for s in range(hi)], dtype=torch.bool, device=self.dev)
         max_len = int(self.cur_pos[:hi].max()) + 1
         logits = self.m.decode(self.cur_tok[:hi], self.cur_pos[:hi], active, max_len)
         self.stats["steps"] += 1

@@ -68,3 +68,19 @@ def test_bad_shapes_fail_clearly():
     k = torch.randn(2, 2, 8, 16)
     with pytest.raises(ValueError, match="does not fit"):
         decode_attention(q, k, k, torch.ones(3, dtype=torch.long), 1.0, impl="torch")
+
+
+def test_cpu_hints_precomputed_mask_and_nonempty():
+    """The slot model builds the CPU path's length mask once per decode step and, when every row decodes, skips the
+    empty-row fix-up: the hints give the same result as the plain call and the fp64 formula."""
+    from meml_kernels.decode_attention.reference import length_mask
+
+    g = torch.Generator().manual_seed(11)
+    q = torch.randn(4, 4, 16, generator=g)
+    k = torch.randn(6, 2, 30, 16, generator=g)
+    v = torch.randn(6, 2, 30, 16, generator=g)
+    lengths = torch.tensor([1, 9, 25, 17])
+    want = fp64_formula(q, k, v, lengths, 0.25)
+    got = decode_attention(q, k, v, lengths, 0.25, max_len=25, mask=length_mask(lengths, 25), nonempty=True)
+    torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=1e-5)
+    assert torch.equal(got, decode_attention(q, k, v, lengths, 0.25, max_len=25))
