@@ -21,9 +21,11 @@ TRL runs in its own virtual environment (``.venv-trl``, created on first use: a 
 not a test dependency. It is driven as a subprocess that runs one ``trainer.train()`` and blocks before each step
 until this process says go, so the steps interleave with ours under the same machine load.
 
-Ours trains in microbatches of ``--micro-batch`` x 256 padded tokens (default 32 -> 8192: on the CPU, microbatches of
-16384 ran ~25% slower per token, their activations and logits out of cache; single-expert's ~5.7k tokens are one
-microbatch either way). Reported per side: completion tokens / step time (best and median over ``--steps`` timed
+Ours trains in microbatches of ``--micro-batch`` x 256 padded tokens (default 16 -> 4096). On this 2-core CPU the
+forward-backward of one single-expert step (~5.6k padded tokens) took, best of 9 interleaved repeats on the same
+rollouts: 1 microbatch of 8192 tokens 1.29 s, 2 of <= 4096 1.07 s, 3 of <= 2048 1.12 s, 4 of <= 1536 1.06 s (smaller
+microbatches keep activations and logits in cache and pad less; 16384-token microbatches ran ~25% slower per
+token than 8192). Reported per side: completion tokens / step time (best and median over ``--steps`` timed
 steps after ``--warmup``), the generate+score and train split; for MEML also the per-phase ratios to
 single-expert, the padded forward tokens per completion token and the loss tokens of each term (GRPO, inter-expert
 KL, hard-example SFT). Last line: ``ours single-expert / TRL completion tokens per second: <ratio>``
@@ -64,7 +66,7 @@ def parse_args(argv=None):
     p.add_argument("--vocab", type=int, default=512)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--engine", default="continuous", help="rollout.engine for ours")
-    p.add_argument("--micro-batch", type=int, default=32,
+    p.add_argument("--micro-batch", type=int, default=16,
                    help="ours: data.micro_batch_size (x seq_length 256 = padded tokens per microbatch)")
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--skip-meml", action="store_true")
