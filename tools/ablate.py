@@ -1,6 +1,6 @@
 """The paper's ablation grid on the synthetic testbed, over several seeds, with a λ1 sweep and k1 vs k3.
 
-    python tools/ablate.py --seeds 1 2 3 [--jobs 2] [--lambdas 0.1 0.3 3] [--out runs/ablate] [overrides ...]
+    python tools/ablate.py --seeds 1 2 3 [--jobs 2] [--lambdas 1 3] [--out runs/ablate] [overrides ...]
 
 Every run is the quickstart (examples/quickstart/config.yaml: MEF then RIEL, same step budget) with ``seed=N``
 (which reaches model init, data order, sampling and the buffer; the questions themselves follow data.seed and are
@@ -140,7 +140,7 @@ def table(rows: List[Tuple[str, str, List[Dict[str, float]]]]) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--lambdas", type=float, nargs="*", default=[0.3, 3.0],
+    ap.add_argument("--lambdas", type=float, nargs="*", default=[1.0, 3.0],
                     help="λ1 values of the sweep besides the default (all components on)")
     ap.add_argument("--no-k3", action="store_true", help="leave out the k3-estimator row")
     ap.add_argument("--no-own", action="store_true", help="leave out the riel.kl_normalizer=own row")
