@@ -13,12 +13,12 @@ from tests.conftest import ROOT
 
 
 @pytest.mark.slow
-def test_quickstart_seed3_learns_and_experts_are_complementary(tmp_path):
-    """Seed 3 (measured: reward 0.667 -> 0.874, accuracy 0.675 -> 0.907, pairwise both-wrong 3-7% vs 9-12% if
-    independent). Seeds 1 and 2 also learn (README) but their weaker MEF leaves the error overlap at the independent
-    level, so the complementarity assertion is made on the seed whose MEF trains the experts well."""
+@pytest.mark.parametrize("seed", [1])
+def test_quickstart_learns_and_experts_are_complementary(tmp_path, seed):
+    """Seed 1 (measured 2026-11-30: reward 0.724 -> 0.948, accuracy 0.713 -> 0.967, pairwise both-wrong 1-2% vs
+    7-9% if independent; seeds 2 and 3 alike, README); one seed keeps the slow set short."""
     run_dir = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "megatron_meml.train", "examples/quickstart/config.yaml", "seed=3",
+    r = subprocess.run([sys.executable, "-m", "megatron_meml.train", "examples/quickstart/config.yaml", f"seed={seed}",
                         f"logging.run_dir={run_dir}", "logging.progress_bar=false"], cwd=ROOT, capture_output=True,
                        text=True, timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -32,4 +32,4 @@ def test_quickstart_seed3_learns_and_experts_are_complementary(tmp_path):
         correct.setdefault(f"e{row['expert']}", {})[row["id"]] = row["correct"]
     t = error_overlap(correct)
     for pair, rate in t.pair_rate.items():
-        assert rate < 0.75 * t.independent_pair(pair), (pair, rate, t.independent_pair(pair))
+        assert rate < 0.5 * t.independent_pair(pair), (pair, rate, t.independent_pair(pair))
