@@ -28,8 +28,9 @@ microbatches keep activations and logits in cache and pad less; 16384-token micr
 token than 8192). Reported per side: completion tokens / step time (best and median over ``--steps`` timed
 steps after ``--warmup``), the generate+score and train split; for MEML also the per-phase ratios to
 single-expert, the padded forward tokens per completion token and the loss tokens of each term (GRPO, inter-expert
-KL, hard-example SFT). Last line: ``ours single-expert / TRL completion tokens per second: <ratio>``
-(best over best). Measure on a quiet machine when you can; the numbers are as noisy as the machine.
+KL, hard-example SFT). Also the ratio of each interleaved round (our step and TRL's step
+run back to back, so a slow phase of a shared machine hits both) with its median, min and max. Last line: ``ours
+single-expert / TRL completion tokens per second: <ratio>`` (best over best). Measure on a quiet machine when you can; the numbers are as noisy as the machine.
 """
 from __future__ import annotations
 
@@ -290,6 +291,8 @@ def _summary(name, runs):
     print(f"{name:26s} completion tok/s best {rate[best]:7.1f} median {statistics.median(rate):7.1f} | best step "
           f"{b['seconds']:.2f}s = gen+score {b['gen_seconds']:.2f}s + train {b['train_seconds']:.2f}s | "
           f"{b['completions']} completions, {b['completion_tokens']} tokens, prompts ~{b['prompt_tokens']:.0f} tok")
+    print(f"{'':26s} every step: " + ", ".join(f"{x:.0f} tok/s ({r['gen_seconds']:.2f}+{r['train_seconds']:.2f}s)"
+                                              for x, r in zip(rate, runs)))
     return max(rate), statistics.median(rate), min(r["seconds"] / r["completion_tokens"] for r in runs), \
         statistics.median(r["seconds"] / r["completion_tokens"] for r in runs)
 
@@ -354,6 +357,10 @@ def main(argv=None):
     if trl is not None:
         t = res["TRL GRPOTrainer"]
         print(f"median ratio ours single-expert / TRL: {single[1] / t[1]:.3f}")
+        paired = sorted((a["completion_tokens"] / a["seconds"]) / (b["completion_tokens"] / b["seconds"])
+                        for a, b in zip(runs["ours single-expert"], runs["TRL GRPOTrainer"]))
+        print(f"paired ratio per interleaved round (same machine phase), ours single-expert / TRL: median "
+              f"{statistics.median(paired):.3f}, min {paired[0]:.3f}, max {paired[-1]:.3f}")
         print(f"ours single-expert / TRL completion tokens per second: {single[0] / t[0]:.3f}")
         return single[0] / t[0]
     return None
