@@ -22,7 +22,7 @@ import random
 from typing import List, Sequence, Tuple
 
 from ..types import Record
-from .synthetic_families import FAMILIES
+from .synthetic_families import FAMILIES, draw_distinct
 from .synthetic_families import generate as generate_v2
 
 NAMES = ["Ann", "Bo", "Cy", "Di", "Ed", "Flo", "Gus", "Hal"]
@@ -75,20 +75,14 @@ def generate(split: str, num: int, seed: int, max_operand: int = 20, min_steps: 
     """``num`` distinct problems for ``split``; the record's solution is style 0 and ``meta['steps']`` keeps the
     operations so other styles can be rendered."""
     rng = random.Random(f"{seed}:{split}")
-    out, seen = [], set(exclude)
-    tries = 0
-    while len(out) < num:
-        tries += 1
-        if tries > 100 * num + 1000:
-            raise ValueError(f"synthetic task: cannot draw {num} distinct {split} problems; raise "
-                             f"data.synthetic.max_operand or max_steps")
+
+    def draw(i: int):
         q, steps, ans = _problem(rng, max_operand, min_steps, max_steps)
-        if q in seen:
-            continue
-        seen.add(q)
-        out.append(Record(id=f"syn-{split}-{len(out)}", question=q, answer=str(ans),
-                          solution=solution(steps, 0), meta={"steps": steps}))
-    return out
+        return q, lambda: Record(id=f"syn-{split}-{i}", question=q, answer=str(ans), solution=solution(steps, 0),
+                                 meta={"steps": steps})
+
+    return draw_distinct(num, exclude, draw, f"synthetic task: cannot draw {num} distinct {split} problems; raise "
+                                             f"data.synthetic.max_operand or max_steps")
 
 
 def load_synthetic(split: str, num_train: int = 2000, num_test: int = 200, seed: int = 1234, version: int = 2,

@@ -37,7 +37,7 @@ strings distinct.
 from __future__ import annotations
 
 import random
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 from ..types import Record
 
@@ -136,24 +136,40 @@ def generate(split: str, num: int, seed: int, families: Sequence[str] = FAMILIES
             raise ValueError(f"config key `data.synthetic.families`: unknown family {f!r}; choose from "
                              f"{', '.join(FAMILIES)}")
     rng = random.Random(f"v2:{seed}:{split}")
+
+    def draw(i: int):
+        family = families[i % len(families)]
+        args, trigger = _draw(rng, family)
+        q = question(rng.choice(NAMES), family, args)
+
+        def build() -> Record:
+            problem, steps, answer = _steps(family, args, False)
+            return Record(id=f"syn-{split}-{i}", question=q, answer=str(answer),
+                          solution=render(problem, steps, answer, 0),
+                          meta={"family": family, "args": list(args), "trigger": bool(trigger), "version": 2})
+        return q, build
+
+    return draw_distinct(num, exclude, draw, f"synthetic task v2: cannot draw {num} distinct {split} problems; "
+                                             f"lower data.synthetic.num_train / num_test / num_riel")
+
+
+def draw_distinct(num: int, exclude: set, draw: Callable[[int], Tuple[str, Callable[[], Record]]],
+                  fail: str) -> List[Record]:
+    """``num`` records with distinct questions (none in ``exclude``): ``draw(i)`` proposes (question, build) for
+    record i until the question is new, then ``build()`` makes the record. Raises ``ValueError(fail)`` after
+    ``100 * num + 1000`` proposals (the problem space is too small for the splits asked for)."""
     out: List[Record] = []
     seen = set(exclude)
     tries = 0
     while len(out) < num:
         tries += 1
         if tries > 100 * num + 1000:
-            raise ValueError(f"synthetic task v2: cannot draw {num} distinct {split} problems; lower "
-                             f"data.synthetic.num_train / num_test / num_riel")
-        family = families[len(out) % len(families)]
-        args, trigger = _draw(rng, family)
-        q = question(rng.choice(NAMES), family, args)
+            raise ValueError(fail)
+        q, build = draw(len(out))
         if q in seen:
             continue
         seen.add(q)
-        problem, steps, answer = _steps(family, args, False)
-        out.append(Record(id=f"syn-{split}-{len(out)}", question=q, answer=str(answer),
-                          solution=render(problem, steps, answer, 0),
-                          meta={"family": family, "args": list(args), "trigger": bool(trigger), "version": 2}))
+        out.append(build())
     return out
 
 
