@@ -30,7 +30,7 @@ accuracy after 450 MEF steps with column sums written straight from the question
 
 ``Record.solution`` is the *correct* trace in style 0 (the gold rationale the hard-example buffer trains on);
 ``Record.meta`` holds ``family``, ``args`` and ``trigger`` so any teacher's trace can be rendered
-(:func:`teacher_trace`). Operands are kept to facts a 0.2M-parameter model learns in a few hundred steps (a
+(:func:`teacher_trace`). Operands are kept to facts a 0.5M-parameter model learns in a few hundred steps (a
 two-digit number plus a digit, products of 2..5, units of 7 and 12, half of them weeks); names make the question
 strings distinct.
 """
