@@ -36,8 +36,9 @@ gradient norms of ``backend/term_grads.py`` on the quickstart, grad_norm/{grpo,k
     examples, λ2 = 1) measured 2.4-10 when it fires (B = 16 every ~3 steps), i.e. those steps are SFT steps.
   * The quickstart runs at λ1 = 0.3 (the library default stays the paper's 1): with the 0.47M-parameter model the
     KL's gradient at λ1 = 1 was ~7x GRPO's in the first 10 steps (1.0-1.4 vs 0.1-0.2) and one seed's reward dipped
-    for 15 steps while E− switched methods; 0.3 kept the pull (KL loss 0.12 -> 0.01 by step 18) without the dip.
-    Averaging the buffer's SFT like GRPO rollouts (``riel.sft_normalizer=grpo``) did not remove the dip.
+    for 15 steps while E− switched methods (mean reward 0.42 at steps 20-30); at 0.3 the dip was shallower (0.49)
+    with the pull intact (KL loss 0.12 -> 0.01 by step 18), and gone once MEF trained the experts well. Averaging
+    the buffer's SFT like GRPO rollouts (``riel.sft_normalizer=grpo``) did not remove it.
 The λ1 / normaliser choices and their effect on accuracy are in the README's ablation table (tools/ablate.py).
 """
 from __future__ import annotations
