@@ -28,9 +28,10 @@ microbatches keep activations and logits in cache and pad less; 16384-token micr
 token than 8192). Reported per side: completion tokens / step time (best and median over ``--steps`` timed
 steps after ``--warmup``), the generate+score and train split; for MEML also the per-phase ratios to
 single-expert, the padded forward tokens per completion token and the loss tokens of each term (GRPO, inter-expert
-KL, hard-example SFT). Also the ratio of each interleaved round (our step and TRL's step
-run back to back, so a slow phase of a shared machine hits both) with its median, min and max. Last line: ``ours
-single-expert / TRL completion tokens per second: <ratio>`` (best over best). Measure on a quiet machine when you can; the numbers are as noisy as the machine.
+KL, hard-example SFT). Also the ratio of each interleaved round (our step and TRL's step run back to back, so a slow
+phase of a shared machine hits both) with its median, min and max. Last line: ``ours single-expert / TRL completion
+tokens per second: <ratio>`` (best over best). Measure on a quiet machine when you can; the numbers are as noisy as
+the machine.
 """
 from __future__ import annotations
 
