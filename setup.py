@@ -1,17 +1,29 @@
 """Packaging for megatron_meml.
 
-The top-level ``kernels/`` folder is installed under the import name ``meml_kernels`` so it can never clash
-with the unrelated PyPI package ``kernels``.
+The Triton kernels live in ``kernels/meml_kernels/`` and install under the import name ``meml_kernels``.
+``kernels/`` itself is not a package (no ``__init__.py``), so ``import kernels`` from the checkout's root finds
+the Hugging Face package of that name (which transformers imports) instead of our folder.
 
-Dependency ranges hold on both machine kinds:
+These are *ranges*: what the code supports. Installs go through the locks in ``requirements/`` (``make install``;
+``make lock`` regenerates them), so every machine gets the same versions. Upper bounds sit where a major version
+broke us or is likely to (transformers 5 already moved its integration imports; megatron-core changes its
+internals every minor release and we have run 0.16-0.19; triton 4 / torch 2.15+ are untested).
+``megatron_meml/compat/versions.py`` checks the same bounds at start-up and exits with one line when they do not
+hold. Machines the ranges hold on:
   * CPU dev / CI: Python 3.11, torch 2.13 (CPU build), megatron-core 0.16.x
   * GPU image:    Python 3.12, torch 2.11 (CUDA), megatron-core 0.19.x, triton 3.6
 """
 from setuptools import find_packages, setup
 
+# Keep in step with megatron_meml/compat/versions.py (SUPPORTED); a test checks that they agree.
+TORCH = "torch>=2.6,<2.15"
+MEGATRON = "megatron-core>=0.16.0,<0.20"
+TRITON = "triton>=3.2,<4"
+TRANSFORMERS = "transformers>=4.45,<6"
+
 core = [
-    "torch>=2.6",
-    "megatron-core>=0.16.0,<0.20",
+    TORCH,
+    MEGATRON,
     "numpy",
     "packaging",
     "pyyaml>=6",
@@ -24,17 +36,18 @@ extras = {
     "test": [
         "pytest>=8",
         "pytest-timeout",
-        "triton>=3.2",          # kernels run under TRITON_INTERPRET=1 on CPU
+        TRITON,                  # kernels run under TRITON_INTERPRET=1 on CPU; compiled for sm_80/sm_90 in tests
         "tensorboard",
         "matplotlib",
         "safetensors",
-        "transformers>=4.45",   # HF checkpoint conversion checks and the rollout benchmark baseline
+        TRANSFORMERS,            # HF checkpoint conversion checks and the rollout benchmark baseline
     ],
     "gpu": [
-        "triton>=3.2",
+        TRITON,
         "liger-kernel",          # benchmark comparison only
         # transformer-engine, apex and flash-attn come with the NGC image (see Dockerfile); optional imports.
     ],
+    "hf": [TRANSFORMERS, "safetensors"],  # tools/convert_hf.py and model.init_from_hf
     "quickstart": ["tensorboard", "matplotlib"],  # the run directory's TensorBoard events and reward plot
     "logging": ["tensorboard", "matplotlib", "wandb"],
     # data.loader=dali (pre-tokenized MEF shards through an NVIDIA DALI pipeline); the CUDA 12 wheel also runs the
@@ -48,8 +61,8 @@ setup(
     description="MEML-GRPO (multi-expert mutual learning for RLVR) on megatron-core",
     python_requires=">=3.10",
     packages=find_packages(include=["megatron_meml", "megatron_meml.*"])
-    + ["meml_kernels"] + ["meml_kernels." + p for p in find_packages("kernels")],
-    package_dir={"meml_kernels": "kernels"},
+    + find_packages("kernels", include=["meml_kernels", "meml_kernels.*"]),
+    package_dir={"meml_kernels": "kernels/meml_kernels"},
     install_requires=core,
     extras_require=extras,
     entry_points={"console_scripts": ["meml-train=megatron_meml.train:main"]},
