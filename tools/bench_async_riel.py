@@ -32,7 +32,6 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 WORKLOAD = ["mef.enabled=false", "eval.enabled=false", "logging.progress_bar=false", "logging.tensorboard=false",
             "riel.questions_per_step=4", "riel.group_size=8", "rollout.max_new_tokens=32",

@@ -33,14 +33,11 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
 GiB = float(2 ** 30)
 
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_kernels import _proc_status_bytes as _status, _reset_peak_rss as _reset_peak  # noqa: E402
+from megatron_meml.backend.memory import proc_status_bytes as _status, reset_peak_rss as _reset_peak  # noqa: E402
 
 
 def _peak(reset_ok: bool) -> int:

@@ -28,21 +28,6 @@ CPU_SHAPE = dict(T=8192, H=512, V=32768)
 
 # ----------------------------------------------------------------------------------------------- CPU memory
 
-def _proc_status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def cpu_memory_child(variant: str, t: int, h: int, v: int) -> dict:
@@ -55,8 +40,8 @@ def cpu_memory_child(variant: str, t: int, h: int, v: int) -> dict:
     hidden = torch.randn(t, h).requires_grad_()
     weight = torch.randn(v, h).mul_(0.05).requires_grad_()
     targets = torch.randint(0, v, (t,))
-    base = _proc_status_bytes("VmRSS")
-    reset = _reset_peak_rss()
+    base = proc_status_bytes("VmRSS")
+    reset = reset_peak_rss()
     if not reset:
         base = max(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     t0 = time.perf_counter()
@@ -68,7 +53,7 @@ def cpu_memory_child(variant: str, t: int, h: int, v: int) -> dict:
         logp = linear_token_logprobs(hidden, weight, targets, impl="torch").logp
     (-logp.sum()).backward()
     seconds = time.perf_counter() - t0
-    peak = _proc_status_bytes("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = proc_status_bytes("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     grads = hidden.grad.nelement() * hidden.grad.element_size() + weight.grad.nelement() * weight.grad.element_size()
     return dict(variant=variant, baseline=base, peak=peak, grads=grads, extra=peak - base - grads,
                 seconds=seconds, peak_reset=reset, logp_sum=float(logp.sum()))

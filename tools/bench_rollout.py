@@ -30,7 +30,6 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_args(argv=None):
@@ -109,6 +108,9 @@ def _timed(fn, expect: int):
 
 def main(argv=None) -> float:
     a = parse_args(argv)
+    from megatron_meml.versions import require_supported
+
+    require_supported()
     if a.threads:
         torch.set_num_threads(a.threads)
     from megatron_meml.rollout.continuous_engine import ContinuousEngine

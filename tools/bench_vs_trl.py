@@ -45,7 +45,6 @@ import time
 import zlib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 TRL_VERSION = "1.16.0"
 TAG = "@@bench "  # prefix of the TRL worker's result lines (the trainer prints its own dicts to stdout)

@@ -29,8 +29,6 @@ import time
 from typing import List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 from megatron_meml.backend.parallel import free_port  # noqa: E402
@@ -143,6 +141,9 @@ def cmd_check(a) -> int:
 
 
 def main(argv=None) -> int:
+    from megatron_meml.versions import require_supported
+
+    require_supported()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     i = sub.add_parser("import", help="HF directory -> sharded checkpoint")

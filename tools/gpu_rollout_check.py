@@ -29,7 +29,6 @@ import sys
 import time
 import traceback
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_args(argv=None):
@@ -176,6 +175,9 @@ def run_hf(a, prompts, device):
 
 def main(argv=None):
     a = parse_args(argv)
+    from megatron_meml.versions import require_supported
+
+    require_supported()
     t_start = time.perf_counter()
     row = {"requests": a.requests, "new": a.new}
     notes = []

@@ -36,8 +36,6 @@ import traceback
 from typing import Callable, Dict, List, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
 GiB = float(2 ** 30)
 QWEN15 = dict(layers=28, hidden=1536, heads=12, groups=2, ffn=8960, vocab=151936, seq=2048, mef_tokens=16384,

@@ -16,17 +16,11 @@ import os
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
-from megatron_meml.planning import GiB, Hardware, Layout, ModelShape, Workload, evaluate, rank_plans  # noqa: E402
+from megatron_meml.planning import SCALING_RUNS, GiB, Hardware, Layout, ModelShape, Workload, evaluate, rank_plans  # noqa: E402
 
 SCALING_DIR = os.path.join(REPO, "examples", "scaling")
 # name -> GPUs (8-GPU H100 nodes) the config's own parallel layout is written for
-SCALING_RUNS = {
-    "llama3.2-1b": 8, "qwen2.5-1.5b": 8, "llama3.2-3b": 8, "qwen2.5-7b": 8, "llama3.1-8b": 8,
-    "qwen2.5-14b": 16, "qwen2.5-32b": 32, "llama3.1-70b": 64, "qwen2.5-72b": 64,
-}
 
 
 def config_path(model: str) -> str:

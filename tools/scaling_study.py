@@ -43,8 +43,6 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 SCALING_DIR = os.path.join(REPO, "examples", "scaling")
 GiB = float(2 ** 30)
 
@@ -67,7 +65,7 @@ def family_configs(family: str) -> Dict[str, str]:
 
 def gpus_per_size(names: Sequence[str], spec: Optional[str]) -> Dict[str, int]:
     """``--gpus``: None -> the plan_scaling default (1 when unknown); "N" -> all; "a=N,b=M" -> per size."""
-    from plan_scaling import SCALING_RUNS  # tools/ is on sys.path when this file runs
+    from megatron_meml.planning import SCALING_RUNS
 
     out = {n: SCALING_RUNS.get(n, 1) for n in names}
     if not spec:
@@ -423,7 +421,6 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     a = parse_args(argv)
     from megatron_meml.planning import Hardware
 

@@ -14,6 +14,25 @@ import torch
 GiB = float(2 ** 30)
 
 
+def proc_status_bytes(field: str) -> int:
+    """A byte count from ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ...); KeyError when the field is absent."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux ``clear_refs`` 5); False where not permitted."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_memory_bytes() -> float:
     if torch.cuda.is_available():
         return float(torch.cuda.max_memory_allocated())

@@ -42,8 +42,6 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "job.sbatch.in")
 
 

@@ -17,7 +17,6 @@ TOOL = os.path.join(ROOT, "tools", "scaling_study.py")
 _spec = importlib.util.spec_from_file_location("meml_scaling_study", TOOL)
 study = sys.modules["meml_scaling_study"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(study)
-sys.path.insert(0, os.path.join(ROOT, "tools"))  # plan_scaling, as when the tool runs
 
 # the shortest MEF + RIEL + eval that still exercises every stage (both tests use it)
 FAST = ["mef.max_steps=2", "riel.steps=2", "riel.questions_per_step=2", "riel.group_size=2", "riel.buffer_k=1",
