@@ -13,12 +13,14 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /workspace/megatron_meml
 COPY setup.py pyproject.toml README.md ./
+COPY requirements ./requirements
 COPY megatron_meml ./megatron_meml
 COPY kernels ./kernels
-# Keep the image's torch / TE / apex / flash-attn: install only what the project adds. megatron-core 0.19 matches
-# the image's Python 3.12 and CUDA 13.
-RUN pip install --no-deps "megatron-core>=0.19,<0.20" \
- && pip install pyyaml tqdm tiktoken regex "math-verify>=0.7" liger-kernel \
+# Keep the image's torch / TE / apex / flash-attn: install only what the project adds, at the versions of the GPU lock
+# (requirements/gpu.txt, Python 3.12: megatron-core 0.19, liger-kernel, transformers, ...), as constraints so that
+# nothing the image ships is replaced.
+RUN pip install --no-deps -c requirements/gpu.txt megatron-core \
+ && pip install -c requirements/gpu.txt pyyaml tqdm tiktoken regex math-verify liger-kernel transformers safetensors \
  && pip install --no-deps -e .
 COPY tools ./tools
 COPY examples ./examples

@@ -16,6 +16,9 @@ def main(argv=None) -> int:
     line naming the key or file), 1 another rank died or hung past ``parallel.timeout_minutes``. Set
     ``MEML_TRACEBACK=1`` to see the traceback behind a one-line error."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    from .versions import require_supported
+
+    require_supported()  # one line and exit 2 when torch / megatron-core / triton / transformers are out of range
     from .backend.compat import quiet_library_notes
 
     quiet_library_notes()

@@ -79,7 +79,9 @@ def initialize(tp: int = 1, pp: int = 1, seed: int = 1234, backend: Optional[str
     Raises ValueError naming ``parallel.tensor_model_parallel_size`` when TP*PP does not divide the world size.
     """
     from . import compat
+    from ..versions import require_supported
 
+    require_supported()  # every tool that builds a model passes here: an unsupported version stops it in one line
     compat.quiet_library_notes()  # before megatron's modules import (their fallback notes fire at import)
     from megatron.core import parallel_state, tensor_parallel
 
