@@ -220,10 +220,8 @@ class Workload:
                    token_budget=cfg.rollout.token_budget, dtype=cfg.precision.dtype,
                    grad_reduce_in_fp32=cfg.precision.grad_reduce_in_fp32,
                    distributed_optimizer=cfg.parallel.use_distributed_optimizer,
-                   fused_output=cfg.model.fused_output, fp8=cfg.precision.fp8 is not None)
-        # overlap_grad_reduce stays False here: the README's scaling table (tests/unit/planning/
-        # test_scaling_configs.py) is computed without it; passing cfg.parallel.overlap_grad_reduce moves two of its
-        # cells (qwen2.5-1.5b at 8 GPUs: TP1·DP8 instead of TP2·DP4, step times by 1 s) -- regenerate it then.
+                   fused_output=cfg.model.fused_output, fp8=cfg.precision.fp8 is not None,
+                   overlap_grad_reduce=cfg.parallel.overlap_grad_reduce)
 
     @property
     def elem_bytes(self) -> int:

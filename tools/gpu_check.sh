@@ -24,7 +24,8 @@ else
   PYTHON=${PYTHON:-python3}
   unset TRITON_INTERPRET
   # The image lacks megatron-core (and liger-kernel, math-verify): install the carried wheels into /tmp/site. The
-  # project itself runs from the checkout: the repo root (megatron_meml, tests) and kernels/ (meml_kernels).
+  # project runs from the checkout through two links there (megatron_meml, meml_kernels): the repo root itself stays
+  # off sys.path, where kernels/ would pass for the Hugging Face package `kernels` (pytest adds the root for tests/).
   if ls .whl/*.whl >/dev/null 2>&1; then
     mkdir -p "$OUT"
     if ! "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -35,7 +36,9 @@ else
   else
     echo "gpu_check: no .whl/ here (run \`make gpu-carry\` and carry .whl); trying the image's own packages" >&2
   fi
-  export PYTHONPATH=/tmp/site:$PWD:$PWD/kernels${PYTHONPATH:+:$PYTHONPATH}
+  mkdir -p /tmp/site && ln -sfn "$PWD/megatron_meml" /tmp/site/megatron_meml \
+    && ln -sfn "$PWD/kernels/meml_kernels" /tmp/site/meml_kernels
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 mkdir -p "$OUT"
 exec "$PYTHON" tools/gpu_check.py --out "$OUT"
