@@ -64,11 +64,11 @@ V padded vocab, s sequence length, b micro-batch size, t = TP, p = PP, n = DP.
            GEMMs cannot cover is exposed, max(0, comm − compute), else all of it.
            DP comm: the distributed optimizer reduce-scatters the grads (g = 4 B/param, 2 with
            grad_reduce_in_fp32=false) and all-gathers the params (e B/param), hierarchically: within a node over
-           NVLink, between nodes each GPU sends its 1/k shard through its own NIC (``dp_collective_seconds``). With ``overlap_grad_reduce`` (megatron
-           launches each bucket's reduce-scatter as soon as the LAST microbatch's backward has produced it, and
-           gathers params during the first forward) only max(0, reduce-scatter − one microbatch's backward) +
-           max(0, all-gather − one microbatch's forward) is exposed, else all of it. PP point-to-point traffic
-           (s·b·h·e per microbatch and stage) is ignored.
+           NVLink, between nodes each GPU sends its 1/k shard through its own NIC (``dp_collective_seconds``).
+           With ``overlap_grad_reduce`` (megatron launches each bucket's reduce-scatter as soon as the LAST
+           microbatch's backward has produced it, and gathers params during the first forward) only
+           max(0, reduce-scatter − one microbatch's backward) + max(0, all-gather − one microbatch's forward) is
+           exposed, else all of it. PP point-to-point traffic (s·b·h·e per microbatch and stage) is ignored.
            Checked against published Megatron-core / NeMo H100 runs (tests/unit/planning/test_published.py,
            benchmarks/planner_vs_published_h100_20261207.md): predicted step time within 1.25x.
   rollout: per DP replica, waves of B = token_budget // (prompt + new) sequences. Prefill is compute-bound

@@ -5,11 +5,11 @@
     python tools/gpu_check.py --out DIR [--dry-run] [--budget S] [--only step,step]   # what the script runs
 
 Order (the checks owed from earlier sessions first, then the rest by value per second):
-  cuda-graph-test  tests/gpu/test_rollout_gpu.py: CUDA-graph decode == eager == the static engine     cuda_graph_test.json
+  cuda-graph-test  tests/gpu/test_rollout_gpu.py: CUDA-graph decode == eager == static engine      cuda_graph_test.json
   scale-check      tools/gpu_scale_check.py: Qwen2.5-1.5B MEF MFU (spec and measured peak), RIEL split,
                    the planner beside each number                                                     scale_check.json
   rollout-check    tools/gpu_rollout_check.py: 256 x 512 decode, capture apart from decode, MBU with
-                   the logits traffic, the decode kernel against its reference at the real shape       rollout_check.json
+                   the logits traffic, the decode kernel against its reference at the real shape  rollout_check.json
   output-bench     tools/gpu_output_bench.py: the fused output forward vs Liger vs torch               output_bench.json
   gpu-tests        the other tests of tests/gpu (kernels, fused output, async, fp8)                   gpu_tests.json
 Before them an environment probe (versions, device, which megatron fallbacks are active: the "no Transformer
@@ -259,14 +259,16 @@ class Runner:
 
     def write_summary(self) -> None:
         e = self.env
-        lines = [f"# GPU check{' (DRY RUN on the CPU, tiny shapes: the numbers prove the plumbing only)' if self.dry_run else ''}",
+        dry = " (DRY RUN on the CPU, tiny shapes: the numbers prove the plumbing only)" if self.dry_run else ""
+        lines = [f"# GPU check{dry}",
                  "",
                  f"device: {e.get('device', '?')} ({e.get('gpu_memory_gib') or '-'} GiB); python {e.get('python')}, "
                  f"torch {e.get('torch')}, cuda {e.get('cuda')}, megatron-core "
                  f"{(e.get('megatron_core') or {}).get('version', 'NOT importable')}, triton {e.get('have_triton')}, "
                  f"liger {e.get('have_liger_kernel')}, TE {e.get('have_transformer_engine')}, "
                  f"apex {e.get('have_apex')}",
-                 f"layer spec: {e.get('layer_spec', '?')}; fallbacks active: {'; '.join(e.get('fallbacks', [])) or 'none'}",
+                 f"layer spec: {e.get('layer_spec', '?')}; fallbacks active: "
+                 f"{'; '.join(e.get('fallbacks', [])) or 'none'}",
                  f"megatron fallback notes: {' | '.join(e.get('fallback_notes', [])) or 'none'}",
                  f"budget {self.budget_s:.0f} s, used {time.time() - self.t0:.0f} s",
                  "", "| step | status | seconds | limit s | key numbers |", "|---|---|---:|---:|---|"]
@@ -313,7 +315,8 @@ class Runner:
         step, res = self.steps[i], self.results[i]
         left = self.deadline - time.time() - KILL_GRACE_S
         if left < step.min_s:
-            res.status, res.reason = "skipped", f"{max(left, 0):.0f} s of the budget left < its minimum {step.min_s:.0f} s"
+            res.status = "skipped"
+            res.reason = f"{max(left, 0):.0f} s of the budget left < its minimum {step.min_s:.0f} s"
             self.record(step, res, None, "")
             return
         limit = min(step.cap_s, left)

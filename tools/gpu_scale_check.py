@@ -211,7 +211,8 @@ def mef_part(run, dev: Device, s: dict, ceil: Dict[str, float], mem_gib: float, 
             row.update(step_s=times[len(times) // 2], best_s=times[0], peak_bytes=dev.peak(),
                        tokens_per_s=n_seq * seq / times[len(times) // 2],
                        mfu=flops / times[len(times) // 2] / ceil["matmul_flops"], model_flops=flops,
-                       mfu_spec=(flops / times[len(times) // 2] / ceil["spec_flops"]) if ceil.get("spec_flops") else None,
+                       mfu_spec=(flops / times[len(times) // 2] / ceil["spec_flops"]) if ceil.get("spec_flops")
+                       else None,
                        planner_step_s=pl.train_s, planner_peak_bytes=pl.state_total + pl.activations + pl.logits,
                        planner_fits=pl.fits)
         except Exception as exc:  # the row says what failed; the other parts still run
