@@ -17,7 +17,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 WHEELS := $(if $(wildcard /opt/wheels/torch-*),--find-links /opt/wheels,--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match)
 UV_INSTALL := $(UV) pip install -q --python $(VPY) $(WHEELS)
 
-.PHONY: install test test-slow test-latest quickstart lock clean
+.PHONY: install test test-slow test-latest quickstart lock clean gpu-carry
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -64,6 +64,22 @@ lock: | $(UV)
 	  --python-platform x86_64-manylinux_2_28 $(WHEELS) --no-header --annotation-style line --upgrade
 	$(UV) pip compile setup.py requirements/gpu.in --extra gpu --extra hf -o requirements/gpu.txt --python-version 3.12 \
 	  --python-platform x86_64-manylinux_2_28 --no-header --annotation-style line --upgrade
+
+# The wheels the lent GPU image (Python 3.12, torch 2.11, triton 3.6, numpy, sympy, ...) lacks, at the versions of
+# the GPU lock, into .whl/ (gitignored), which a device call carries: `carry: [".whl"]`, then `bash tools/gpu_check.sh`.
+# The image's own packages cover every other requirement of these wheels (their Requires-Dist: torch, triton, numpy,
+# packaging, sympy). The carried tree is limited to 64 MiB: the target fails when .whl/ grows past GPU_CARRY_MAX_MIB.
+GPU_CARRY := megatron-core liger-kernel math-verify latex2sympy2-extended antlr4-python3-runtime
+GPU_CARRY_MAX_MIB ?= 48
+GPU_PLATFORMS := $(foreach n,2_28 2_27 2_24 2_17,--platform manylinux_$(n)_x86_64) --platform manylinux2014_x86_64
+gpu-carry: | $(VPY)
+	rm -rf .whl && mkdir -p .whl
+	$(VPY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  $(GPU_PLATFORMS) -d .whl -c requirements/gpu.txt $(GPU_CARRY)
+	@n=$$(ls .whl/*.whl | wc -l); kib=$$(du -sk .whl | cut -f1); \
+	  echo "gpu-carry: $$n wheels, $$((kib / 1024)) MiB in .whl/ (limit $(GPU_CARRY_MAX_MIB) MiB)"; \
+	  [ $$n -eq $(words $(GPU_CARRY)) ] || { echo "gpu-carry: expected $(words $(GPU_CARRY)) wheels, got $$n"; exit 1; }; \
+	  [ $$kib -le $$(( $(GPU_CARRY_MAX_MIB) * 1024 )) ] || { echo "gpu-carry: .whl/ is over $(GPU_CARRY_MAX_MIB) MiB"; exit 1; }
 
 clean:
 	rm -rf $(VENV) $(LATEST) runs .pytest_cache

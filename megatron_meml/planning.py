@@ -51,14 +51,26 @@ V padded vocab, s sequence length, b micro-batch size, t = TP, p = PP, n = DP.
            weights used in matmuls: every layer and the output layer, not the input embedding lookup),
            + 2 · V · h · T with the fused output layer (its backward recomputes the logits tiles),
            T = training sequences · s (upper bound: every sequence at seq_length); sequences = questions · N_exp ·
-           G (GRPO) + questions · max_kl_responses (inter-expert KL); time = FLOPs / (GPUs · peak · MFU), times
-           (1 + (p − 1)/m) for the pipeline bubble; plus communication that is not overlapped: TP moves
-           s·b·h·e bytes 4 times per layer per microbatch (6 with recompute; all-reduce, or all-gather +
-           reduce-scatter with sequence parallelism: the same ring volume 2(t−1)/t) over NVLink, and the distributed
-           optimizer reduce-scatters fp32 grads and all-gathers params ((4 + e)·params·(n−1)/n bytes per GPU) over
-           NVLink when the whole job is one node, else over the inter-node network (counted in full, an upper
-           bound: with overlap_grad_reduce most of the reduce-scatter hides behind the backward pass). PP
-           point-to-point traffic (s·b·h·e per microbatch and stage) is ignored.
+           G (GRPO) + questions · max_kl_responses (inter-expert KL).
+           compute = (F_layers / peak_l + (F_attn + F_out) / peak) / (GPUs · MFU): the transformer layers' linear
+           GEMMs F_layers run at peak_l = the FP8 peak with precision.fp8 (Transformer Engine casts their inputs;
+           1979 TFLOP/s dense on an H100 SXM), else at the bf16 peak; attention (FlashAttention, bf16) and the
+           output layer (a non-TE linear) always at the bf16 peak.
+           time = (compute + exposed TP comm) · (1 + (p − 1) / (v · m)) + exposed DP comm, where (1 + (p−1)/(v·m))
+           is the 1F1B pipeline bubble with v virtual stages per rank (interleaved schedule; v = 1 plain 1F1B).
+           TP comm: s·b·h·e bytes 4 times per layer per microbatch (6 with recompute; all-reduce, or all-gather +
+           reduce-scatter with sequence parallelism: the same ring volume 2(t−1)/t) over NVLink; with
+           ``Layout.tp_comm_overlap`` (TE userbuffers split each TP GEMM and pipeline its collective) only what the
+           GEMMs cannot cover is exposed, max(0, comm − compute), else all of it.
+           DP comm: the distributed optimizer reduce-scatters the grads (g = 4 B/param, 2 with
+           grad_reduce_in_fp32=false) and all-gathers the params (e B/param), hierarchically: within a node over
+           NVLink, between nodes each GPU sends its 1/k shard through its own NIC (``dp_collective_seconds``).
+           With ``overlap_grad_reduce`` (megatron launches each bucket's reduce-scatter as soon as the LAST
+           microbatch's backward has produced it, and gathers params during the first forward) only
+           max(0, reduce-scatter − one microbatch's backward) + max(0, all-gather − one microbatch's forward) is
+           exposed, else all of it. PP point-to-point traffic (s·b·h·e per microbatch and stage) is ignored.
+           Checked against published Megatron-core / NeMo H100 runs (tests/unit/planning/test_published.py,
+           benchmarks/planner_vs_published_h100_20261207.md): predicted step time within 1.25x.
   rollout: per DP replica, waves of B = token_budget // (prompt + new) sequences. Prefill is compute-bound
            (2·N·B·prompt FLOPs at MFU on the t·p GPUs). Each decode step is memory-bound: it streams the weights
            (N·e / t) and the KV cache read so far (2·L·max(g/t,1)·d·e·B·(prompt + new/2)) through HBM at
@@ -154,11 +166,18 @@ def padded_vocab(cfg, tp: int = 1) -> int:
 
 @dataclass(frozen=True)
 class Layout:
+    """TP · PP · DP, full recomputation, sequence parallelism; ``vp``: virtual pipeline stages per PP rank
+    (interleaved 1F1B, megatron's virtual_pipeline_model_parallel_size; 1 = plain 1F1B); ``tp_comm_overlap``: TE's
+    userbuffer overlap of the TP collectives with the GEMMs (the planner's candidates leave both at their
+    defaults: our runs use neither yet; published recipes do)."""
+
     tp: int
     pp: int
     dp: int
     recompute: bool = False
     sequence_parallel: bool = False
+    vp: int = 1
+    tp_comm_overlap: bool = False
 
     @property
     def gpus(self) -> int:
@@ -184,6 +203,8 @@ class Workload:
     distributed_optimizer: bool = True
     fused_output: bool = True   # model.fused_output: no [T, V] logits in training
     layer_spec: str = "te"      # "te" (Transformer Engine layers) or "local" (megatron's local spec, torch norms)
+    fp8: bool = False           # precision.fp8 set: the layers' linear GEMMs in FP8 (Transformer Engine)
+    overlap_grad_reduce: bool = False   # parallel.overlap_grad_reduce: DP collectives overlap the first/last mb
 
     def __post_init__(self):
         if self.layer_spec not in LAYER_SPECS:
@@ -199,7 +220,8 @@ class Workload:
                    token_budget=cfg.rollout.token_budget, dtype=cfg.precision.dtype,
                    grad_reduce_in_fp32=cfg.precision.grad_reduce_in_fp32,
                    distributed_optimizer=cfg.parallel.use_distributed_optimizer,
-                   fused_output=cfg.model.fused_output)
+                   fused_output=cfg.model.fused_output, fp8=cfg.precision.fp8 is not None,
+                   overlap_grad_reduce=cfg.parallel.overlap_grad_reduce)
 
     @property
     def elem_bytes(self) -> int:
@@ -214,7 +236,11 @@ class Hardware:
     headroom: float = 0.10           # keep this fraction free (allocator fragmentation, transient spikes)
     overhead_gib: float = 4.0        # CUDA context + NCCL buffers
     peak_tflops: float = 989.0       # dense bf16
-    mfu: float = 0.35                # achieved fraction of peak for training / prefill
+    fp8_peak_tflops: float = 1979.0  # dense FP8 (the transformer layers' GEMMs with precision.fp8)
+    # achieved fraction of peak for training / prefill. 0.40: the published Megatron-core H100 runs of
+    # tests/unit/planning/test_published.py come out at 0.98-1.17x of the predicted step time with it (0.35
+    # over-predicted them by 1.12-1.33x); Megatron-LM's README reports 41-47% MFU on H100 for 2B-462B GPTs.
+    mfu: float = 0.40
     hbm_tbps: float = 3.35           # HBM bandwidth
     hbm_efficiency: float = 0.7      # achieved fraction of the bandwidth in decode
     tp_allreduce_us: float = 8.0     # latency of one small TP all-reduce (decode)
@@ -290,30 +316,70 @@ def kv_cache_bytes(shape: ModelShape, layout: Layout, work: Workload) -> float:
 
 
 # ---- time ---------------------------------------------------------------------------------------------------------
+def train_flops_split(shape: ModelShape, layout: Layout, work: Workload) -> dict:
+    """FLOPs of one training step by where they run: ``layers`` (the transformer layers' linear GEMMs), ``attn``
+    (QK^T and PV, causal), ``out`` (the output layer, plus the fused kernel's logits recompute); recomputation
+    included (k = 8 instead of 6)."""
+    tokens = work.train_sequences * work.seq_length
+    k = 8 if layout.recompute else 6
+    out = k * shape.vocab * shape.hidden * tokens + (2.0 * shape.vocab * shape.hidden * tokens
+                                                     if work.fused_output else 0.0)
+    return {"layers": k * (shape.matmul_params() - shape.vocab * shape.hidden) * tokens,
+            "attn": k * shape.layers * work.seq_length * shape.q_dim * tokens, "out": out}
+
+
 def train_flops(shape: ModelShape, layout: Layout, work: Workload) -> float:
     """FLOPs the GPUs execute for one training step (recomputation and the fused kernel's logits recompute
     included): the module docstring's train formula."""
-    tokens = work.train_sequences * work.seq_length
-    k = 8 if layout.recompute else 6
-    flops = k * (shape.matmul_params() + shape.layers * work.seq_length * shape.q_dim) * tokens
-    if work.fused_output:
-        flops += 2.0 * shape.vocab * shape.hidden * tokens
-    return flops
+    return sum(train_flops_split(shape, layout, work).values())
 
 
-def train_seconds(shape: ModelShape, layout: Layout, work: Workload, hw: Hardware) -> float:
-    flops = train_flops(shape, layout, work)
+def dp_collective_seconds(elements: float, layout: Layout, hw: Hardware) -> float:
+    """Seconds per byte-per-element of a DP reduce-scatter (or all-gather) of ``elements`` per GPU, hierarchical as
+    NCCL runs it: megatron orders ranks TP-fastest, so a node holds k = min(n, gpus_per_node // t) ranks of one DP
+    group; the ring inside the node moves (k−1)/k of the data over NVLink, and between the N = n / k nodes each of
+    the k GPUs sends its 1/k shard, (N−1)/N of it, through its own NIC. One node (N = 1): NVLink only."""
+    n = layout.dp
+    if n <= 1:
+        return 0.0
+    k = max(1, min(n, hw.gpus_per_node // layout.tp))
+    nodes = math.ceil(n / k)
+    intra = elements * (k - 1) / k / (hw.nvlink_gbps * 1e9)
+    inter = elements / k * (nodes - 1) / nodes / (hw.network_gbps * 1e9)
+    return intra + inter
+
+
+def train_terms(shape: ModelShape, layout: Layout, work: Workload, hw: Hardware) -> dict:
+    """The parts of the train time (module docstring), seconds: compute, tp_comm / dp_comm (all of it) and
+    their exposed parts, the bubble factor, and the total ``train_s``."""
+    f = train_flops_split(shape, layout, work)
     m = microbatches_per_rank(layout, work)
-    compute = flops / (layout.gpus * hw.peak_tflops * 1e12 * hw.mfu)
+    peak_layers = hw.fp8_peak_tflops if work.fp8 else hw.peak_tflops
+    compute = (f["layers"] / peak_layers + (f["attn"] + f["out"]) / hw.peak_tflops) / \
+        (layout.gpus * 1e12 * hw.mfu)
     t, n, e = layout.tp, layout.dp, work.elem_bytes
     tp_comm = 0.0
     if t > 1:
         volume = (6 if layout.recompute else 4) * 2 * (t - 1) / t * work.seq_length * work.micro_batch_size * \
             shape.hidden * e
         tp_comm = m * (shape.layers // layout.pp) * volume / (hw.nvlink_gbps * 1e9)
-    dp_bw = hw.nvlink_gbps if layout.gpus <= hw.gpus_per_node else hw.network_gbps
-    dp_comm = (4 + e) * params_per_gpu(shape, layout) * (n - 1) / n / (dp_bw * 1e9)
-    return (compute + tp_comm) * (1 + (layout.pp - 1) / m) + dp_comm
+    tp_exposed = max(0.0, tp_comm - compute) if layout.tp_comm_overlap else tp_comm
+    grad = 4 if (work.grad_reduce_in_fp32 or work.dtype == "fp32") else 2
+    share = dp_collective_seconds(params_per_gpu(shape, layout), layout, hw)
+    reduce_scatter, all_gather = grad * share, e * share
+    if work.overlap_grad_reduce:     # hidden behind the last microbatch's backward / the first one's forward
+        per_mb = compute / m
+        dp_exposed = max(0.0, reduce_scatter - per_mb * 2 / 3) + max(0.0, all_gather - per_mb / 3)
+    else:
+        dp_exposed = reduce_scatter + all_gather
+    bubble = 1 + (layout.pp - 1) / (layout.vp * m)
+    return dict(compute=compute, tp_comm=tp_comm, tp_exposed=tp_exposed, dp_comm=reduce_scatter + all_gather,
+                dp_exposed=dp_exposed, bubble=bubble, microbatches=m,
+                train_s=(compute + tp_exposed) * bubble + dp_exposed)
+
+
+def train_seconds(shape: ModelShape, layout: Layout, work: Workload, hw: Hardware) -> float:
+    return train_terms(shape, layout, work, hw)["train_s"]
 
 
 def rollout_seconds(shape: ModelShape, layout: Layout, work: Workload, hw: Hardware) -> float:

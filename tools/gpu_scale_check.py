@@ -9,11 +9,13 @@ embeddings, qkv bias, random weights, bf16, TP = PP = DP = 1, megatron's local l
 Transformer Engine; sequence parallelism needs TE or apex norms, and TP = 1 here anyway).
 
 Parts, each catching its own errors (a failed part still prints its row, with the error):
-  ceilings  bf16 8192^3 matmul TFLOP/s and a 1 GiB device copy, measured in this run (the MFU denominator).
+  ceilings  bf16 8192^3 matmul TFLOP/s and a 1 GiB device copy, measured in this run (one MFU denominator; the
+            other is the spec sheet's dense bf16 peak, ``SPEC_PEAK_FLOPS``: 989 TFLOP/s for the H100 SXM and H200).
   mef       MEF steps of --mef-tokens tokens (random tokens, SFT loss through the fused output layer), first with the
             planner's recompute choice for this batch on one GPU, then with the other choice: step time, tokens/s,
             MFU = model FLOPs (6·N_mm + 6·L·s·q per token, incl. causal attention; planning.ModelShape) / step time /
-            matmul peak, peak memory (max_memory_allocated).
+            peak, against the spec peak (``mfu_spec``, the number to quote) and the measured matmul peak (``mfu``),
+            peak memory (max_memory_allocated).
   riel      --riel-steps RIEL steps of 16 questions x 3 experts x G=8 on the synthetic task (byte tokenizer; with
             random weights every reward is 0, so riel.skip_zero_advantage=false keeps all 384 rollouts in the
             training forward, and the hard-example buffer fires), <= 512 new tokens: time split generate / score
@@ -22,8 +24,10 @@ Beside each measured number: megatron_meml.planning's prediction for the same sh
 the measured matmul peak and copy bandwidth, the planner's assumed MFU / HBM efficiency) and measured/planner.
 (On the CPU, --tiny, the peak is the process RSS and the ceilings are fp32: the ratios there only prove the
 plumbing.)
-Output: markdown tables on stdout and in $OUT/scale_check.md, everything in $OUT/scale_check.json, and one summary
-line last.
+Output: markdown tables on stdout; everything in ``--json`` (default $OUT/scale_check.json; its ``table`` holds the
+markdown, ``summary`` the one line), rewritten after every part so a run cut short keeps what it measured; the
+summary line last on stdout. The run directory (logs of trainer.setup) goes to a temporary folder, not $OUT: a
+device call brings back only 8 files.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 import traceback
 from typing import Callable, Dict, List, Optional
@@ -38,6 +43,17 @@ from typing import Callable, Dict, List, Optional
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 GiB = float(2 ** 30)
+#: Dense bf16 tensor-core peak of the spec sheets (no sparsity), by a substring of torch's device name; the first
+#: match wins. H100 SXM5 and H200 share the GH100 die and clocks: 989.4 TFLOP/s; H100 PCIe 756; A100 312.
+SPEC_PEAK_FLOPS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("A100", 312e12))
+
+
+def spec_peak(device_name: str) -> Optional[float]:
+    """The spec sheet's dense bf16 FLOP/s of this device (None when unknown, e.g. the CPU)."""
+    for key, flops in SPEC_PEAK_FLOPS:
+        if key in device_name:
+            return flops
+    return None
 QWEN15 = dict(layers=28, hidden=1536, heads=12, groups=2, ffn=8960, vocab=151936, seq=2048, mef_tokens=16384,
               micro=4, questions=16, group=8, new=512, riel_seq=768, riel_micro=16, budget=262144, dtype="bf16")
 TINY = dict(layers=2, hidden=64, heads=4, groups=2, ffn=176, vocab=512, seq=64, mef_tokens=256, micro=2,
@@ -148,7 +164,8 @@ def ratio(measured: Optional[float], predicted: Optional[float]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- MEF
-def mef_part(run, dev: Device, s: dict, ceil: Dict[str, float], mem_gib: float, steps: int) -> List[dict]:
+def mef_part(run, dev: Device, s: dict, ceil: Dict[str, float], mem_gib: float, steps: int,
+             on_row: Callable[[List[dict]], None] = lambda rows: None) -> List[dict]:
     """MEF steps with the planner's recompute choice, then the other one; one row each."""
     import torch
 
@@ -193,13 +210,16 @@ def mef_part(run, dev: Device, s: dict, ceil: Dict[str, float], mem_gib: float, 
             flops = shape.model_flops_per_token(seq) * n_seq * seq
             row.update(step_s=times[len(times) // 2], best_s=times[0], peak_bytes=dev.peak(),
                        tokens_per_s=n_seq * seq / times[len(times) // 2],
-                       mfu=flops / times[len(times) // 2] / ceil["matmul_flops"],
+                       mfu=flops / times[len(times) // 2] / ceil["matmul_flops"], model_flops=flops,
+                       mfu_spec=(flops / times[len(times) // 2] / ceil["spec_flops"]) if ceil.get("spec_flops")
+                       else None,
                        planner_step_s=pl.train_s, planner_peak_bytes=pl.state_total + pl.activations + pl.logits,
                        planner_fits=pl.fits)
         except Exception as exc:  # the row says what failed; the other parts still run
             row["error"] = err_text(exc)
             traceback.print_exc()
         rows.append(row)
+        on_row(rows)
         print(f"MEF recompute={rc}: " + json.dumps({k: round(v, 3) if isinstance(v, float) else v
                                                     for k, v in row.items()}), flush=True)
         if dev.cuda:
@@ -210,7 +230,8 @@ def mef_part(run, dev: Device, s: dict, ceil: Dict[str, float], mem_gib: float, 
 
 
 # ---------------------------------------------------------------------------------------------------- RIEL
-def riel_part(run, dev: Device, s: dict, ceil: Dict[str, float], mem_gib: float, steps: int) -> List[dict]:
+def riel_part(run, dev: Device, s: dict, ceil: Dict[str, float], mem_gib: float, steps: int,
+              on_row: Callable[[List[dict]], None] = lambda rows: None) -> List[dict]:
     """RIEL steps (the trainer's loop body, timed in parts); one row per step."""
     import torch
 
@@ -278,6 +299,7 @@ def riel_part(run, dev: Device, s: dict, ceil: Dict[str, float], mem_gib: float,
             row["error"] = err_text(exc)
             traceback.print_exc()
         rows.append(row)
+        on_row(rows)
         print(f"RIEL step {step}: " + json.dumps({k: round(v, 3) if isinstance(v, float) else v
                                                   for k, v in row.items()}), flush=True)
     return rows
@@ -288,22 +310,28 @@ def fmt(x, spec=".2f", scale=1.0) -> str:
     return "-" if x is None else format(x / scale, spec)
 
 
+def pct(x: Optional[float]) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
 def tables(ceil: dict, mef: List[dict], riel: List[dict]) -> str:
     out = []
     if ceil:
-        out.append(f"ceilings: matmul {fmt(ceil.get('matmul_flops'), '.4g', 1e12)} TFLOP/s "
+        out.append(f"ceilings: spec {fmt(ceil.get('spec_flops'), '.4g', 1e12)} TFLOP/s, "
+                   f"measured matmul {fmt(ceil.get('matmul_flops'), '.4g', 1e12)} TFLOP/s "
                    f"({ceil.get('matmul_n')}^3), device copy {fmt(ceil.get('copy_bytes_per_s'), '.3g', 1e12)} TB/s"
                    + (f"; error: {ceil['error']}" if "error" in ceil else ""))
     if mef:
-        out += ["", "| MEF | tokens/step | step s (planner, ratio) | tokens/s | MFU | peak GiB (planner, ratio) | "
-                    "loss |", "|---|---:|---:|---:|---:|---:|---:|"]
+        out += ["", "| MEF | tokens/step | step s (planner, ratio) | tokens/s | MFU spec | MFU measured peak | "
+                    "peak GiB (planner, ratio) | loss |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in mef:
             name = f"recompute {'on' if r['recompute'] else 'off'}{' (planner)' if r['planner_choice'] else ''}"
             if "error" in r:
-                out.append(f"| {name} | {r['tokens_per_step']} | error: {r['error']} | | | | |")
+                out.append(f"| {name} | {r['tokens_per_step']} | error: {r['error']} | | | | | |")
                 continue
             out.append(f"| {name} | {r['tokens_per_step']} | {r['step_s']:.3f} ({r['planner_step_s']:.3f}, "
-                       f"{ratio(r['step_s'], r['planner_step_s'])}) | {r['tokens_per_s']:.0f} | {100 * r['mfu']:.1f}% | "
+                       f"{ratio(r['step_s'], r['planner_step_s'])}) | {r['tokens_per_s']:.0f} | {pct(r.get('mfu_spec'))} | "
+                       f"{pct(r['mfu'])} | "
                        f"{r['peak_bytes'] / GiB:.1f} ({r['planner_peak_bytes'] / GiB:.1f}, "
                        f"{ratio(r['peak_bytes'], r['planner_peak_bytes'])}) | {r['loss']:.4f} |")
     if riel:
@@ -329,7 +357,8 @@ def summary_line(mef: List[dict], riel: List[dict]) -> str:
     ok = [r for r in mef if "error" not in r]
     if ok:
         best = max(ok, key=lambda r: r["mfu"])
-        parts.append(f"MEF MFU {100 * best['mfu']:.1f}% ({best['tokens_per_s']:.0f} tok/s, recompute "
+        parts.append(f"MEF MFU {pct(best.get('mfu_spec'))} of spec, {pct(best['mfu'])} of measured matmul "
+                     f"({best['tokens_per_s']:.0f} tok/s, recompute "
                      f"{'on' if best['recompute'] else 'off'}, step/planner {ratio(best['step_s'], best['planner_step_s'])})")
     ok = [r for r in riel if "error" not in r]
     if ok:
@@ -349,7 +378,8 @@ def main(argv=None) -> int:
     ap.add_argument("--riel-steps", type=int, default=2)
     ap.add_argument("--mef-tokens", type=int, help="tokens per MEF step (default 16384; tiny 256)")
     ap.add_argument("--gpu-mem-gib", type=float, help="usable GPU memory for the planner (default: the device's)")
-    ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
+    ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"), help="folder of scale_check.json")
+    ap.add_argument("--json", help="the result file (default OUT/scale_check.json)")
     a = ap.parse_args(argv)
     import torch
 
@@ -363,7 +393,8 @@ def main(argv=None) -> int:
     if not dev.cuda:
         torch.set_num_threads(1)
     parts = set(a.parts.split(","))
-    os.makedirs(a.out, exist_ok=True)
+    json_path = a.json or os.path.join(a.out, "scale_check.json")
+    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
     mem_gib = a.gpu_mem_gib or (torch.cuda.get_device_properties(0).total_memory / GiB if dev.cuda else 16.0)
     print(f"scale check on {dev.name}: {s['layers']} layers, hidden {s['hidden']}, heads {s['heads']}/{s['groups']}, "
           f"ffn {s['ffn']}, vocab {s['vocab']}, {s['dtype']}; planner memory {mem_gib:.0f} GiB", flush=True)
@@ -373,8 +404,9 @@ def main(argv=None) -> int:
     except Exception as exc:
         ceil = {"error": err_text(exc), "matmul_flops": 989e12 if dev.cuda else 1e10,
                 "copy_bytes_per_s": 3.35e12 if dev.cuda else 1e10, "matmul_n": 0}
+    ceil["spec_flops"] = spec_peak(dev.name)
     t0 = time.perf_counter()
-    cfg = load_config(None, config_overrides(s, os.path.join(a.out, "scale_check_run")))
+    cfg = load_config(None, config_overrides(s, tempfile.mkdtemp(prefix="scale_check_run_")))
     try:
         run = trainer.setup(cfg)
     except Exception as exc:   # nothing to measure without a model: say why in the summary line
@@ -387,20 +419,22 @@ def main(argv=None) -> int:
     mef: List[dict] = []
     riel: List[dict] = []
 
-    def save() -> str:   # after every part, so a run cut short by its timeout still leaves its tables
-        text = tables(ceil if "ceilings" in parts else {}, mef, riel)
-        with open(os.path.join(a.out, "scale_check.md"), "w") as f:
-            f.write(text + "\n\n" + summary_line(mef, riel) + "\n")
-        with open(os.path.join(a.out, "scale_check.json"), "w") as f:
-            json.dump({"device": dev.name, "shape": s, "params": shape.params(), "ceilings": ceil, "mef": mef,
-                       "riel": riel}, f, indent=1)
+    def save(mef_rows=None, riel_rows=None) -> str:   # after every row: a run cut short keeps what it measured
+        m, r = mef if mef_rows is None else mef_rows, riel if riel_rows is None else riel_rows
+        text = tables(ceil if "ceilings" in parts else {}, m, r)
+        tmp = json_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"device": dev.name, "shape": s, "params": shape.params(), "ceilings": ceil, "mef": m,
+                       "riel": r, "table": text, "summary": summary_line(m, r)}, f, indent=1)
+        os.replace(tmp, json_path)
         return text
 
+    save()
     if "mef" in parts:
-        mef = mef_part(run, dev, s, ceil, mem_gib, a.mef_steps)
+        mef = mef_part(run, dev, s, ceil, mem_gib, a.mef_steps, on_row=lambda rows: save(mef_rows=rows))
         print(save(), flush=True)
     if "riel" in parts:
-        riel = riel_part(run, dev, s, ceil, mem_gib, a.riel_steps)
+        riel = riel_part(run, dev, s, ceil, mem_gib, a.riel_steps, on_row=lambda rows: save(riel_rows=rows))
         print(save(), flush=True)
     save()
     line = summary_line(mef, riel)

@@ -81,10 +81,10 @@ def test_time_model_directions():
     n_mm = 28 * (h * (q + 2 * kv) + q * h + 3 * h * f) + v * h
     assert SHAPE.matmul_params() == n_mm
     flops = 6 * n_mm * tokens + 6 * 28 * 1536 * q * tokens + 2 * v * h * tokens
-    assert train_seconds(SHAPE, Layout(1, 1, 1), WORK, hw) == pytest.approx(flops / (989e12 * 0.35))
+    assert train_seconds(SHAPE, Layout(1, 1, 1), WORK, hw) == pytest.approx(flops / (989e12 * hw.mfu))
     logits_path = Workload(**{**WORK.__dict__, "fused_output": False})
     assert train_seconds(SHAPE, Layout(1, 1, 1), logits_path, hw) == \
-        pytest.approx((flops - 2 * v * h * tokens) / (989e12 * 0.35))
+        pytest.approx((flops - 2 * v * h * tokens) / (989e12 * hw.mfu))
 
 
 def test_layout_errors_and_candidates():
@@ -134,3 +134,28 @@ def test_local_layer_spec_has_no_sequence_parallel_and_more_activations():
     assert activation_bytes(SHAPE, lay, local) > activation_bytes(SHAPE, lay, WORK)
     with pytest.raises(ValueError, match="layer_spec"):
         Workload(**{**WORK.__dict__, "layer_spec": "fast"})
+
+
+def test_train_terms_by_hand_fp8_bubble_and_overlaps():
+    """FP8 runs only the layers' GEMMs at the FP8 peak; VP divides the bubble; TP overlap hides what compute
+    covers; DP collectives are hierarchical (NVLink inside a node, one 1/k shard per NIC between nodes)."""
+    from megatron_meml.planning import dp_collective_seconds, train_flops_split, train_terms
+    hw = Hardware()
+    w8 = Workload(**{**WORK.__dict__, "fp8": True, "fused_output": False})
+    f = train_flops_split(SHAPE, Layout(1, 1, 1), w8)
+    assert f["out"] == 6 * 152064 * 3584 * 1792 * 1536
+    t = train_terms(SHAPE, Layout(1, 1, 1), w8, hw)
+    assert t["compute"] == pytest.approx((f["layers"] / 1979 + (f["attn"] + f["out"]) / 989) / (1e12 * hw.mfu))
+    lay = Layout(2, 4, 1)
+    m = train_terms(SHAPE, lay, WORK, hw)["microbatches"]
+    assert train_terms(SHAPE, lay, WORK, hw)["bubble"] == pytest.approx(1 + 3 / m)
+    assert train_terms(SHAPE, Layout(2, 4, 1, vp=7), WORK, hw)["bubble"] == pytest.approx(1 + 3 / (7 * m))
+    plain = train_terms(SHAPE, Layout(2, 1, 4), WORK, hw)
+    hidden = train_terms(SHAPE, Layout(2, 1, 4, tp_comm_overlap=True), WORK, hw)
+    assert plain["tp_exposed"] == plain["tp_comm"] > 0 and hidden["tp_exposed"] == 0.0
+    # DP 16 at TP 2: 4 ranks per node, 4 nodes
+    n = 1e9
+    assert dp_collective_seconds(n, Layout(2, 1, 16), hw) == pytest.approx(
+        n * 3 / 4 / 300e9 + n / 4 * 3 / 4 / 40e9)
+    assert dp_collective_seconds(n, Layout(1, 1, 8), hw) == pytest.approx(n * 7 / 8 / 300e9)   # one node
+    assert dp_collective_seconds(n, Layout(8, 1, 1), hw) == 0.0
