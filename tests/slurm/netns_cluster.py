@@ -143,7 +143,7 @@ def render_conf(p: Plan, mem_mb: int = 4000, cpus: int = 4) -> str:
         "AccountingStorageType=accounting_storage/none", "SelectType=select/cons_tres",
         "SelectTypeParameters=CR_CPU", "MpiDefault=none", "MailProg=/bin/true", "SlurmdParameters=config_overrides",
         "JobRequeue=1", "ReturnToService=2", "KillWait=5", "MinJobAge=600", "InactiveLimit=0",
-        f"SlurmdTimeout={SLURMD_TIMEOUT}", "MessageTimeout=5", "TCPTimeout=3",
+        f"SlurmdTimeout={SLURMD_TIMEOUT}", "MessageTimeout=10", "TCPTimeout=3",
         "SchedulerType=sched/builtin", "SlurmctldDebug=info", "SlurmdDebug=info",
     ]
     for n in p.nodes:
@@ -159,6 +159,25 @@ def _sh(cmd: Sequence[str], timeout: float = 30, check: bool = True) -> subproce
     if check and r.returncode != 0:
         raise SlurmUnavailable(f"`{' '.join(cmd)}` failed (exit {r.returncode}): {r.stderr.strip()}")
     return r
+
+
+def _ensure_iproute2() -> None:
+    """``ip`` (iproute2) and ``nsenter`` / ``unshare`` (util-linux); apt-get installs iproute2 when ``ip`` is
+    missing. Creating namespaces needs root (CAP_SYS_ADMIN): a refusal surfaces as SlurmUnavailable with ip's
+    message."""
+    import shutil
+
+    if shutil.which("ip") is None:
+        if shutil.which("apt-get") is None:
+            raise SlurmUnavailable("`ip` (iproute2) is missing and apt-get is absent")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        r = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "iproute2"], env=env,
+                           capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            raise SlurmUnavailable(f"apt-get install iproute2 failed: {r.stderr.strip()[-500:]}")
+    missing = [b for b in ("ip", "nsenter", "unshare") if shutil.which(b) is None]
+    if missing:
+        raise SlurmUnavailable(f"missing {', '.join(missing)} (iproute2 / util-linux)")
 
 
 def ns_pids(netns: str) -> List[int]:
@@ -215,6 +234,7 @@ class TwoNodeSlurm(LocalSlurm):
     def start(self, timeout: float = 60) -> "TwoNodeSlurm":
         t0 = time.time()
         ensure_installed()
+        _ensure_iproute2()
         p = self.plan
         stale = [ns for ns in p.namespaces if os.path.exists(f"/var/run/netns/{ns}")]
         if stale:

@@ -30,7 +30,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 TINY = ["examples/quickstart/config.yaml", "logging.tensorboard=false", "model.num_layers=1", "model.hidden_size=32",
         "model.ffn_hidden_size=64", "data.global_batch_size=8", "data.micro_batch_size=4", "eval.enabled=false",
         "mef.max_steps=3", "riel.questions_per_step=2", "riel.group_size=2", "riel.buffer_k=1",
-        "riel.buffer_capacity=2", "riel.lr=1e-3", "rollout.max_new_tokens=8", "checkpoint.save_interval=1"]
+        "riel.buffer_capacity=2", "riel.lr=1e-3", "rollout.max_new_tokens=8", "checkpoint.save_interval=1",
+        "checkpoint.keep_last=100"]
 SYNC = TINY + ["riel.steps=12"]
 ASYNC = TINY + ["riel.steps=5", "data.global_batch_size=4"]
 DONE = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL")
@@ -127,8 +128,8 @@ def test_two_node_checkpoint_resumes_at_another_layout(two_node_cluster, two_nod
     shutil.copytree(src, run_dir, ignore=shutil.ignore_patterns("slurm"))
     root = os.path.join(run_dir, "checkpoints")
     names = sorted(d for d in os.listdir(root) if d.startswith("step_"))
-    keep = next(d for d in names if C.read_meta(os.path.join(root, d)).get("stage") == "riel"
-                and C.read_meta(os.path.join(root, d)).get("step") == 6)
+    keep = "step_01000006"  # RIEL checkpoints are numbered 1e6 + steps done: this one resumes at RIEL step 6
+    assert keep in names and C.read_meta(os.path.join(root, keep))["stage_step"] == 5, names
     for d in names[names.index(keep) + 1:]:
         shutil.rmtree(os.path.join(root, d))
     with open(os.path.join(root, "latest"), "w") as f:
@@ -151,7 +152,7 @@ def test_killed_node_stops_survivors_then_requeue_resumes_exactly(two_node_clust
     ref_dir, _ = two_node
     cluster = two_node_cluster
     run_dir = str(tmp_path / "run")
-    timeout_min = 0.5
+    timeout_min = 2.0  # also bounds process-group start-up: 0.5 min timed out rank 3's late join under load
     job_id = submit(cluster, run_dir, nodes=2, nproc=2, port=29402,
                     overrides=SYNC + ["parallel.tensor_model_parallel_size=2",
                                       f"parallel.timeout_minutes={timeout_min}"])
@@ -175,7 +176,7 @@ def test_killed_node_stops_survivors_then_requeue_resumes_exactly(two_node_clust
     latency = time.time() - t_kill
     assert line is not None, job_log(run_dir, job_id)[-4000:]
     print(f"\n[node meml-n2 killed] after {latency:.1f} s: {line}")
-    assert latency < timeout_min * 60 + 15
+    assert latency < timeout_min * 60
     newest = C.latest(os.path.join(run_dir, "checkpoints"))
     assert "lost node meml-n2 (ranks 2-3)" in line and f"the newest complete checkpoint is {newest}" in line
     # SLURM: node DOWN, job requeued
@@ -188,9 +189,13 @@ def test_killed_node_stops_survivors_then_requeue_resumes_exactly(two_node_clust
     print(f"\n[SLURM] meml-n2 {state} and job {job_id} requeued ({info.get('Reason')}) "
           f"{time.time() - t_down:.1f} s after the line")
     cluster.start_node("meml-n2")
-    time.sleep(2.0)  # slurmd refuses a credential created in the second the old one was revoked
-    cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
-    wait_done(cluster, job_id, run_dir, restarts=1)
+    # No `scontrol update StartTime=now` here (the single-node requeue test uses it): SLURM's requeue hold-off
+    # (~120 s) is what keeps the new instance safe from the previous one's terminate request, which slurmctld
+    # queued for the dead node and re-sends every 60 s until the node answers -- job ids survive a requeue, so
+    # released earlier, the restarted job's step on meml-n2 was killed by it (seen on this cluster).
+    t_back = time.time()
+    wait_done(cluster, job_id, run_dir, restarts=1, timeout=900)
+    print(f"\n[requeued run] node back -> job completed in {time.time() - t_back:.0f} s")
     log = job_log(run_dir, job_id)
     assert f"[launch] job {job_id} restart 1" in log
     resumed = re.search(r"resumed riel from \S+", log)
