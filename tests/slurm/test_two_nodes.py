@@ -4,7 +4,8 @@ tests/slurm/netns_cluster.py). Marked slow: each training job pays ~1-2 minutes 
 1. ``--nodes 2 --nproc-per-node 2`` with TP=2 (inside a node) and DP=2 (across the nodes), MEF then RIEL: the
    rendezvous host comes from ``scontrol show hostnames $SLURM_JOB_NODELIST | head -n1`` as on a real cluster, and
    every logged metric equals the same run as one 4-rank node (1e-6). Its checkpoint (written by ranks on both
-   hosts) resumes at another layout (TP=1, one rank per node).
+   hosts) holds the one-node run's weights bit for bit and starts a job at another layout (TP=1, one rank per
+   node; ``model.init_from``, since an exact resume needs the saved layout).
 2. One node (its slurmd, slurmstepd, torchrun and ranks: every process in its namespace) is SIGKILLed mid-RIEL: the
    ranks on the other node stop within ``parallel.timeout_minutes`` with one line naming the lost node and the
    newest complete checkpoint; SLURM declares the node DOWN and requeues the job (``--requeue``); with the node
@@ -21,6 +22,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from megatron_meml.backend import checkpoint as C
 from tests.conftest import ROOT
@@ -121,31 +123,33 @@ def test_two_node_job_equals_one_node(one_node, two_node):
     assert latest and C.verify(latest) is None
 
 
-def test_two_node_checkpoint_resumes_at_another_layout(two_node_cluster, two_node, tmp_path):
-    """Resume RIEL step 6 of the 2x2 (TP=2, DP=2) run as 2 nodes x 1 rank (TP=1, DP=2) and replay steps 6-11."""
-    src, _ = two_node
+def test_two_node_checkpoint_resumes_at_another_layout(two_node_cluster, one_node, two_node, tmp_path):
+    """The final checkpoint of the 2x2 job (rank files 0-1 written on meml-n1, 2-3 on meml-n2) is complete, holds
+    bit for bit the weights of the one-node run's, and a new job at another layout (2 nodes x 1 rank: TP=1, DP=2)
+    starts from it (``model.init_from``: exact resume needs the saved layout, ``checkpoint.py``)."""
+    from megatron_meml.backend.checkpoint_source import read_training_checkpoint
+
+    (ref_dir, _), (src, _) = one_node, two_node
+    ckpt = C.latest(os.path.join(src, "checkpoints"))
+    assert ckpt.endswith("step_01000012") and C.verify(ckpt) is None
+    assert sorted(f for f in os.listdir(ckpt) if f.startswith("rank_")) == [f"rank_{r:05d}.pt" for r in range(4)]
+    meta, got = read_training_checkpoint(ckpt)
+    _, ref = read_training_checkpoint(os.path.join(ref_dir, "checkpoints", "step_01000012"))
+    names = sorted({n for sh in meta.shards for n in sh["tensors"]})
+    assert meta.tp == 2 and names
+    for n in names:
+        assert torch.equal(got.full(n), ref.full(n)), n
     run_dir = str(tmp_path / "run")
-    shutil.copytree(src, run_dir, ignore=shutil.ignore_patterns("slurm"))
-    root = os.path.join(run_dir, "checkpoints")
-    names = sorted(d for d in os.listdir(root) if d.startswith("step_"))
-    keep = "step_01000006"  # RIEL checkpoints are numbered 1e6 + steps done: this one resumes at RIEL step 6
-    assert keep in names and C.read_meta(os.path.join(root, keep))["stage_step"] == 5, names
-    for d in names[names.index(keep) + 1:]:
-        shutil.rmtree(os.path.join(root, d))
-    with open(os.path.join(root, "latest"), "w") as f:
-        f.write(keep)
-    os.remove(os.path.join(run_dir, "metrics.jsonl"))
-    os.path.exists(os.path.join(run_dir, "summary.json")) and os.remove(os.path.join(run_dir, "summary.json"))
     job_id = submit(two_node_cluster, run_dir, nodes=2, nproc=1, port=29401,
-                    overrides=SYNC + ["parallel.tensor_model_parallel_size=1"])
+                    overrides=SYNC[:-1] + ["riel.steps=3", "parallel.tensor_model_parallel_size=1",
+                                           f"model.init_from={ckpt}"])
     wait_done(two_node_cluster, job_id, run_dir)
     log = job_log(run_dir, job_id)
-    assert f"resumed riel from {root}/{keep}" in log, log[-3000:]
-    ref, got = metrics(src), metrics(run_dir)
-    assert sorted(got) == [("riel", s) for s in range(6, 12)]
-    worst = max_diff({k: ref[k] for k in got}, got)
-    print(f"\n[resume TP2xDP2 -> TP1xDP2 at RIEL step 6] max |diff| of steps 6-11: {worst:.3g}")
-    assert worst <= 1e-4
+    assert f"initial weights from checkpoint {ckpt} (" in log, log[-3000:]
+    rows = metrics(run_dir)
+    assert sorted(rows) == [("mef", s) for s in range(3)] + [("riel", s) for s in range(3)]
+    print(f"\n[init_from the two-node checkpoint at TP=1 x DP=2] {len(names)} tensors equal the one-node run's; "
+          f"MEF loss at step 0: {rows[('mef', 0)]['loss']:.4f} (fresh init: {metrics(src)[('mef', 0)]['loss']:.4f})")
 
 
 def test_killed_node_stops_survivors_then_requeue_resumes_exactly(two_node_cluster, two_node, tmp_path):
