@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     from . import trainer
     from .backend.checkpoint_io import CheckpointError
     from .backend.async_bridge import AsyncRolloutError
+    from .backend.hosts import lost_node_note
     from .backend.parallel import is_comm_failure
     from .checkpointing import Preempted
     from .data.errors import DataError
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
             raise
         code = _error(f"lost contact with another rank (it died, was killed or hung longer than "
                       f"parallel.timeout_minutes={cfg.parallel.timeout_minutes}): {str(e).strip().splitlines()[0]}"
-                      f"{trainer.last_checkpoint_note(cfg)}", 1)
+                      f"{lost_node_note(e)}{trainer.last_checkpoint_note(cfg)}", 1)
     finally:
         trainer.finish(run, clean=code != 1)
     return code

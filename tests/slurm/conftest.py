@@ -16,3 +16,24 @@ def slurm_cluster(tmp_path_factory):
         pytest.fail(f"SLURM could not be started: {e}", pytrace=False)
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster(tmp_path_factory):
+    """Two slurmd "hosts" in their own network namespaces + slurmctld in a third (tests/slurm/netns_cluster.py);
+    every process in them is killed by PID and the namespaces deleted at the end, also when a test fails."""
+    from tests.slurm.netns_cluster import TwoNodeSlurm
+
+    cluster = TwoNodeSlurm(tmp_path_factory.mktemp("slurm2"))
+    try:
+        cluster.start()
+    except (SlurmUnavailable, OSError, RuntimeError) as e:
+        cluster.stop()
+        pytest.fail(f"two-node SLURM could not be started: {e}", pytrace=False)
+    print(f"\n[two-node cluster] started in {cluster.started_s:.1f} s")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        print(f"\n[two-node cluster] stopped in {cluster.stopped_s:.1f} s; leftovers: {cluster.leftovers()}")
+        assert cluster.leftovers() == [], cluster.leftovers()
