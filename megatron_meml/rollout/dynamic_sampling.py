@@ -21,6 +21,11 @@ single-expert cells: they take part in GRPO and the buffer, not in a KL pair (th
 Fresh questions: a seeded draw from the RIEL pool per (step, round, expert) (``random.Random(mix_seed(...))``),
 identical on every rank and after a resume. The cost is the extra rollouts: ``dynamic/rollouts`` and
 ``rollout/tokens`` (every response token generated this step, kept or not).
+
+Measured on the quickstart (benchmarks/complementarity_cpu_20261207.md, seeds 1-3, R = 2): 72-85% of a step's
+cells were all-equal over RIEL (mostly all-correct late), R = 2 refilled 27-38% of them, and the run generated
+2.4x the rollout tokens; per step it beat the paper's objective (mean expert accuracy 99.5 vs 97.9%, oracle
+100%), per rollout token it was behind early and level at ~0.5M tokens.
 """
 from __future__ import annotations
 

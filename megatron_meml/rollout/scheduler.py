@@ -11,9 +11,12 @@ What :meth:`RielScheduler.step` does, in order:
   2. generation under the token budget — under data parallelism each DP rank generates every dp-th request and
      the rollouts are all-gathered, so every rank sees the whole step;
   3. rewards (verifier on the decoded text), one :class:`ScoredGroup` per (question, expert), advantages
-     (``algo.advantages``);
-  4. inter-expert KL pairs per question (``algo.inter_expert_kl``), hard-example admission and SFT firing
-     (``algo.sft_buffer``) — identical on all ranks (same rollouts, same buffer RNG);
+     (``algo.advantages``), optionally weighted per (question, expert) (``riel.complement_weight``,
+     ``algo.complementarity``);
+  4. inter-expert KL pairs per question (``algo.inter_expert_kl``; ``riel.kl_gate`` may drop a pair), with
+     ``riel.dynamic_sampling`` the all-equal cells replaced by fresh ones (``rollout.dynamic_sampling``), then
+     hard-example admission of every generated cell and SFT firing (``algo.sft_buffer``) — identical on all
+     ranks (same rollouts, same buffer RNG);
   5. training sequences: GRPO = every rollout (prompt + response, loss on the response, old_logp = rollout
      log-probs, advantage of its rollout); KL = each O+ response re-rendered after E−'s prompt (old_logp = its
      rollout log-probs under P+, reused: on-policy they are stopgrad log π(o|q,P+); the gradient flows through the
