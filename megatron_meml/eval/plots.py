@@ -55,7 +55,8 @@ def plot_reward_curves(run_dir: str, out_name: str = "reward_curves.png") -> Opt
     ax_r.set(title="RIEL: training reward and held-out accuracy", xlabel="RIEL step", ylabel="reward / accuracy")
     ens = [("heldout/mean", "mean expert", "-"), ("heldout/majority_vote", "majority vote", "-"),
            ("heldout/best_label_free", "best label-free selection", "-"), ("heldout/oracle", "oracle", "-"),
-           ("heldout/overlap/both_wrong", "both wrong (pairs)", "--"), ("heldout/overlap/jaccard", "error Jaccard", "--")]
+           ("heldout/overlap/both_wrong", "both wrong (pairs)", "--"),
+           ("heldout/overlap/jaccard", "error Jaccard", "--")]
     for k, label, ls in ens:
         if series.get(k):
             xs, ys = zip(*series[k])

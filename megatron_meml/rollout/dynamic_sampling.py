@@ -100,7 +100,8 @@ def refill_cells(groups: Sequence[ScoredGroup], records: Sequence[Record], pool:
                     for j, (rec, e) in enumerate(cells) for i in range(G)]
         scored = generate(requests, [rec for rec, _ in cells])
         rollouts += len(requests)
-        new = [ScoredGroup(qid=rec.id, expert=e, rollouts=scored[j * G:(j + 1) * G]) for j, (rec, e) in enumerate(cells)]
+        new = [ScoredGroup(qid=rec.id, expert=e, rollouts=scored[j * G:(j + 1) * G])
+               for j, (rec, e) in enumerate(cells)]
         compute_advantages(new, riel)
         out.generated.extend(new)
         out.records.update({rec.id: rec for rec, _ in cells})

@@ -325,4 +325,5 @@ def build_riel_scheduler(cfg, chunks, tokenizer, expert_prompts: Sequence[str], 
                          max_tokens_per_microbatch=cfg.data.micro_batch_size * cfg.data.seq_length,
                          pad_id=tokenizer.pad_id, buffer=buffer, dp_rank=dp_rank, dp_size=dp_size,
                          all_gather=inference.dp_all_gather_objects, share_prompts=share, kl_teacher=kl_teacher,
-                         seed=cfg.rollout.seed if cfg.rollout.seed is not None else cfg.seed, refill_pool=refill_pool)
+                         seed=cfg.rollout.seed if cfg.rollout.seed is not None else cfg.seed,
+                         refill_pool=refill_pool)

@@ -68,8 +68,10 @@ def sample_answer(qid, e, i):  # sample i of (q, e): expert 0 right on its first
 
 
 def fake_generate(requests):
-    return [Rollout(r, [1], [-0.1], text=f"#### {GREEDY[(r.qid, r.expert)] if r.seed == 0 else sample_answer(r.qid, r.expert, r.seed)}")
-            for r in requests]
+    def answer(r):  # seed 0: the greedy request; seeds 1..n: the samples
+        return GREEDY[(r.qid, r.expert)] if r.seed == 0 else sample_answer(r.qid, r.expert, r.seed)
+
+    return [Rollout(r, [1], [-0.1], text=f"#### {answer(r)}") for r in requests]
 
 
 def reward(text, record):
@@ -92,7 +94,8 @@ def test_evaluate_reports_overlap_and_sampled_metrics(tmp_path):
     assert s["maj@k"]["4"] == [0.0, pytest.approx(2 / 3)]  # expert 0's majority is the wrong 7
     assert res["by_family"]["b"]["sampled"]["pass@k"]["1"] == [pytest.approx(0.25), 0.0]
     m = flat_metrics(res)
-    assert m["heldout/overlap/jaccard"] == pytest.approx(0.5) and m["heldout/best_label_free"] == res["selection"]["vote"]
+    assert m["heldout/overlap/jaccard"] == pytest.approx(0.5)
+    assert m["heldout/best_label_free"] == res["selection"]["vote"]
     assert m["heldout/pass@4/ensemble"] == pytest.approx(1.0)
     write_eval({"after_riel": res}, str(tmp_path))
     md = (tmp_path / "eval.md").read_text()
