@@ -111,8 +111,8 @@ def _sample(generate, prompt_fn, records, num_experts: int, reward_fn: RewardFn,
     return keys, correct
 
 
-def _table(rows: Sequence[tuple], n: int, strategies: Sequence[str]) -> List[str]:
-    head = ["stage"] + [f"expert {e}" for e in range(n)] + ["mean", "majority vote", "best expert", "oracle"] + \
+def _table(rows: Sequence[tuple], n: int, strategies: Sequence[str], first: str = "stage") -> List[str]:
+    head = [first] + [f"expert {e}" for e in range(n)] + ["mean", "majority vote", "best expert", "oracle"] + \
         [f"select: {k}" for k in strategies] + ["both wrong (pairs)", "jaccard (pairs)"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for name, r in rows:
@@ -127,9 +127,9 @@ def _table(rows: Sequence[tuple], n: int, strategies: Sequence[str]) -> List[str
     return lines
 
 
-def _sampled_table(rows: Sequence[tuple], n: int) -> List[str]:
+def _sampled_table(rows: Sequence[tuple], n: int, first: str = "stage") -> List[str]:
     """Greedy accuracy beside pass@k / maj@k per expert and for the ensemble (stages evaluated with samples)."""
-    head = ["stage", "metric"] + [f"expert {e}" for e in range(n)] + ["expert mean", "ensemble"]
+    head = [first, "metric"] + [f"expert {e}" for e in range(n)] + ["expert mean", "ensemble"]
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for name, r in rows:
         s = r.get("sampled")
@@ -170,7 +170,7 @@ def write_eval(results: Dict[str, Dict[str, object]], run_dir: str) -> None:
     for stage, r in results.items():
         if r.get("by_family"):
             lines += ["", f"{stage} ({r.get('num_questions', '?')} questions), per family:", ""]
-            lines += _table([(f, v) for f, v in r["by_family"].items()], n, strategies)
+            lines += _table([(f, v) for f, v in r["by_family"].items()], n, strategies, first="family")
     if any(r.get("sampled") for r in results.values()):
         lines += ["", "Sampled answers (eval.samples_per_question at eval.sample_temperature): pass@k (unbiased, "
                   "Chen et al. 2021) and maj@k per expert; ensemble = k samples of every expert (pass: some one "
@@ -179,6 +179,6 @@ def write_eval(results: Dict[str, Dict[str, object]], run_dir: str) -> None:
         for stage, r in results.items():
             if r.get("sampled") and r.get("by_family"):
                 lines += ["", f"{stage}, sampled, per family:", ""]
-                lines += _sampled_table([(f, v) for f, v in r["by_family"].items()], n)
+                lines += _sampled_table([(f, v) for f, v in r["by_family"].items()], n, first="family")
     with open(os.path.join(run_dir, "eval.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
