@@ -13,7 +13,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -51,6 +51,7 @@ class Run:
     ckpt: Checkpointer
     config_dir: Optional[str] = None
     link: Optional[object] = None  # riel.async_rollout: the client of the rollout ranks (async_riel.py)
+    riel_evals: Dict[str, dict] = field(default_factory=dict)  # held-out evals during RIEL, for eval.md
     role = "train"
 
     @property
@@ -250,6 +251,7 @@ def evaluate_experts(run: Run, stage: str, num_examples: Optional[int] = None, l
     first ``num_examples`` (default ``eval.num_examples``) held-out questions. ``log``: print the line and write
     an ``eval_<stage>`` metrics row (the evaluation during RIEL logs into the RIEL rows instead)."""
     from .eval.accuracy import evaluate
+    from .eval.ensemble import flat_metrics
     from .rollout.engine import SamplingParams
     from .rollout.scheduler import ChatRenderer, verifier_reward
 
@@ -262,8 +264,13 @@ def evaluate_experts(run: Run, stage: str, num_examples: Optional[int] = None, l
     params = SamplingParams(max_new_tokens=cfg.eval.max_new_tokens, top_k=1,
                             stop_strings=tuple(cfg.rollout.stop_strings))
     renderer = ChatRenderer(run.tokenizer, run.prompts, run.template)
+    sampled = SamplingParams(max_new_tokens=cfg.eval.max_new_tokens, temperature=cfg.eval.sample_temperature,
+                             stop_strings=tuple(cfg.rollout.stop_strings))
+    samples = cfg.eval.samples_per_question if log else 0  # pass@k / maj@k after a stage, not during RIEL
     res = evaluate(lambda reqs: engine.generate(reqs, params), renderer.prompt, records,
-                   cfg.experts.num_experts, verifier_reward(cfg.data.name), strategies=cfg.eval.selection)
+                   cfg.experts.num_experts, verifier_reward(cfg.data.name), strategies=cfg.eval.selection,
+                   sample_generate=lambda reqs: engine.generate(reqs, sampled), samples=samples,
+                   pass_k=cfg.eval.pass_k)
     if log:
         accs = ", ".join(f"e{e}={a:.3f}" for e, a in enumerate(res["accuracy"]))
         sel = "".join(f"; {k} {v:.3f}" for k, v in res["selection"].items())
@@ -271,7 +278,8 @@ def evaluate_experts(run: Run, stage: str, num_examples: Optional[int] = None, l
                 f"{sel}; oracle {res['oracle']:.3f}")
         run.logger.log(0, {"mean_accuracy": res["mean_accuracy"], "majority_vote": res["majority_vote"],
                            "oracle": res["oracle"], **{f"selection/{k}": v for k, v in res["selection"].items()},
-                           **{f"accuracy/expert{e}": a for e, a in enumerate(res["accuracy"])}}, f"eval_{stage}")
+                           **{f"accuracy/expert{e}": a for e, a in enumerate(res["accuracy"])},
+                           **flat_metrics(res, prefix="")}, f"eval_{stage}")
     return res
 
 
@@ -322,7 +330,8 @@ def run_riel(run: Run) -> Dict[str, float]:
     records = riel_records(cfg)
     steps = cfg.riel.steps
     optimizer, scheduler = boptim.build_optimizer(cfg, run.chunks, lr=cfg.riel.lr, total_steps=steps)
-    sched = build_riel_scheduler(cfg, run.chunks, run.tokenizer, run.prompts, verifier_reward(cfg.data.name))
+    sched = build_riel_scheduler(cfg, run.chunks, run.tokenizer, run.prompts, verifier_reward(cfg.data.name),
+                                 refill_pool=records)  # riel.dynamic_sampling draws fresh cells from the pool
     state = run.ckpt.resume("riel", run.chunks, optimizer, scheduler) or {}
     if state.get("buffer") is not None and sched.buffer is not None:
         sched.buffer.load_state_dict(state["buffer"])
@@ -364,9 +373,12 @@ def run_riel(run: Run) -> Dict[str, float]:
             m[f"e_minus/expert{e}"] = float(sum(p.e_minus == e for p in out.kl_pairs))
         k = cfg.eval.riel_interval
         if k and (step % k == 0 or step == steps - 1):  # a small held-out eval: accuracy per expert during RIEL
+            from .eval.ensemble import flat_metrics
+
             held = evaluate_experts(run, "riel", num_examples=cfg.eval.riel_examples, log=False)
             m.update({f"heldout/expert{e}": a for e, a in enumerate(held["accuracy"])})
-            m.update({"heldout/mean": held["mean_accuracy"], "heldout/oracle": held["oracle"]})
+            m.update(flat_metrics(held))  # mean, vote, selections, oracle, pairwise error overlap
+            run.riel_evals[f"during_riel_step{step}"] = held
         if step % cfg.logging.log_interval == 0 or step == steps - 1:
             run.logger.log(step, m, "riel")
         if bar is not None:
@@ -453,6 +465,8 @@ def run_all(run: Run) -> Dict[str, object]:
         if not done:  # skipped as complete in the checkpoint: keep what the run that did it recorded
             done = {k: v for k, v in before.items() if k.startswith(f"{name}_")}
         summary.update(done)
+        for k, v in (run.riel_evals.items() if name == "riel" else ()):  # the evaluations during RIEL, in eval.md
+            results.setdefault(k, v)
         if cfg.eval.enabled and f"after_{name}" not in results:
             results[f"after_{name}"] = evaluate_experts(run, f"after_{name}")
             if run.info.is_logging_rank:

@@ -1,6 +1,7 @@
 """The paper's ablation grid on the synthetic testbed, over several seeds, with a λ1 sweep and k1 vs k3.
 
     python tools/ablate.py --seeds 1 2 3 [--jobs 2] [--lambdas 1 3] [--out runs/ablate] [overrides ...]
+    python tools/ablate.py --seeds 1 2 3 --rows all gate ds   # only these rows (keys below), no single expert
 
 Every run is the quickstart (examples/quickstart/config.yaml: MEF then RIEL, same step budget) with ``seed=N``
 (which reaches model init, data order, sampling and the buffer; the questions themselves follow data.seed and are
@@ -15,11 +16,19 @@ the same for every seed) plus the row's overrides; extra ``key=value`` arguments
   all, λ1 = x                    the λ1 sweep (all components)
   all, k3                        the KL's k3 estimator instead of k1
   all, KL over its own tokens    riel.kl_normalizer=own: the first release's KL scale
+  beyond the paper (only with --rows; algo/complementarity.py, rollout/dynamic_sampling.py):
+  gate     all + riel.kl_gate=wrong_right         KL only where E- is wrong and E+ right (m_E- < 0.5 <= m_E+)
+  cw       all + riel.complement_weight=1         per-expert question weighting of the advantages
+  gatecw   all + both
+  ds       all + riel.dynamic_sampling=true       all-equal (question, expert) cells refilled
 
 The multi-expert rows of a seed share one MEF run (its final checkpoint and after-MEF eval are copied into each
 RIEL run, which resumes after MEF), so they differ only in RIEL. Each row reports mean ± std over seeds of: the
 mean accuracy over experts, its change from after MEF, the majority vote, the best label-free selection
-(eval.selection), and the training reward gain (mean of the last 10 RIEL steps minus the first 10). The paper's
+(eval.selection), the oracle, the mean pairwise error overlap of the experts (both wrong / Jaccard; from
+predictions_after_riel.jsonl) and the training reward gain (mean of the last 10 RIEL steps minus the first 10);
+below the table the after-MEF levels of the best selection, the oracle and the overlap, and a per-rollout-token
+table (rollout/tokens in metrics.jsonl: every response token generated, resampled ones included). The paper's
 numbers (its ablation table, accuracy %) are printed beside the rows they correspond to. ``--jobs 2`` runs two
 independent runs at a time with one thread each: first every seed's single-expert run and shared MEF, then the
 RIEL rows. Finished runs are reused when the command is repeated with the same ``--out``.
@@ -51,8 +60,18 @@ MULTI = [
 ]
 
 
+ALL_ON = ["riel.inter_expert_kl=true", "riel.hard_example_buffer=true"]
+EXTRA = [  # beyond the paper: selected with --rows
+    ("all + gated KL (E- wrong, E+ right)", "gate", ALL_ON + ["riel.kl_gate=wrong_right"]),
+    ("all + complement weighting (α = 1)", "cw", ALL_ON + ["riel.complement_weight=1.0"]),
+    ("all + gated KL + complement weighting", "gatecw",
+     ALL_ON + ["riel.kl_gate=wrong_right", "riel.complement_weight=1.0"]),
+    ("all + dynamic sampling per cell", "ds", ALL_ON + ["riel.dynamic_sampling=true"]),
+]
+
+
 def rows_for(lambdas: Sequence[float], k3: bool, own: bool) -> List[Tuple[str, str, List[str]]]:
-    all_on = ["riel.inter_expert_kl=true", "riel.hard_example_buffer=true"]
+    all_on = ALL_ON
     out = list(MULTI)
     for lam in lambdas:
         out.append((f"all, λ1 = {lam:g}", f"lambda{lam:g}", all_on + [f"riel.lambda_kl={lam}"]))
@@ -106,34 +125,112 @@ def reward_gain(run_dir: str) -> float:
     return sum(r[-10:]) / len(r[-10:]) - sum(r[:10]) / len(r[:10]) if r else float("nan")
 
 
+def overlap_of(path: str) -> Dict[str, float]:
+    """Mean pairwise error overlap {both_wrong, jaccard} from a predictions_<stage>.jsonl (nan when missing)."""
+    from megatron_meml.eval.ensemble import pairwise_overlap
+
+    if not os.path.exists(path):
+        return {"both_wrong": float("nan"), "jaccard": float("nan")}
+    by_q: Dict[str, Dict[int, float]] = {}
+    for line in open(path):
+        if line.strip():
+            r = json.loads(line)
+            by_q.setdefault(r["id"], {})[int(r["expert"])] = float(r["correct"])
+    return pairwise_overlap([[v[e] for e in sorted(v)] for v in by_q.values()])
+
+
+def riel_tokens(run_dir: str) -> Dict[str, float]:
+    """Rollout tokens generated during RIEL (sum of rollout/tokens), resampled rollouts, RIEL wall time."""
+    rows = {}
+    for line in open(os.path.join(run_dir, "metrics.jsonl")):
+        row = json.loads(line)
+        if row.get("stage") == "riel":
+            rows[row["step"]] = row
+    r = [rows[k] for k in sorted(rows)]
+    return {"tokens": sum(x.get("rollout/tokens", float("nan")) for x in r),
+            "resampled": sum(x.get("dynamic/rollouts", 0.0) for x in r),
+            "seconds": sum(x.get("time/step", 0.0) for x in r),
+            "gen_seconds": sum(x.get("time/generate_score", 0.0) for x in r),
+            "resample_seconds": sum(x.get("dynamic/seconds", 0.0) for x in r)}
+
+
 def summarise(run_dir: str) -> Dict[str, float]:
     ev = json.load(open(os.path.join(run_dir, "eval.json")))
     after, mef = ev["after_riel"], ev["after_mef"]
-    sel = after.get("selection", {})
+    sel, msel = after.get("selection", {}), mef.get("selection", {})
+    nan = float("nan")
+    ov = after.get("overlap") or overlap_of(os.path.join(run_dir, "predictions_after_riel.jsonl"))
+    mef_ov = mef.get("overlap") or overlap_of(os.path.join(os.path.dirname(run_dir), "mef_multi",
+                                                           "predictions_after_mef.jsonl"))
     return {"mean": after["mean_accuracy"], "delta": after["mean_accuracy"] - mef["mean_accuracy"],
-            "vote": after["majority_vote"], "select": max(sel.values()) if sel else float("nan"),
-            "best": after.get("best_expert", {}).get("accuracy", float("nan")), "gain": reward_gain(run_dir),
-            "mef": mef["mean_accuracy"]}
+            "vote": after["majority_vote"], "select": max(sel.values()) if sel else nan,
+            "best": after.get("best_expert", {}).get("accuracy", nan), "gain": reward_gain(run_dir),
+            "mef": mef["mean_accuracy"], "oracle": after.get("oracle", nan), "both": ov["both_wrong"],
+            "jaccard": ov["jaccard"], "mef_select": max(msel.values()) if msel else nan,
+            "mef_oracle": mef.get("oracle", nan), "mef_vote": mef.get("majority_vote", nan),
+            "mef_both": mef_ov["both_wrong"], "mef_jaccard": mef_ov["jaccard"]}
 
 
-def fmt(values: Sequence[float], pct: bool = True) -> str:
+def fmt(values: Sequence[float], pct: bool = True, signed: bool = True) -> str:
     k = 100.0 if pct else 1.0
+    if not values or any(v != v for v in values):  # a run without the number (an older run's eval.json)
+        return "n/a"
     m = statistics.mean(values) * k
     s = statistics.stdev(values) * k if len(values) > 1 else 0.0
-    return f"{m:.1f} ± {s:.1f}" if pct else f"{m:+.3f} ± {s:.3f}"
+    if pct:
+        return f"{m:.1f} ± {s:.1f}"
+    return f"{m:+.3f} ± {s:.3f}" if signed else f"{m:.3f} ± {s:.3f}"
 
 
 def table(rows: List[Tuple[str, str, List[Dict[str, float]]]]) -> str:
     lines = ["| setting | paper | mean acc. over experts | Δ vs after MEF | majority vote | best label-free "
-             "selection | best expert | train reward gain (last10 − first10) | seeds |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "selection | best expert | train reward gain (last10 − first10) | oracle | errors both wrong "
+             "(pairs) | error Jaccard (pairs) | seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, key, res in rows:
         if not res:
             continue
         paper = f"{PAPER[key]:.1f}" if key in PAPER else ""
         lines.append(f"| {name} | {paper} | {fmt([r['mean'] for r in res])} | {fmt([r['delta'] for r in res])} | "
                      f"{fmt([r['vote'] for r in res])} | {fmt([r['select'] for r in res])} | "
-                     f"{fmt([r['best'] for r in res])} | {fmt([r['gain'] for r in res], pct=False)} | {len(res)} |")
+                     f"{fmt([r['best'] for r in res])} | {fmt([r['gain'] for r in res], pct=False)} | "
+                     f"{fmt([r.get('oracle', float('nan')) for r in res])} | "
+                     f"{fmt([r.get('both', float('nan')) for r in res])} | "
+                     f"{fmt([r.get('jaccard', float('nan')) for r in res], pct=False, signed=False)} | {len(res)} |")
+    return "\n".join(lines)
+
+
+def token_table(rows: List[Tuple[str, str, List[str]]]) -> str:
+    """Per rollout token: RIEL's generated tokens, the resampled share, wall time, training reward gain and
+    held-out accuracy gain per million rollout tokens (mean ± std over seeds)."""
+    lines = ["| setting | rollout tokens (M) | resampled rollouts / step | RIEL s | of it resampling s | train reward "
+             "last10 | held-out mean after RIEL | Δ held-out per M tokens | seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, _, dirs in rows:
+        if not dirs:
+            continue
+        t = [riel_tokens(d) for d in dirs]
+        s = [summarise(d) for d in dirs]
+        steps = []
+        for d in dirs:
+            n = sum(1 for line in open(os.path.join(d, "metrics.jsonl")) if '"stage": "riel"' in line)
+            steps.append(max(n, 1))
+        last10 = []
+        for d in dirs:
+            r = {}
+            for line in open(os.path.join(d, "metrics.jsonl")):
+                row = json.loads(line)
+                if row.get("stage") == "riel" and "reward/mean" in row:
+                    r[row["step"]] = row["reward/mean"]
+            v = [r[k] for k in sorted(r)][-10:]
+            last10.append(sum(v) / max(len(v), 1))
+        mt = [x["tokens"] / 1e6 for x in t]
+        lines.append(f"| {name} | {fmt(mt, pct=False, signed=False)} | "
+                     f"{fmt([x['resampled'] / n for x, n in zip(t, steps)], pct=False, signed=False)} | "
+                     f"{fmt([x['seconds'] for x in t], pct=False, signed=False)} | "
+                     f"{fmt([x['resample_seconds'] for x in t], pct=False, signed=False)} | "
+                     f"{fmt(last10, pct=False, signed=False)} | {fmt([x['mean'] for x in s])} | "
+                     f"{fmt([x['delta'] / m for x, m in zip(s, mt)], pct=False)} | {len(dirs)} |")
     return "\n".join(lines)
 
 
@@ -145,12 +242,23 @@ def main(argv=None) -> int:
     ap.add_argument("--no-k3", action="store_true", help="leave out the k3-estimator row")
     ap.add_argument("--no-own", action="store_true", help="leave out the riel.kl_normalizer=own row")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (each with one thread when > 1)")
+    ap.add_argument("--rows", nargs="*", default=None,
+                    help="only these row keys (none moe hsft iml all lambdaX k3 klown gate cw gatecw ds); the "
+                         "single-expert run only when `none` is listed")
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "ablate"))
     ap.add_argument("overrides", nargs="*", help="key=value applied to every run")
     a = ap.parse_args(argv)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     threads = 1 if a.jobs > 1 else None
     grid = rows_for(a.lambdas, not a.no_k3, not a.no_own)
+    single = True
+    if a.rows is not None:
+        known = {k for _, k, _ in [SINGLE] + grid + EXTRA}
+        bad = [k for k in a.rows if k not in known]
+        if bad:
+            raise SystemExit(f"--rows: unknown row {bad[0]!r}; choose from {', '.join(sorted(known))}")
+        grid = [r for r in grid + EXTRA if r[1] in a.rows]
+        single = "none" in a.rows
     dirs: Dict[str, List[str]] = {key: [] for _, key, _ in [SINGLE] + grid}
 
     t0 = time.time()
@@ -158,10 +266,11 @@ def main(argv=None) -> int:
     with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
         first = []  # phase 1: every seed's single-expert run and shared multi-expert MEF
         for s in a.seeds:
-            single, mef = os.path.join(sdir[s], "single_expert"), os.path.join(sdir[s], "mef_multi")
-            dirs["none"].append(single)
-            if not finished(single, "after_riel"):
-                first.append(pool.submit(train, single, [f"seed={s}", *a.overrides] + SINGLE[2], threads, log))
+            single_dir, mef = os.path.join(sdir[s], "single_expert"), os.path.join(sdir[s], "mef_multi")
+            if single:
+                dirs["none"].append(single_dir)
+            if single and not finished(single_dir, "after_riel"):
+                first.append(pool.submit(train, single_dir, [f"seed={s}", *a.overrides] + SINGLE[2], threads, log))
             if not finished(mef, "after_mef"):
                 first.append(pool.submit(train, mef, [f"seed={s}", *a.overrides, "riel.enabled=false"], threads, log))
         for f in first:
@@ -177,9 +286,15 @@ def main(argv=None) -> int:
             f.result()
     rows = [(name, key, [summarise(d) for d in dirs[key]]) for name, key, _ in [SINGLE] + grid]
     text = table(rows)
-    mef = [summarise(d)["mef"] for d in dirs["all"]]
-    note = (f"\nAfter MEF (shared by the multi-expert rows): mean accuracy {fmt(mef)}; seeds {a.seeds}; "
-            f"{time.time() - t0:.0f}s wall.\n")
+    ref = next(d for _, key, _ in grid for d in [dirs[key]] if d)
+    ms = [summarise(d) for d in ref]
+    note = (f"\nAfter MEF (shared by the multi-expert rows): mean accuracy {fmt([m['mef'] for m in ms])}, majority "
+            f"vote {fmt([m['mef_vote'] for m in ms])}, best label-free selection "
+            f"{fmt([m['mef_select'] for m in ms])}, oracle {fmt([m['mef_oracle'] for m in ms])}, errors both wrong "
+            f"{fmt([m['mef_both'] for m in ms])}, error Jaccard "
+            f"{fmt([m['mef_jaccard'] for m in ms], pct=False, signed=False)}; seeds {a.seeds}; "
+            f"{time.time() - t0:.0f}s wall.\n\nPer rollout token (RIEL only):\n\n"
+            + token_table([(name, key, dirs[key]) for name, key, _ in grid]) + "\n")
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "ablation.md"), "w") as f:
         f.write(text + "\n" + note)

@@ -326,6 +326,25 @@ class RIELConfig:
     admit_prob: Optional[float] = doc(None, "Admission probability; default K/G.")
     buffer_capacity: int = doc(64, "B: SFT microbatches fire when the buffer holds B examples.")
     lambda_sft: float = doc(1.0, "lambda2: weight of the SFT term.")
+    # beyond the paper: keeping the experts complementary (algo/complementarity.py, docs/complementarity.md)
+    kl_gate: str = doc("none", "Which questions get the inter-expert KL. `none` (the paper): every question whose "
+                       "experts' mean rewards differ. `wrong_right`: only where E- is wrong and E+ right at the "
+                       "group level, m_{E-} < riel.kl_gate_threshold <= m_{E+}; it stops for a question once E- "
+                       "is right there (algo/complementarity.py).")
+    kl_gate_threshold: float = doc(0.5, "tau of riel.kl_gate=wrong_right: a group is `right` when its mean "
+                                   "reward is >= tau.")
+    complement_weight: float = doc(0.0, "alpha of the per-expert question weighting: the advantages of group (q, e) "
+                                   "are scaled by 1 + alpha * (1 - mean reward of the other experts on q), so an "
+                                   "expert learns most where the others fail (algo/complementarity.py). 0 = off "
+                                   "(the paper).")
+    # beyond the paper: dynamic sampling per (question, expert) cell (rollout/dynamic_sampling.py)
+    dynamic_sampling: bool = doc(False, "Drop (question, expert) cells whose G rewards are all equal (advantage 0: "
+                                 "no GRPO signal) from the GRPO batch and refill each with a fresh question for "
+                                 "that expert (G new rollouts), repeating up to riel.max_resample_rounds, so the "
+                                 "batch keeps its number of cells. The KL pairs and the hard-example buffer still "
+                                 "see the dropped cells. Synchronous RIEL, per-expert groups only.")
+    max_resample_rounds: int = doc(2, "With riel.dynamic_sampling: refill rounds per step at most (each generates "
+                                   "G rollouts per cell still to fill); cells left after the last round stay out.")
     skip_zero_advantage: bool = doc(True, "Leave GRPO rollouts with advantage 0 (a group whose rewards are all "
                                     "equal) out of the training forward: their loss and gradient are exactly 0 when "
                                     "beta_ref = 0 (kept otherwise). Normalisers still count their tokens.")
@@ -383,6 +402,14 @@ class RIELConfig:
         _check(0 <= self.buffer_k <= self.group_size, "riel.buffer_k", f"must be in [0, riel.group_size]")
         _check(self.buffer_capacity >= 1, "riel.buffer_capacity", "must be >= 1")
         _check(self.admit_prob is None or 0 <= self.admit_prob <= 1, "riel.admit_prob", "must be in [0, 1]")
+        _check(self.kl_gate in ("none", "wrong_right"), "riel.kl_gate", f"must be none or wrong_right, got "
+               f"{self.kl_gate!r}")
+        _check(0 < self.kl_gate_threshold <= 1, "riel.kl_gate_threshold", "must be in (0, 1]")
+        _at_least(self, "riel", 0, "complement_weight", "max_resample_rounds")
+        _check(not (self.dynamic_sampling and self.adv_pooled), "riel.dynamic_sampling",
+               "works on per-(question, expert) groups; it cannot be combined with riel.adv_pooled")
+        _check(not (self.dynamic_sampling and self.async_rollout), "riel.dynamic_sampling",
+               "needs generation on the training ranks; it cannot be combined with riel.async_rollout")
         _check(self.rollout_ranks >= 1, "riel.rollout_ranks", f"must be >= 1, got {self.rollout_ranks}")
         _check(self.rollout_tensor_parallel_size >= 1 and self.rollout_ranks % self.rollout_tensor_parallel_size == 0,
                "riel.rollout_tensor_parallel_size", f"{self.rollout_tensor_parallel_size} must be >= 1 and divide "
@@ -445,14 +472,25 @@ class EvalConfig:
                                "beside the best single expert and the oracle.")
     riel_interval: int = doc(0, "During RIEL, every this many steps (and at the last step) evaluate each expert "
                              "greedily on the first eval.riel_examples held-out questions; logged as "
-                             "heldout/expert{e} in the RIEL metrics and drawn in reward_curves.png. 0 = off.")
+                             "heldout/expert{e} with the ensemble (heldout/majority_vote, /select/<strategy>, "
+                             "/best_label_free, /oracle, /overlap/both_wrong, /overlap/jaccard) in the RIEL "
+                             "metrics, drawn in reward_curves.png, and a per-family table per evaluation in "
+                             "eval.md. 0 = off.")
     riel_examples: int = doc(48, "Held-out questions of the evaluation during RIEL (eval.riel_interval).")
+    samples_per_question: int = doc(0, "Besides the greedy answer, sample this many answers per (question, expert) "
+                                    "at eval.sample_temperature after MEF / RIEL and report pass@k and maj@k per "
+                                    "expert and for the ensemble (eval/ensemble.py) in eval.json / eval.md. 0 = off.")
+    sample_temperature: float = doc(0.7, "Temperature of the eval.samples_per_question answers.")
+    pass_k: List[int] = doc([1, 4, 8], "k values of pass@k / maj@k (those <= eval.samples_per_question).")
 
     def __post_init__(self):
         _check(all(k in ("vote", "logprob", "agreement") for k in self.selection), "eval.selection",
                "strategies are vote | logprob | agreement")
         _check(self.riel_interval >= 0, "eval.riel_interval", "must be >= 0")
         _check(self.riel_examples >= 1, "eval.riel_examples", "must be >= 1")
+        _check(self.samples_per_question >= 0, "eval.samples_per_question", "must be >= 0")
+        _check(self.sample_temperature > 0, "eval.sample_temperature", "must be positive")
+        _check(all(k >= 1 for k in self.pass_k), "eval.pass_k", "every k must be >= 1")
         _at_least(self, "eval", 0, "num_examples")
         _at_least(self, "eval", 1, "max_new_tokens")
 

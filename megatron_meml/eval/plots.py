@@ -21,10 +21,12 @@ def read_metrics(path: str, stage: Optional[str] = None) -> List[dict]:
 
 
 def plot_reward_curves(run_dir: str, out_name: str = "reward_curves.png") -> Optional[str]:
-    """Three panels: training reward per expert over RIEL steps with the held-out greedy accuracy per expert
-    during RIEL (``heldout/expert{e}``, eval.riel_interval) as dashed lines of the same colour; loss/grpo,
-    loss/kl, loss/sft (and the MEF loss when present); the per-term gradient norms (grad_norm/grpo, /kl, /sft,
-    riel.grad_norm_interval) on a log scale. Returns the PNG path, or None when there is nothing to plot."""
+    """Four panels: training reward per expert over RIEL steps with the held-out greedy accuracy per expert
+    during RIEL (``heldout/expert{e}``, eval.riel_interval) as dashed lines of the same colour; the ensemble
+    during RIEL (held-out mean expert, majority vote, best label-free selection, oracle, and the mean pairwise
+    error overlap: both-wrong rate and Jaccard, dashed); loss/grpo, loss/kl, loss/sft (and the MEF loss when
+    present); the per-term gradient norms (grad_norm/grpo, /kl, /sft, riel.grad_norm_interval) on a log scale.
+    Returns the PNG path, or None when there is nothing to plot."""
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):
         return None
@@ -37,11 +39,11 @@ def plot_reward_curves(run_dir: str, out_name: str = "reward_curves.png") -> Opt
     mef = read_metrics(path, "mef")
     if not riel and not mef:
         return None
-    fig, (ax_r, ax_l, ax_g) = plt.subplots(1, 3, figsize=(16, 4))
+    fig, (ax_r, ax_e, ax_l, ax_g) = plt.subplots(1, 4, figsize=(21, 4))
     series = defaultdict(list)
     for row in riel:
         for k, v in row.items():
-            if k.startswith(("reward/expert", "loss/", "heldout/expert", "grad_norm/")):
+            if k.startswith(("reward/expert", "loss/", "heldout/", "grad_norm/")):
                 series[k].append((row["step"], v))
     for i, k in enumerate(sorted((s for s in series if s.startswith("reward/expert")), key=lambda s: int(s[13:]))):
         xs, ys = zip(*series[k])
@@ -51,6 +53,15 @@ def plot_reward_curves(run_dir: str, out_name: str = "reward_curves.png") -> Opt
             hx, hy = zip(*held)
             ax_r.plot(hx, hy, color=f"C{i}", ls="--", marker="o", ms=3, label=f"{k.split('/')[1]} held-out acc")
     ax_r.set(title="RIEL: training reward and held-out accuracy", xlabel="RIEL step", ylabel="reward / accuracy")
+    ens = [("heldout/mean", "mean expert", "-"), ("heldout/majority_vote", "majority vote", "-"),
+           ("heldout/best_label_free", "best label-free selection", "-"), ("heldout/oracle", "oracle", "-"),
+           ("heldout/overlap/both_wrong", "both wrong (pairs)", "--"),
+           ("heldout/overlap/jaccard", "error Jaccard", "--")]
+    for k, label, ls in ens:
+        if series.get(k):
+            xs, ys = zip(*series[k])
+            ax_e.plot(xs, ys, ls=ls, marker="o", ms=3, label=label)
+    ax_e.set(title="ensemble during RIEL (held-out)", xlabel="RIEL step", ylabel="accuracy / overlap")
     for k in ("loss/grpo", "loss/kl", "loss/sft"):
         if series.get(k):
             xs, ys = zip(*series[k])
@@ -66,7 +77,7 @@ def plot_reward_curves(run_dir: str, out_name: str = "reward_curves.png") -> Opt
     ax_g.set(title="gradient norm per term (before clipping)", xlabel="RIEL step", ylabel="L2 norm")
     if ax_g.lines:
         ax_g.set_yscale("log")
-    for ax in (ax_r, ax_l, ax_g):
+    for ax in (ax_r, ax_e, ax_l, ax_g):
         if ax.lines:
             ax.legend(fontsize=7)
         ax.grid(alpha=0.3)

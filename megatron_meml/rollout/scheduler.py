@@ -11,9 +11,12 @@ What :meth:`RielScheduler.step` does, in order:
   2. generation under the token budget — under data parallelism each DP rank generates every dp-th request and
      the rollouts are all-gathered, so every rank sees the whole step;
   3. rewards (verifier on the decoded text), one :class:`ScoredGroup` per (question, expert), advantages
-     (``algo.advantages``);
-  4. inter-expert KL pairs per question (``algo.inter_expert_kl``), hard-example admission and SFT firing
-     (``algo.sft_buffer``) — identical on all ranks (same rollouts, same buffer RNG);
+     (``algo.advantages``), optionally weighted per (question, expert) (``riel.complement_weight``,
+     ``algo.complementarity``);
+  4. inter-expert KL pairs per question (``algo.inter_expert_kl``; ``riel.kl_gate`` may drop a pair), with
+     ``riel.dynamic_sampling`` the all-equal cells replaced by fresh ones (``rollout.dynamic_sampling``), then
+     hard-example admission of every generated cell and SFT firing (``algo.sft_buffer``) — identical on all
+     ranks (same rollouts, same buffer RNG);
   5. training sequences: GRPO = every rollout (prompt + response, loss on the response, old_logp = rollout
      log-probs, advantage of its rollout); KL = each O+ response re-rendered after E−'s prompt (old_logp = its
      rollout log-probs under P+, reused: on-policy they are stopgrad log π(o|q,P+); the gradient flows through the
@@ -36,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from ..algo.advantages import compute_advantages
+from ..algo.complementarity import group_mean, kl_gate_open, weight_advantages
 from ..algo.inter_expert_kl import KLPair, is_correct, kl_pair
 from ..algo.sft_buffer import HardExample, HardExampleBuffer, admit_hard_examples
 from ..types import MicroBatch, Record, Request, Rollout, ScoredGroup, TokenKind
@@ -119,13 +123,16 @@ class RielScheduler:
         kl_teacher: optional ``pairs -> pairs`` applied to the step's KL pairs before the KL rows are built; async
             RIEL uses it to replace the stale P+ log-probs of O+ by the current policy's (``async_riel``).
         seed: base seed of the requests (default ``rollout.seed``, 0 when that is null).
+        refill_pool: the questions ``riel.dynamic_sampling`` draws fresh cells from (``rollout/dynamic_sampling``;
+            the trainer sets the RIEL pool).
     """
 
     def __init__(self, engine: GenerationEngine, renderer: PromptRenderer, reward_fn: RewardFn, riel, rollout,
                  num_experts: int, max_tokens_per_microbatch: int, pad_id: int,
                  buffer: Optional[HardExampleBuffer] = None, dp_rank: int = 0, dp_size: int = 1,
                  all_gather: Optional[AllGather] = None, share_prompts: bool = False,
-                 kl_teacher: Optional[Callable[[List[KLPair]], List[KLPair]]] = None, seed: Optional[int] = None):
+                 kl_teacher: Optional[Callable[[List[KLPair]], List[KLPair]]] = None, seed: Optional[int] = None,
+                 refill_pool: Sequence[Record] = ()):
         if dp_size > 1 and all_gather is None:
             raise ValueError("data parallel generation needs an all_gather function")
         self.engine, self.renderer, self.reward_fn = engine, renderer, reward_fn
@@ -140,6 +147,7 @@ class RielScheduler:
         self.share_prompts = bool(share_prompts)
         self.kl_teacher = kl_teacher
         self.seed = int(seed if seed is not None else (rollout.seed or 0))
+        self.refill_pool = list(refill_pool)
 
     # 1. ---------------------------------------------------------------------------------------------------------
     def requests(self, records: Sequence[Record], step: int) -> List[Request]:
@@ -181,6 +189,7 @@ class RielScheduler:
         if len(set(ids)) != len(ids):
             raise ValueError(f"a RIEL step needs distinct record ids, got {ids}")
         t0 = time.perf_counter()
+        generated_here = rollouts is None
         if rollouts is None:
             rollouts = self.generate_and_score(self.requests(records, step), records)
         t_gen = time.perf_counter() - t0
@@ -188,20 +197,37 @@ class RielScheduler:
         groups = [ScoredGroup(qid=records[q].id, expert=e, rollouts=rollouts[(q * N + e) * G:(q * N + e + 1) * G])
                   for q in range(len(records)) for e in range(N)]
         compute_advantages(groups, self.riel)
+        for q in range(len(records)):  # riel.complement_weight (algo/complementarity.py); 0 = the paper
+            weight_advantages(groups[q * N:(q + 1) * N], self.riel.complement_weight)
         pairs: List[KLPair] = []
+        gated = 0
         if self.riel.inter_expert_kl and N > 1:
             for q in range(len(records)):
                 p = kl_pair(groups[q * N:(q + 1) * N], self.riel.max_kl_responses,
                             tie_seed=mix_seed(self.seed, step, q, 0x7135))
+                if p is not None and not kl_gate_open([group_mean(g) for g in groups[q * N:(q + 1) * N]], p.e_plus,
+                                                      p.e_minus, self.riel.kl_gate, self.riel.kl_gate_threshold):
+                    p, gated = None, gated + 1
                 if p is not None:
                     pairs.append(p)
         if self.kl_teacher is not None and pairs:
             pairs = self.kl_teacher(pairs)
-        fired: List[HardExample] = []
-        if self.buffer is not None and self.riel.hard_example_buffer:
-            fired = admit_hard_examples(self.buffer, groups, {r.id: r for r in records}, self.riel.buffer_k)
+        train_groups, offered, by_id, ds_stats = groups, list(groups), {r.id: r for r in records}, {}
+        if self.riel.dynamic_sampling and generated_here:  # rollout/dynamic_sampling.py
+            from .dynamic_sampling import refill_cells
 
-        seqs = self.sequences(records, groups, pairs, fired)
+            t1 = time.perf_counter()
+            ref = refill_cells(groups, records, self.refill_pool, self.renderer.prompt, self.generate_and_score,
+                               self.riel, step, self.seed)
+            train_groups, ds_stats = ref.kept, dict(ref.stats, **{"dynamic/seconds": time.perf_counter() - t1})
+            offered += ref.generated
+            by_id.update(ref.records)
+            t_gen += ds_stats["dynamic/seconds"]
+        fired: List[HardExample] = []
+        if self.buffer is not None and self.riel.hard_example_buffer:  # every generated cell, dropped ones too
+            fired = admit_hard_examples(self.buffer, offered, by_id, self.riel.buffer_k)
+
+        seqs = self.sequences(records, train_groups, pairs, fired)
         assign_weights(seqs, self.riel.aggregation, [1.0, self.riel.lambda_kl, self.riel.lambda_sft],
                        constant=self.riel.constant_normalizer or self.rollout.max_new_tokens,
                        normalizers=["own", self.riel.kl_normalizer, self.riel.sft_normalizer])
@@ -219,6 +245,9 @@ class RielScheduler:
         else:
             mine = pack(train)[self.dp_rank]
         stats = self._stats(groups, pairs, fired, seqs, mine, t_gen)
+        stats.update(ds_stats)
+        stats["kl/gated_out"] = float(gated)
+        stats["rollout/tokens"] = float(sum(len(r.response_ids) for g in offered for r in g.rollouts))
         stats["rows/skipped_zero_advantage"] = float(len(seqs) - len(train))
         stats["tokens/forward"] = float(sum(mb.tokens.numel() for mb in mine))
         return RielStepOutput(mine, groups, pairs, fired, stats, terms)
@@ -268,7 +297,8 @@ class RielScheduler:
 
 def build_riel_scheduler(cfg, chunks, tokenizer, expert_prompts: Sequence[str], reward_fn: RewardFn,
                          buffer: Optional[HardExampleBuffer] = None, engine: Optional[GenerationEngine] = None,
-                         kl_teacher: Optional[Callable[[List[KLPair]], List[KLPair]]] = None) -> RielScheduler:
+                         kl_teacher: Optional[Callable[[List[KLPair]], List[KLPair]]] = None,
+                         refill_pool: Sequence[Record] = ()) -> RielScheduler:
     """The training setup: the ``rollout.engine`` engine on ``chunks`` (stop on the template's end-of-turn and EOS), chat
     prompts, the hard-example buffer (seeded from ``cfg.seed`` unless given), microbatches of at most
     ``data.micro_batch_size × data.seq_length`` padded tokens, DP split from megatron's groups. ``engine`` replaces
@@ -295,4 +325,5 @@ def build_riel_scheduler(cfg, chunks, tokenizer, expert_prompts: Sequence[str], 
                          max_tokens_per_microbatch=cfg.data.micro_batch_size * cfg.data.seq_length,
                          pad_id=tokenizer.pad_id, buffer=buffer, dp_rank=dp_rank, dp_size=dp_size,
                          all_gather=inference.dp_all_gather_objects, share_prompts=share, kl_teacher=kl_teacher,
-                         seed=cfg.rollout.seed if cfg.rollout.seed is not None else cfg.seed)
+                         seed=cfg.rollout.seed if cfg.rollout.seed is not None else cfg.seed,
+                         refill_pool=refill_pool)

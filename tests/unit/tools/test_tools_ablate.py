@@ -37,3 +37,20 @@ def test_rows_summary_and_table(tmp_path):
     row = text.splitlines()[-1]
     assert row.startswith("| all (MEML-GRPO) | 77.3 | 85.0 ± 7.1 | 25.0 ± 7.1 |") and row.endswith("| 2 |")
     assert "+0.300 ± 0.141" in row
+
+
+def test_complementarity_rows_and_overlap_columns(tmp_path):
+    tool = load_tool()
+    assert [k for _, k, _ in tool.EXTRA] == ["gate", "cw", "gatecw", "ds"]
+    assert "riel.kl_gate=wrong_right" in dict((k, o) for _, k, o in tool.EXTRA)["gate"]
+    run = tmp_path / "seed1" / "gate"
+    fake_run(run, 0.6, 0.8, [0.5] * 20)
+    with open(run / "predictions_after_riel.jsonl", "w") as f:  # e0 wrong on a, b; e1 wrong on b
+        for qid, ok in (("a", (False, True)), ("b", (False, False)), ("c", (True, True))):
+            for e, c in enumerate(ok):
+                f.write(json.dumps({"id": qid, "expert": e, "correct": c}) + "\n")
+    s = tool.summarise(str(run))
+    assert abs(s["both"] - 1 / 3) < 1e-12 and abs(s["jaccard"] - 0.5) < 1e-12
+    assert s["oracle"] != s["oracle"]  # not in this eval.json: nan, shown as n/a
+    row = tool.table([("gate", "gate", [s])]).splitlines()[-1]
+    assert "| n/a | 33.3 ± 0.0 | 0.500 ± 0.000 | 1 |" in row
