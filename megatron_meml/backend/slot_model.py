@@ -55,6 +55,40 @@ def plain_torch():
     return torch._C.DisableTorchFunction()
 
 
+def sync_free_vocab_embedding(layer, ids: torch.Tensor) -> torch.Tensor:
+    """megatron's ``VocabParallelEmbedding.forward`` (this rank's rows ``[vocab_start, vocab_end)`` of the table,
+    0 for ids outside them, summed over the tensor-parallel group) without its boolean-mask writes
+    ``masked_input[input_mask] = 0`` / ``output_parallel[input_mask, :] = 0``: those are ``index_put_`` with a bool
+    index, which needs ``nonzero`` -- a device-to-host sync that a CUDA-graph capture refuses. Here the id is
+    clamped into the shard and the row is selected by ``torch.where`` (same values exactly, fixed shapes, no sync).
+    ids [...] int -> [..., H] in the table's dtype. Forward only (generation)."""
+    weight = layer.weight
+    tp_group = getattr(layer, "tp_group", None)
+    if tp_group is None or dist.get_world_size(tp_group) == 1:
+        return torch.nn.functional.embedding(ids, weight)
+    local = ids - layer.vocab_start_index
+    inside = (local >= 0) & (local < weight.shape[0])
+    out = torch.nn.functional.embedding(local.clamp(0, weight.shape[0] - 1), weight)
+    out = torch.where(inside[..., None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+    dist.all_reduce(out, group=tp_group)
+    return out
+
+
+def _plain_vocab_parallel(emb, cfg) -> bool:
+    """Whether :func:`sync_free_vocab_embedding` computes ``emb``'s forward (megatron's ``LanguageModelEmbedding``
+    with a TP > 1 ``VocabParallelEmbedding`` and nothing else); else the module itself runs."""
+    from megatron.core.tensor_parallel.layers import VocabParallelEmbedding
+
+    wemb = getattr(emb, "word_embeddings", None)
+    if not isinstance(wemb, VocabParallelEmbedding) or getattr(wemb, "tp_group", None) is None:
+        return False
+    if not dist.is_initialized() or dist.get_world_size(wemb.tp_group) == 1:
+        return False
+    return not (getattr(emb, "add_position_embedding", False) or getattr(emb, "tokentype_embeddings", None)
+                is not None or getattr(emb, "reduce_scatter_embeddings", False) or cfg.sequence_parallel
+                or cfg.fp32_residual_connection)
+
+
 class UnsupportedModel(ValueError):
     """The model uses a feature the slot model does not reproduce (the engine falls back to ``static``)."""
 
@@ -174,6 +208,7 @@ class SlotModel:
         self._pool = None
         self.tp_group, self.tp_size = None, 1
         self.fast = self._fast_plan(model)
+        self.sync_free_embedding = True   # False: megatron's VocabParallelEmbedding (a host sync under TP > 1)
 
     def _fast_plan(self, model):
         """Per-layer modules for :meth:`_layers_fast` when every layer is the plain local spec (megatron's
@@ -223,10 +258,20 @@ class SlotModel:
     def _cos_sin(self, positions: torch.Tensor):
         return self.cos[positions][:, None, :], self.sin[positions][:, None, :]
 
+    def _embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """[T, 1, H]: megatron's ``LanguageModelEmbedding`` of ``tokens`` [T], or under TP > 1 the same values
+        without a host sync (:func:`sync_free_vocab_embedding`) when the module is the plain case (word embeddings
+        only: no learned positions, token types, sequence parallelism or fp32 residual)."""
+        emb = self.model.embedding
+        if self.sync_free_embedding and _plain_vocab_parallel(emb, self.model.config):
+            x = sync_free_vocab_embedding(emb.word_embeddings, tokens[:, None])     # [T, 1, H]
+            return emb.embedding_dropout(x)
+        return emb(input_ids=tokens[None], position_ids=positions[None])
+
     def _stage_input(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """[T, 1, H]: the embedding on the first stage, the previous stage's output elsewhere."""
         if self.comm.first:
-            return self.model.embedding(input_ids=tokens[None], position_ids=positions[None])
+            return self._embed(tokens, positions)
         x = torch.empty(tokens.shape[0], 1, self.hidden, dtype=self.dtype, device=self.device)
         dist.recv(x, src=self.comm.prev_rank, group=self.comm.group)
         return x
@@ -396,7 +441,7 @@ class SlotModel:
         return out[:B].clone()
 
     def _graph_body(self, tok_buf, pos_buf, len_buf, x_buf):
-        x = self.model.embedding(input_ids=tok_buf[None], position_ids=pos_buf[None]) if self.comm.first else x_buf
+        x = self._embed(tok_buf, pos_buf) if self.comm.first else x_buf
         x = self._decode_eager(x, pos_buf, len_buf, self.C)
         return self._logits(x) if self.comm.last else x
 
