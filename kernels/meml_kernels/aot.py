@@ -13,7 +13,8 @@ arguments equal to 1 become constants, integers and pointers divisible by 16 get
 compiled with ``triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", cc, 32))`` --
 no driver, no GPU -- and the cubin is read with the ``cuobjdump -res-usage`` that ships in the triton wheel:
 REG (registers per thread), STACK (bytes of stack frame per thread: spills and local arrays live there), LOCAL;
-``--ptxas`` also runs the wheel's ``ptxas -v`` (the one Triton uses for that target) on the PTX for the spill-store / spill-load byte counts. Shared
+``--ptxas`` also runs the wheel's ``ptxas -v`` (the one Triton uses for that target) on the PTX for the spill-store /
+spill-load byte counts. Shared
 memory is the dynamic amount Triton requests at launch (``metadata.shared``), checked against the per-block opt-in
 limit of the target (sm_90: 227 KiB = 232448 B; sm_80: 163 KiB = 166912 B) -- Triton refuses a launch above it.
 
@@ -142,7 +143,7 @@ def cases(model: ModelShape, target: Target, dtype: str = "bfloat16", tokens: in
                     dict(ENT_GRAD=True, BLOCK_V=bw["BLOCK_V"]), bw["num_warps"]))
     # fused hidden x W (no logits)
     fp32 = dtype == "float32"
-    cfg = ll.gpu_config(fp32)
+    cfg = ll.gpu_config(fp32, capability=target.capability)
     n_split = ll.num_splits(T, V, cfg, target.sms)
     v_per = triton.cdiv(triton.cdiv(V, n_split), cfg["BLOCK_V"]) * cfg["BLOCK_V"]
     n_split = triton.cdiv(V, v_per)
@@ -153,7 +154,7 @@ def cases(model: ModelShape, target: Target, dtype: str = "bfloat16", tokens: in
                          stride_wv=H, stride_wh=1, inv_temp=1.0, vocab_start=0, v_per_split=v_per,
                          n_split=n_split),
                     dict(const, ENTROPY=True), cfg["num_warps"], cfg["num_stages"]))
-    bcfg = ll.gpu_config(fp32, backward=True)
+    bcfg = ll.gpu_config(fp32, backward=True, capability=target.capability)
     bv = bcfg["BLOCK_V"]
     vc = min(max(bv, ll.BWD_CHUNK_BYTES // (T * (4 if fp32 else 2)) // bv * bv), triton.cdiv(V, bv) * bv)
     out.append(Case("linear_logprobs.triton_impl:_linear_dz_kernel", model.name, "bwd", dtype, thv,
@@ -272,8 +273,8 @@ def compile_case(case: Case, target: Target, ptxas: bool = False) -> Result:
                 arch = f"sm_{target.capability}" + ("a" if target.capability == 90 else "")
                 from triton.backends.nvidia.compiler import get_ptxas   # the ptxas Triton itself runs for cc
 
-                log = subprocess.run([get_ptxas(target.capability).path, "-v", f"--gpu-name={arch}", ptx, "-o", os.path.join(d, "o")],
-                                     capture_output=True, text=True, check=True).stderr
+                cmd = [get_ptxas(target.capability).path, "-v", f"--gpu-name={arch}", ptx, "-o", os.path.join(d, "o")]
+                log = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
                 m = _SPILL.search(log)
                 res.spill_stores, res.spill_loads = (int(m.group(1)), int(m.group(2))) if m else (None, None)
     except Exception as e:  # a compile failure is a result (reported and failed), not a crash of the table

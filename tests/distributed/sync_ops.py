@@ -49,6 +49,6 @@ class SyncOpRecorder(TorchDispatchMode):
         if forces_sync(func, args, kwargs):
             where = next((f"{f.filename.split('site-packages/')[-1]}:{f.lineno}" for f in
                           reversed(traceback.extract_stack()[:-1])
-                          if "/torch/" not in f.filename and "sync_ops.py" not in f.filename), "?")
+                          if not any(x in f.filename for x in ("/torch/", "sync_ops.py", "cpu_runtime.py"))), "?")
             self.found.append((str(func), where))
         return func(*args, **kwargs)
