@@ -170,7 +170,7 @@ def cases(model: ModelShape, target: Target, dtype: str = "bfloat16", tokens: in
                     dict(q_ptr=P, k_ptr=P, v_ptr=P, len_ptr="*i32", mid_ptr=f32, scale=hn ** -0.5,
                          chunk=plan["chunk"], sq_b=nh * hn, sq_h=hn, sk_n=ng * C * hn, sk_g=C * hn, sk_c=hn,
                          sv_n=ng * C * hn, sv_g=C * hn, sv_c=hn, NH=nh, SPLITS=plan["splits"], HN=hn),
-                    plan["split_const"]))
+                    plan["split_const"], plan["num_warps"]))
     out.append(Case("decode_attention.triton_impl:_combine_kernel", model.name, "decode", dtype, dshape,
                     dict(mid_ptr=f32, out_ptr=P, so_b=nh * hn, so_h=hn, NH=nh, SPLITS=plan["splits"], HN=hn),
                     plan["combine_const"]))
@@ -273,7 +273,8 @@ def compile_case(case: Case, target: Target, ptxas: bool = False) -> Result:
                 arch = f"sm_{target.capability}" + ("a" if target.capability == 90 else "")
                 from triton.backends.nvidia.compiler import get_ptxas   # the ptxas Triton itself runs for cc
 
-                cmd = [get_ptxas(target.capability).path, "-v", f"--gpu-name={arch}", ptx, "-o", os.path.join(d, "o")]
+                cmd = [get_ptxas(target.capability).path, "-lineinfo", "-v", "--regAllocOptLevel=2",  # Triton's flags
+                       f"--gpu-name={arch}", ptx, "-o", os.path.join(d, "o")]
                 log = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
                 m = _SPILL.search(log)
                 res.spill_stores, res.spill_loads = (int(m.group(1)), int(m.group(2))) if m else (None, None)

@@ -116,7 +116,8 @@ def launch_plan(B: int, nh: int, ng: int, hn: int, L: int, block_n: int, sms: in
     chunk = triton.cdiv(triton.cdiv(L, splits), block_n) * block_n
     splits = triton.cdiv(L, chunk)
     hn_p = max(ROWS_MIN, triton.next_power_of_2(hn))   # tl.dot also needs K, N >= 16
-    return dict(splits=splits, chunk=chunk,
+    # exact-fp32 dots (fp32 caches) are FMA loops, not MMA: at 4 warps they spill 328 B on sm_90 at head dim 128
+    return dict(splits=splits, chunk=chunk, num_warps=8 if dot_fp32 else 4,
                 split_const=dict(REP=rep, REP_P=max(ROWS_MIN, triton.next_power_of_2(rep)), HN_P=hn_p,
                                  BLOCK_N=block_n, DOT_FP32=dot_fp32),
                 combine_const=dict(SPLITS_P=triton.next_power_of_2(splits), HN_P=hn_p))
@@ -139,6 +140,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     _split_kernel[(B, ng, splits)](
         q, k_cache, v_cache, lens, mid, float(scale), chunk,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), nh, splits, hn, **plan["split_const"])
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), nh, splits, hn, **plan["split_const"],
+        num_warps=plan["num_warps"])
     _combine_kernel[(B, nh)](mid, out, out.stride(0), out.stride(1), nh, splits, hn, **plan["combine_const"])
     return out
