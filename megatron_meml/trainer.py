@@ -83,6 +83,10 @@ def setup(cfg: Config, config_dir: Optional[str] = None) -> Run:
         raise ConfigError(f"config key `model.vocab_size`: the tokenizer has {tokenizer.vocab_size} tokens but "
                           f"model.vocab_size is {bmodel.real_vocab_size(cfg)}")
     chunks = bmodel.build_model(cfg)
+    if info.is_logging_rank:   # what the run runs on: attention kernels, TE / apex / flash-attn, optimizer class
+        from .backend.runtime_info import startup_lines
+
+        print("\n".join(startup_lines(cfg, chunks)), flush=True)
     if cfg.model.init_from or cfg.model.init_from_hf:
         from .backend.hf_convert import init_model_weights
 

@@ -24,6 +24,22 @@ Semantics, for query q ``[sq, b, np, hn]`` and key/value ``[sk, b, ng, hn]`` (ng
                                            fills −10000; a finite value keeps fully masked padding rows finite,
                                            where −inf would give NaN that reaches the next layer's keys)
 
+Kernel choice on GPU (:func:`sdpa`, used by every call here and by the slot model's prefill). SDPA's fused CUDA
+kernels split the cases: FlashAttention takes grouped KV heads (``enable_gqa``) and ``is_causal`` but no explicit
+mask; the memory-efficient kernel takes any mask but not grouped heads; anything else falls to the math path,
+which materialises the fp32 ``[b, np, sq, sk]`` scores (silently: ~S² memory, several passes). So: no mask ->
+``is_causal`` + ``enable_gqa`` (flash); a mask with GQA on CUDA -> the KV groups are expanded to the query heads
+(one contiguous ``[b, np, sk, hn]`` copy of K and V, rep x the KV bytes of *this call*, never the scores) and the
+mask goes to the memory-efficient kernel. Prompt-sharing rows reach the masked case only for the continuations
+(each against its prompt and itself, :func:`segment_attention`); the shared prefixes are causal (flash). Chosen
+over FlexAttention (block masks) because (1) its gradients can be checked on the CPU -- compiled FlexAttention
+raises ``NotImplementedError`` for the backward on the CPU (torch 2.13) -- so the GPU path is the tested path,
+(2) no ``torch.compile`` per mask shape (prompt-sharing plans change every step), (3) no new dependency
+(flash-attn's varlen API would also do it, but is an optional CUDA wheel). Cost on GPU: the expanded K/V copy of
+the masked continuation calls. On the CPU torch's flash kernel takes masks and grouped heads alike (no copy); the
+A/B on the CPU: benchmarks/attention_backend_cpu_20261207.md. :func:`attention_backend` names the choice (the
+trainer prints it at start-up).
+
 Returns the context ``[sq, b, np·hn]`` exactly as the parent does. Falls back to the parent for: a softmax offset
 (off-by-one / learnable softmax), query-key layer scaling, sliding windows, packed sequences, attention bias,
 attention dropout while training, and sq ≠ sk > 1 without a mask.
@@ -39,6 +55,52 @@ from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEm
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 
 MASKED_SCORE = -10000.0  # megatron.core.transformer.utils.attention_mask_func
+
+# When grouped KV heads are expanded for a masked call: "cuda" (only there: see the module docstring), "always"
+# (tests run the GPU formulation on the CPU), "never" (the earlier behaviour: enable_gqa with a mask).
+EXPAND_KV = ["cuda"]
+
+
+def expands_kv(q: torch.Tensor, k: torch.Tensor, masked: bool) -> bool:
+    """Whether :func:`sdpa` expands the KV groups of this call (a mask, grouped heads, and the policy)."""
+    if not masked or k.shape[-3] == q.shape[-3]:
+        return False
+    return EXPAND_KV[0] == "always" or (EXPAND_KV[0] == "cuda" and q.is_cuda)
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+         is_causal: bool = False, scale: Optional[float] = None) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` for q ``[..., np, sq, hn]`` and k/v ``[..., ng, sk, hn]`` (ng divides np)
+    on a fused kernel: grouped heads go to ``enable_gqa`` when there is no mask, and are expanded to ``np`` heads
+    (contiguous) when there is one on CUDA (module docstring). Same function either way."""
+    np_, ng = q.shape[-3], k.shape[-3]
+    if expands_kv(q, k, attn_mask is not None):
+        rep = np_ // ng
+        shape = (*k.shape[:-3], ng, rep, *k.shape[-2:])
+        k = k.unsqueeze(-3).expand(shape).reshape(*k.shape[:-3], np_, *k.shape[-2:])
+        v = v.unsqueeze(-3).expand(shape).reshape(*v.shape[:-3], np_, *v.shape[-2:])
+        ng = np_
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
+                                          enable_gqa=ng != np_)
+
+
+def attention_backend(chunks, device: Optional[torch.device] = None) -> str:
+    """One line naming the core attention of ``chunks`` and the kernels it reaches on ``device`` (start-up log)."""
+    from .state import unwrap
+
+    layers = [layer for c in chunks for layer in unwrap(c).decoder.layers]
+    if not layers:
+        return "none (no layers on this stage)"
+    core = type(layers[0].self_attention.core_attention)
+    name = f"{core.__module__}.{core.__qualname__}"
+    dev = device or next(chunks[0].parameters()).device
+    if issubclass(core, SDPAttention):
+        if dev.type == "cuda":
+            kern = "SDPA: causal/unmasked -> flash (enable_gqa); masked -> memory-efficient (KV expanded)"
+        else:
+            kern = "SDPA on the CPU: flash kernel (masks and grouped heads native)"
+        return f"{name} [{kern}; prompt-sharing rows: per-segment]"
+    return name
 
 
 class SDPAttention(DotProductAttention):
@@ -74,8 +136,7 @@ class SDPAttention(DotProductAttention):
             mask.masked_fill_(attention_mask.to(torch.bool), MASKED_SCORE)
         elif sq > 1:
             causal = True
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.softmax_scale,
-                                             enable_gqa=k.shape[1] != np_)  # each kv group serves np/ng heads
+        ctx = sdpa(q, k, v, attn_mask=mask, is_causal=causal, scale=self.softmax_scale)  # a kv group: np/ng heads
         return ctx.permute(2, 0, 1, 3).reshape(sq, b, np_ * hn)
 
 
@@ -157,16 +218,14 @@ def segment_attention(query, key, value, plan, scale) -> torch.Tensor:
     query ``[S, B, np, hn]``, key/value ``[S, B, ng, hn]`` -> ``[S, B, np·hn]``."""
     S, B, np_, hn = query.shape
     ng = key.shape[2]
-    gqa = ng != np_
     q = query.transpose(0, 1)                                                  # [B, S, np, hn]
     k = key.transpose(0, 1)
     v = value.transpose(0, 1)
     out = torch.zeros(B * S + 1, np_, hn, dtype=query.dtype, device=query.device)
     Pm = plan["Pm"]
     if Pm:
-        ctx = F.scaled_dot_product_attention(q[:, :Pm].transpose(1, 2), k[:, :Pm].transpose(1, 2),
-                                             v[:, :Pm].transpose(1, 2), is_causal=True, scale=scale,
-                                             enable_gqa=gqa)                    # [B, np, Pm, hn]
+        ctx = sdpa(q[:, :Pm].transpose(1, 2), k[:, :Pm].transpose(1, 2), v[:, :Pm].transpose(1, 2),
+                   is_causal=True, scale=scale)                                 # [B, np, Pm, hn]
         rows = torch.arange(B, device=query.device)[:, None] * S + torch.arange(Pm, device=query.device)[None, :]
         out = out.index_copy(0, rows[plan["pref_valid"]], ctx.transpose(1, 2)[plan["pref_valid"]])
     if plan["n"]:
@@ -178,7 +237,7 @@ def segment_attention(query, key, value, plan, scale) -> torch.Tensor:
         qs = qf[plan["q_idx"]].transpose(1, 2)                                 # [n, np, rm, hn]
         ks = kf[plan["k_idx"]].transpose(1, 2)                                 # [n, ng, Pm + rm, hn]
         vs = vf[plan["k_idx"]].transpose(1, 2)
-        ctx = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=plan["allowed"], scale=scale, enable_gqa=gqa)
+        ctx = sdpa(qs, ks, vs, attn_mask=plan["allowed"], scale=scale)
         out = out.index_copy(0, plan["scatter"], ctx.transpose(1, 2)[plan["qvalid"]])
     return out[:B * S].view(B, S, np_ * hn).transpose(0, 1).contiguous()
 

@@ -12,7 +12,8 @@ a dense float mask and a GQA expansion, the rest module plumbing (the CPU runtim
   * keys are rotated **once**, when written; RoPE cos/sin come from megatron's ``rotary_pos_emb.get_emb`` (the
     same ``cos(freqs).to(dtype)`` values megatron multiplies by, llama3 scaling included);
   * decode attention is ``meml_kernels.decode_attention`` (GQA without copies, ragged per-slot lengths);
-  * prefill attention is SDPA over the slot's cached prefix plus the new chunk (causal by absolute position);
+  * prefill attention is SDPA over the slot's cached prefix plus the new chunk (causal by absolute position), through
+    ``attention.sdpa`` (a mask with grouped KV heads: the memory-efficient CUDA kernel, never the math path);
   * on the local layer spec the linear layers are applied as ``F.linear`` on megatron's weight tensors (the
     row-parallel all-reduce done here), skipping megatron's autograd-function wrappers, and the CPU runtime's
     ``TorchFunctionMode`` is bypassed inside the forward: together 1.7x tokens/s (tools/bench_rollout.py
@@ -43,6 +44,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.distributed as dist
 
+from .attention import sdpa
 from .model import unwrap
 
 
@@ -53,6 +55,40 @@ def plain_torch():
     if torch.cuda.is_available():
         return contextlib.nullcontext()
     return torch._C.DisableTorchFunction()
+
+
+def sync_free_vocab_embedding(layer, ids: torch.Tensor) -> torch.Tensor:
+    """megatron's ``VocabParallelEmbedding.forward`` (this rank's rows ``[vocab_start, vocab_end)`` of the table,
+    0 for ids outside them, summed over the tensor-parallel group) without its boolean-mask writes
+    ``masked_input[input_mask] = 0`` / ``output_parallel[input_mask, :] = 0``: those are ``index_put_`` with a bool
+    index, which needs ``nonzero`` -- a device-to-host sync that a CUDA-graph capture refuses. Here the id is
+    clamped into the shard and the row is selected by ``torch.where`` (same values exactly, fixed shapes, no sync).
+    ids [...] int -> [..., H] in the table's dtype. Forward only (generation)."""
+    weight = layer.weight
+    tp_group = getattr(layer, "tp_group", None)
+    if tp_group is None or dist.get_world_size(tp_group) == 1:
+        return torch.nn.functional.embedding(ids, weight)
+    local = ids - layer.vocab_start_index
+    inside = (local >= 0) & (local < weight.shape[0])
+    out = torch.nn.functional.embedding(local.clamp(0, weight.shape[0] - 1), weight)
+    out = torch.where(inside[..., None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+    dist.all_reduce(out, group=tp_group)
+    return out
+
+
+def _plain_vocab_parallel(emb, cfg) -> bool:
+    """Whether :func:`sync_free_vocab_embedding` computes ``emb``'s forward (megatron's ``LanguageModelEmbedding``
+    with a TP > 1 ``VocabParallelEmbedding`` and nothing else); else the module itself runs."""
+    from megatron.core.tensor_parallel.layers import VocabParallelEmbedding
+
+    wemb = getattr(emb, "word_embeddings", None)
+    if not isinstance(wemb, VocabParallelEmbedding) or getattr(wemb, "tp_group", None) is None:
+        return False
+    if not dist.is_initialized() or dist.get_world_size(wemb.tp_group) == 1:
+        return False
+    return not (getattr(emb, "add_position_embedding", False) or getattr(emb, "tokentype_embeddings", None)
+                is not None or getattr(emb, "reduce_scatter_embeddings", False) or cfg.sequence_parallel
+                or cfg.fp32_residual_connection)
 
 
 class UnsupportedModel(ValueError):
@@ -174,6 +210,8 @@ class SlotModel:
         self._pool = None
         self.tp_group, self.tp_size = None, 1
         self.fast = self._fast_plan(model)
+        self.last_hidden: Optional[torch.Tensor] = None   # final-norm hidden states of the latest logits' rows
+        self.sync_free_embedding = True   # False: megatron's VocabParallelEmbedding (a host sync under TP > 1)
 
     def _fast_plan(self, model):
         """Per-layer modules for :meth:`_layers_fast` when every layer is the plain local spec (megatron's
@@ -223,10 +261,20 @@ class SlotModel:
     def _cos_sin(self, positions: torch.Tensor):
         return self.cos[positions][:, None, :], self.sin[positions][:, None, :]
 
+    def _embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """[T, 1, H]: megatron's ``LanguageModelEmbedding`` of ``tokens`` [T], or under TP > 1 the same values
+        without a host sync (:func:`sync_free_vocab_embedding`) when the module is the plain case (word embeddings
+        only: no learned positions, token types, sequence parallelism or fp32 residual)."""
+        emb = self.model.embedding
+        if self.sync_free_embedding and _plain_vocab_parallel(emb, self.model.config):
+            x = sync_free_vocab_embedding(emb.word_embeddings, tokens[:, None])     # [T, 1, H]
+            return emb.embedding_dropout(x)
+        return emb(input_ids=tokens[None], position_ids=positions[None])
+
     def _stage_input(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """[T, 1, H]: the embedding on the first stage, the previous stage's output elsewhere."""
         if self.comm.first:
-            return self.model.embedding(input_ids=tokens[None], position_ids=positions[None])
+            return self._embed(tokens, positions)
         x = torch.empty(tokens.shape[0], 1, self.hidden, dtype=self.dtype, device=self.device)
         dist.recv(x, src=self.comm.prev_rank, group=self.comm.group)
         return x
@@ -239,11 +287,36 @@ class SlotModel:
         return self._logits(x if rows is None else x.index_select(0, rows))
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """fp32 copy of the (model-dtype) logits ``[R, V_padded]``; the final-norm hidden states they came from are
+        kept in ``self.last_hidden`` [R, H] for :meth:`sampled_logprobs`."""
         m = self.model
         x = m.decoder.final_layernorm(x) if getattr(m.decoder, "final_layernorm", None) is not None else x
+        self.last_hidden = x[:, 0]
         weight = m.shared_embedding_or_output_weight() if m.share_embeddings_and_output_weights else None
         logits, _ = m.output_layer(x, weight=weight, runtime_gather_output=True)
         return logits[:, 0].float()
+
+    def sampled_logprobs(self, hidden: torch.Tensor, tokens: torch.Tensor, temperature: float,
+                         vocab_limit: Optional[int]) -> torch.Tensor:
+        """fp32 ``log softmax(hidden @ W^T / temperature)[tokens]`` over ids < ``vocab_limit``, computed the way the
+        training forward computes log-probs (``backend/output_layer.fused_logprobs``: the fused hidden x W kernel,
+        fp32 accumulation, vocab-parallel over this rank's shard of the output weight, two [R] all-reduces) from
+        the final-norm hidden states ``hidden`` [R, H] (``last_hidden`` rows). The logits the sampler reads are
+        the output layer's in the model dtype: in bf16 their log-softmax differs from training's by ~1e-2, so the
+        GRPO ratio would not start at 1. Last pipeline stage only; every TP rank of it must call (collective)."""
+        from meml_kernels.linear_logprobs import linear_token_logprobs
+
+        m = self.model
+        weight = m.shared_embedding_or_output_weight() if m.share_embeddings_and_output_weights else \
+            m.output_layer.weight
+        group = getattr(m.output_layer, "tp_group", None) or _ps().get_tensor_model_parallel_group()
+        if not dist.is_initialized() or group is None or dist.get_world_size(group) == 1:
+            group, start = None, 0
+        else:
+            start = dist.get_rank(group) * weight.shape[0]
+        return linear_token_logprobs(hidden.to(weight.dtype), weight, tokens.to(hidden.device),
+                                     temperature=temperature, vocab_start=start, vocab_limit=vocab_limit,
+                                     tp_group=group).logp
 
     def _layers(self, x: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, attend) -> torch.Tensor:
         """x [T, 1, H] through this stage's layers; token t's K/V go to (slots[t], positions[t]);
@@ -327,8 +400,7 @@ class SlotModel:
             qp = qp.view(nb, maxq, self.nh, self.hn).transpose(1, 2)            # [nb, nh, maxq, hn]
             kk = self.k[li].index_select(0, slot_idx)[:, :, :maxk]               # [nb, ng, maxk, hn]
             vv = self.v[li].index_select(0, slot_idx)[:, :, :maxk]
-            ctx = torch.nn.functional.scaled_dot_product_attention(
-                qp, kk, vv, attn_mask=allowed[:, None], scale=self.scale, enable_gqa=self.ng != self.nh)
+            ctx = sdpa(qp, kk, vv, attn_mask=allowed[:, None], scale=self.scale)   # fused with GQA on CUDA too
             return ctx.transpose(1, 2).reshape(nb * maxq, self.nh * self.hn)[flat]
 
         with plain_torch():
@@ -382,7 +454,7 @@ class SlotModel:
         bucket = next(b for b in self.buckets if b >= B)
         if bucket not in self._graphs:
             self._capture(bucket)
-        g, tok_buf, pos_buf, len_buf, x_buf, out = self._graphs[bucket]
+        g, tok_buf, pos_buf, len_buf, x_buf, out, hid = self._graphs[bucket]
         tok_buf.zero_()
         pos_buf.fill_(self.capacity)
         len_buf.zero_()
@@ -393,10 +465,11 @@ class SlotModel:
         if not self.comm.last:
             dist.send(out[:B].contiguous(), dst=self.comm.next_rank, group=self.comm.group)
             return None
+        self.last_hidden = hid[:B].clone()
         return out[:B].clone()
 
     def _graph_body(self, tok_buf, pos_buf, len_buf, x_buf):
-        x = self.model.embedding(input_ids=tok_buf[None], position_ids=pos_buf[None]) if self.comm.first else x_buf
+        x = self._embed(tok_buf, pos_buf) if self.comm.first else x_buf
         x = self._decode_eager(x, pos_buf, len_buf, self.C)
         return self._logits(x) if self.comm.last else x
 
@@ -417,7 +490,8 @@ class SlotModel:
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g, pool=self._pool):
             out = self._graph_body(tok_buf, pos_buf, len_buf, x_buf)
-        self._graphs[bucket] = (g, tok_buf, pos_buf, len_buf, x_buf, out)
+        hid = self.last_hidden if self.comm.last else None   # the captured final-norm output (a static buffer)
+        self._graphs[bucket] = (g, tok_buf, pos_buf, len_buf, x_buf, out, hid)
 
     # ---------------------------------------------------------------------------------------------- cache ops
     def copy_prefix(self, src: int, dst: Sequence[int], n: int) -> None:

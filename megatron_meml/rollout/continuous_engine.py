@@ -27,9 +27,13 @@ Stop rules: a stop token (``finish_reason="eos"``, kept in the response), ``max_
 stop string in the decoded tail (``"stop"``), exactly as the static engine.
 
 Sampling: ``sampling.sample`` on each request's own uniforms ``u[i, k]`` for its k-th token, so a sample is a pure
-function of (its logits, its seed) and independent of which requests share its step. Under PP the last stage
-samples and broadcasts (tokens, log-probs) to every stage; every rank runs the same schedule (it depends only on
-the requests and the broadcast tokens), so all ranks agree without further communication.
+function of (its logits, its seed) and independent of which requests share its step. The sampled token's log-prob
+(the rollout's ``old_logp``) is, by default (``fp32_logprobs``), computed the way training computes log-probs: the
+fused hidden x W kernel in fp32 on the final-norm hidden states of the sampled rows
+(``SlotModel.sampled_logprobs``), not the log-softmax of the model-dtype logits the sampler reads -- in bf16 those
+differ from training's by ~1e-2 (benchmarks/gpu_readiness_cpu_20261207.md), so the GRPO ratio would not start at 1.
+Under PP the last stage samples and broadcasts (tokens, log-probs) to every stage; every rank runs the same schedule
+(it depends only on the requests and the broadcast tokens), so all ranks agree without further communication.
 """
 from __future__ import annotations
 
@@ -56,6 +60,7 @@ class _Job:
     done_tokens: int = 0               # prompt tokens already in the leader's cache
     admitted: List[int] = field(default_factory=list)   # (request) members holding slots, incl. the leader's
     logits: Optional[torch.Tensor] = None                 # [1, V] of the prompt's last token (last stage)
+    hidden: Optional[torch.Tensor] = None                 # [1, H] its final-norm hidden state (last stage)
 
 
 class ContinuousEngine:
@@ -74,13 +79,16 @@ class ContinuousEngine:
         comm: pipeline hand-off (``backend.slot_model.StageComm``; default: megatron's parallel state).
         keep_cache: keep the KV pool (and its CUDA graphs) between calls (``rollout.keep_cache``); by default it is
             freed when ``generate`` returns, so training gets the memory back.
+        fp32_logprobs: the sampled tokens' log-probs from the hidden states in fp32, as training computes them
+            (default); False: from the logits the sampler reads (model dtype; the earlier behaviour, kept to
+            measure the gap).
     ``last_stats``: tokens, seconds, steps (forwards), prefill/decode forwards, peak busy slots of the latest call.
     """
 
     def __init__(self, chunks: Sequence[torch.nn.Module], tokenizer, token_budget: int = 8192,
                  stop_token_ids: Optional[Sequence[int]] = None, vocab_size: Optional[int] = None,
                  max_slots: int = 0, prefill_tokens: int = 2048, cuda_graphs: bool = True,
-                 attention_impl: str = "auto", comm=None, keep_cache: bool = False):
+                 attention_impl: str = "auto", comm=None, keep_cache: bool = False, fp32_logprobs: bool = True):
         from ..backend.slot_model import unsupported_reason
 
         reason = unsupported_reason(chunks)
@@ -99,6 +107,7 @@ class ContinuousEngine:
         self.attention_impl = attention_impl
         self.comm = comm
         self.keep_cache = bool(keep_cache)
+        self.fp32_logprobs = bool(fp32_logprobs)
         self.last_stats: Dict[str, float] = {}
         self._model = None  # the SlotModel; kept across calls with keep_cache while the pool shape fits
 
@@ -255,16 +264,18 @@ class _Run:
             others = [sl for sl, _ in members if sl != job.leader_slot]
             self.m.copy_prefix(job.leader_slot, others, len(job.prompt))
             job.logits = None if logits is None else logits[k:k + 1]
-            self._start_decoding(members, job.logits)
+            job.hidden = None if logits is None else self.m.last_hidden[k:k + 1]
+            self._start_decoding(members, job.logits, job.hidden)
             job.admitted = []
             # a member admitted later (the pool was full) copies from a live slot, or prefills anew
             job.leader_slot, job.done_tokens = -1, 0
 
-    def _start_decoding(self, members, logits_row) -> None:
+    def _start_decoding(self, members, logits_row, hidden_row=None) -> None:
         """Sample the first response token of each (slot, request) in ``members`` from one prompt's logits."""
         reqs = [i for _, i in members]
         lg = None if logits_row is None else logits_row.expand(len(members), -1)
-        tok, lp = self._sample(lg, reqs)
+        hid = None if hidden_row is None else hidden_row.expand(len(members), -1)
+        tok, lp = self._sample(lg, reqs, hid)
         key = tuple(self.reqs[reqs[0]].prompt_ids)
         for (s, i) in members:
             self.decoding[s] = True
@@ -273,14 +284,17 @@ class _Run:
         self.cur_pos[slots] = torch.tensor([self.plen[i] for i in reqs], dtype=torch.long, device=self.dev)
         self._record(slots, torch.tensor(reqs, dtype=torch.long, device=self.dev), tok, lp)
 
-    def _sample(self, logits: Optional[torch.Tensor], reqs: List[int]):
-        """(tokens, logp) [len(reqs)] on every rank (sampled on the last stage, broadcast under PP)."""
+    def _sample(self, logits: Optional[torch.Tensor], reqs: List[int], hidden: Optional[torch.Tensor] = None):
+        """(tokens, logp) [len(reqs)] on every rank (sampled on the last stage, broadcast under PP). ``hidden``: the
+        rows' final-norm hidden states, for the fp32 log-probs (see the module docstring)."""
         n = len(reqs)
         if logits is not None:
             r = torch.tensor(reqs, dtype=torch.long, device=self.dev)
             u = None if self.uni is None else self.uni[r, self.n_gen[r].clamp_max(self.uni.shape[1] - 1)]
             tok, lp = sample(logits, self.params.temperature, self.params.top_k, self.params.top_p, u,
                              self.eng.vocab_size)
+            if self.eng.fp32_logprobs and hidden is not None:
+                lp = self.m.sampled_logprobs(hidden, tok, self.params.temperature, self.eng.vocab_size).float()
         if self.m.comm.pp_size > 1:
             packed = torch.stack([tok.double(), lp.double()]) if logits is not None else \
                 torch.zeros(2, n, dtype=torch.float64, device=self.dev)
@@ -364,5 +378,6 @@ class _Run:
         rows = torch.tensor(busy, dtype=torch.long, device=self.dev)
         reqs = torch.tensor([self.slot_req[s] for s in busy], dtype=torch.long, device=self.dev)
         self.cur_pos[rows] += 1
-        tok, lp = self._sample(None if logits is None else logits.index_select(0, rows), reqs.tolist())
+        hid = None if logits is None else self.m.last_hidden.index_select(0, rows)
+        tok, lp = self._sample(None if logits is None else logits.index_select(0, rows), reqs.tolist(), hid)
         self._record(rows, reqs, tok, lp)

@@ -122,28 +122,50 @@ def _linear_dz_kernel(h_ptr, w_ptr, targets_ptr, valid_ptr, lse_ptr, ent_ptr, g_
 # Fixed tile configs (no autotune: it cannot run in the interpreter, and fixed configs keep GPU runs predictable).
 # tools/bench_kernels.py --gpu may swap GPU_CONFIG / GPU_BWD_CONFIG to compare candidates.
 INTERPRETER_CONFIG = dict(BLOCK_T=16, BLOCK_V=32, BLOCK_H=16, GROUP_T=2, num_warps=4, num_stages=1)
-GPU_FP32_CONFIG = dict(BLOCK_T=64, BLOCK_V=64, BLOCK_H=32, GROUP_T=8, num_warps=4, num_stages=2)
-# H200, T=16384 H=1536 V=151936 bf16: forward 460-468 TFLOP/s (128x128 tiles: 403; 64-row tiles: 302).
-GPU_CONFIG = dict(BLOCK_T=128, BLOCK_V=256, BLOCK_H=64, GROUP_T=16, num_warps=8, num_stages=3)
-GPU_BWD_CONFIG = dict(BLOCK_T=128, BLOCK_V=256, BLOCK_H=64, GROUP_T=16, num_warps=8, num_stages=4)
+GPU_FP32_CONFIG = dict(BLOCK_T=64, BLOCK_V=64, BLOCK_H=32, GROUP_T=8, num_warps=8, num_stages=2)  # 4 warps: spills
+# No config may spill or exceed a target's shared memory (checked ahead of time for sm_90 and sm_80 at the real
+# shapes by ``python -m meml_kernels.aot``, in ``make test``). H200, T=16384 H=1536 V=151936 bf16, forward:
+# 128x256 tiles (8 warps) ran 460-468 TFLOP/s but need 255 registers + 232 B of stack per thread (spills) on sm_90;
+# 128x128 tiles ran 403 there and spill nothing (255 registers, 0 stack) -- the forward uses them. The backward's
+# 128x256 tiles with 8 warps and 4 stages spilled 288 B on sm_90 (8 B on sm_80); 16 warps (128 registers, 0 stack)
+# and 3 stages (144 KiB of shared memory) fit sm_90. Before Hopper (no wgmma) those 16 warps spill 96 B: sm_8x runs
+# the backward on 128x128 tiles, 8 warps (186 registers, 0 stack, 64 KiB).
+# Not yet re-timed on a GPU.
+GPU_CONFIG = dict(BLOCK_T=128, BLOCK_V=128, BLOCK_H=64, GROUP_T=16, num_warps=8, num_stages=3)
+GPU_BWD_CONFIG = dict(BLOCK_T=128, BLOCK_V=256, BLOCK_H=64, GROUP_T=16, num_warps=16, num_stages=3)
+GPU_BWD_CONFIG_SM80 = dict(BLOCK_T=128, BLOCK_V=128, BLOCK_H=64, GROUP_T=16, num_warps=8, num_stages=3)
+
+
+def gpu_config(fp32: bool, backward: bool = False, capability: int = 90) -> dict:
+    """The GPU tile config (exact-fp32 dots when hidden or weight is fp32, else bf16 tensor cores) for a device of
+    compute capability ``capability`` (major * 10 + minor)."""
+    if fp32:
+        return dict(GPU_FP32_CONFIG, DOT_FP32=True)
+    if backward:
+        return dict(GPU_BWD_CONFIG if capability >= 90 else GPU_BWD_CONFIG_SM80, DOT_FP32=False)
+    return dict(GPU_CONFIG, DOT_FP32=False)
 
 
 def _config(hidden: torch.Tensor, weight: torch.Tensor, backward: bool = False) -> dict:
     """Tile config: tiny in the interpreter (fp32 dots there), H100-sized bf16 / exact-fp32 ones on GPU."""
     if interpreting():
         return dict(INTERPRETER_CONFIG, DOT_FP32=True)
-    if hidden.dtype == torch.float32 or weight.dtype == torch.float32:
-        return dict(GPU_FP32_CONFIG, DOT_FP32=True)
-    return dict(GPU_BWD_CONFIG if backward else GPU_CONFIG, DOT_FP32=False)
+    major, minor = torch.cuda.get_device_capability(hidden.device)
+    return gpu_config(hidden.dtype == torch.float32 or weight.dtype == torch.float32, backward, 10 * major + minor)
+
+
+def num_splits(t: int, v: int, cfg: dict, sms: int | None) -> int:
+    """Vocabulary splits of the forward grid (``sms=None``: the interpreter, 2 splits at most)."""
+    n_vt = triton.cdiv(v, cfg["BLOCK_V"])
+    if sms is None:
+        return min(2, n_vt)
+    n_tb = triton.cdiv(t, cfg["BLOCK_T"])
+    return max(1, min(n_vt, max(8, triton.cdiv(2 * sms, n_tb))))
 
 
 def _num_splits(t: int, v: int, cfg: dict, device: torch.device) -> int:
-    n_vt = triton.cdiv(v, cfg["BLOCK_V"])
-    if interpreting():
-        return min(2, n_vt)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    n_tb = triton.cdiv(t, cfg["BLOCK_T"])
-    return max(1, min(n_vt, max(8, triton.cdiv(2 * sms, n_tb))))
+    sms = None if interpreting() else torch.cuda.get_device_properties(device).multi_processor_count
+    return num_splits(t, v, cfg, sms)
 
 
 def row_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,

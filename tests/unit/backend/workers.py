@@ -228,3 +228,12 @@ def sdpa_matches_megatron_attention():
     out["model"] = {"types": (ta, tb), "logits": float((la - lb).abs().max()),
                     "grads": max(float((ga[n] - gb[n]).abs().max()) for n in ga)}
     return out
+
+
+def startup_report():
+    """``runtime_info.startup_lines`` for the tiny test model (local layer spec, CPU)."""
+    from megatron_meml.backend.runtime_info import startup_lines
+    from tests.unit.rollout.engine_workers import _setup
+
+    cfg, info, chunks = _setup()
+    return startup_lines(cfg, chunks)

@@ -222,3 +222,41 @@ def continuous_cuda_checks() -> Dict[str, Any]:
             out[f"{name}_{pname}"] = [(r.response_ids, r.logprobs) for r in ro]
             out[f"{name}_captured"] = len(eng._model._graphs) if eng._model is not None else 0
     return out
+
+
+def rollout_vs_training_logprob_gap(dtype: str = "bf16") -> Dict[str, Any]:
+    """|old_logp - training logp| over every GRPO token of one RIEL step (prompt-sharing training rows), for the
+    continuous engine with the sampled token's log-prob from the hidden states in fp32 (``fp32_logprobs``, the
+    default) and from the model-dtype logits (the earlier behaviour). Same requests, seeds and tokens in both."""
+    from megatron_meml.backend import step as S
+    from megatron_meml.config import load_config
+    from megatron_meml.data.synthetic import generate
+    from megatron_meml.data.tokenizer import ByteTokenizer
+    from megatron_meml.rollout.continuous_engine import ContinuousEngine
+    from megatron_meml.rollout.scheduler import build_riel_scheduler
+    from megatron_meml.types import TokenKind
+
+    overrides = list(TINY) + [f"precision.dtype={dtype}", "rollout.temperature=1.0", "rollout.max_new_tokens=12",
+                              "rollout.seed=11", "riel.group_size=3", "riel.buffer_k=1", "riel.buffer_capacity=2",
+                              "riel.max_kl_responses=2", "data.micro_batch_size=2", "data.seq_length=100",
+                              "riel.skip_zero_advantage=false"]
+    cfg, info, chunks = _setup(overrides)
+    tok = ByteTokenizer()
+    records = generate("train", 2, seed=3)
+    prompts = ["You are expert zero.", "Expert one, step by step."]
+    out: Dict[str, Any] = {"dtype": str(next(chunks[0].parameters()).dtype)}
+    for name, fp32 in (("hidden_fp32", True), ("logits", False)):
+        eng = ContinuousEngine(chunks, tok, cfg.rollout.token_budget, stop_token_ids=[tok.eos_id],
+                               vocab_size=cfg.model.vocab_size, cuda_graphs=False, fp32_logprobs=fp32)
+        sched = build_riel_scheduler(cfg, chunks, tok, prompts, lambda text, rec: float(len(text) % 2), engine=eng)
+        step = sched.step(records, step=0)
+        logps = S.forward_logprobs(chunks, step.microbatches, temperature=1.0)
+        diffs = []
+        for mb, lp in zip(step.microbatches, logps):
+            sel = (mb.kind == int(TokenKind.GRPO)) & (mb.loss_mask > 0)
+            diffs.append((lp[sel].double() - mb.old_logp[sel].double()).abs())
+        d = torch.cat(diffs)
+        out[name] = {"max": float(d.max()), "mean": float(d.mean()), "n": int(d.numel()),
+                     "median": float(d.median()), "below_1e-5": float((d < 1e-5).double().mean()),
+                     "shared": sum(mb.segment_ids is not None for mb in step.microbatches)}
+    return copy.deepcopy(out)
