@@ -188,6 +188,20 @@ class VLLMEngine:
                 for s, o in zip(sequences, res)]
 
 
+def shutdown_all() -> None:
+    """Release the process groups vLLM created inside our world (called by ``backend.parallel.destroy`` before it
+    destroys the world; otherwise vLLM's exit hook fails on groups that no longer exist)."""
+    if not _SHARED:
+        return
+    from vllm.distributed import parallel_state as vps
+
+    vps.destroy_model_parallel()
+    if vps._WORLD is not None:
+        vps._WORLD.destroy()
+        vps._WORLD = None
+    _SHARED.clear()
+
+
 def _reload(worker, weights) -> None:
     """In vLLM's worker: load HF-named full tensors in place (``reload_weights`` repacks them into the fused
     qkv / gate_up parameters and re-runs the kernels' weight processing). On the CPU the embedding's output
