@@ -86,6 +86,10 @@ class VLLMEngine:
                   tensor_parallel_size=1, enable_sleep_mode=self.sleep)
         if r.max_slots:
             kw["max_num_seqs"] = int(r.max_slots)
+        if not torch.cuda.is_available():
+            # a partly prefilled request discards its sample and rewinds its seeded generator, which a CPU
+            # generator cannot ("CPU Generator does not use offset"): prefill whole prompts only
+            kw.update(enable_chunked_prefill=False, max_num_batched_tokens=max(self.max_model_len, 8192))
         if r.vllm_gpu_memory_utilization and torch.cuda.is_available():
             kw["gpu_memory_utilization"] = float(r.vllm_gpu_memory_utilization)
         else:  # KV positions = rollout.token_budget (at least one full-length request), like our engines' pool
