@@ -176,7 +176,9 @@ class RielScheduler:
         by_id = {r.id: r for r in records}
         mine = list(requests[self.dp_rank::self.dp_size])
         local = self.engine.generate(mine, self.params) if mine else []
+        t0 = time.perf_counter()
         train = self.rescore(local) if rescore else None
+        self.rescore_seconds = time.perf_counter() - t0 if rescore else 0.0
         for i, ro in enumerate(local):
             ro.reward = float(self.reward_fn(ro.text, by_id[ro.request.qid]))
             if train is not None:
@@ -200,6 +202,7 @@ class RielScheduler:
         if len(set(ids)) != len(ids):
             raise ValueError(f"a RIEL step needs distinct record ids, got {ids}")
         t0 = time.perf_counter()
+        self.rescore_seconds = 0.0
         if rollouts is None:
             rollouts = self.generate_and_score(self.requests(records, step), records, self.rescoring(step))
         t_gen = time.perf_counter() - t0
@@ -280,7 +283,8 @@ class RielScheduler:
         stats["buffer/size"] = float(len(self.buffer)) if self.buffer is not None else 0.0
         stats["microbatches"] = float(len(plan))
         gen = getattr(self.engine, "last_stats", {}) or {}
-        stats["rollout/seconds"] = t_gen
+        stats["rollout/seconds"] = t_gen  # generation, scoring and the re-scoring forward (time/rescore)
+        stats["time/rescore"] = getattr(self, "rescore_seconds", 0.0)
         if gen.get("seconds"):
             stats["rollout/tokens_per_s"] = gen["tokens"] / gen["seconds"]
         stats.update(mismatch_metrics([(g.expert, r.engine_logprobs, r.logprobs) for g in groups for r in g.rollouts
