@@ -302,8 +302,8 @@ class RIELConfig:
     group_size: int = doc(8, "G: rollouts per (question, expert).")
     eps_low: float = doc(0.2, "PPO clip lower epsilon.")
     eps_high: float = doc(0.2, "PPO clip upper epsilon (clip-higher when > eps_low).")
-    tis_cap: float = doc(2.0, "Truncated importance sampling of the rollout/training mismatch (algo/rollout_correction.py):"
-                         " on a step whose rollouts were re-scored by the training forward (rollout.mismatch_interval;"
+    tis_cap: float = doc(2.0, "Truncated importance sampling of the rollout/training mismatch "
+                         "(algo/rollout_correction.py): on a step whose rollouts were re-scored by the training forward (rollout.mismatch_interval;"
                          " every step with rollout.engine=vllm) each GRPO token's loss is weighted by "
                          "min(exp(logp_train_old - logp_engine), tis_cap). 0 = off (the weights stay 1).")
     aggregation: str = doc("token_mean", "token_mean | seq_mean_token_mean | constant (Dr.GRPO normaliser).")

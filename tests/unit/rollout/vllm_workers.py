@@ -16,7 +16,8 @@ TINY = ["model.num_layers=2", "model.hidden_size=128", "model.ffn_hidden_size=25
         "data.name=synthetic", "data.tokenizer=byte", "data.chat_template=plain", "data.seq_length=160",
         "data.micro_batch_size=32", "data.synthetic.num_train=64", "data.synthetic.num_test=32",
         "data.synthetic.num_riel=64", "experts.prompts=[Equations.,Steps.,Parts.]",
-        "riel.train_split=riel", "riel.questions_per_step=2", "riel.group_size=4", "riel.buffer_k=3", "riel.buffer_capacity=4", "riel.lr=1e-3",
+        "riel.train_split=riel", "riel.questions_per_step=2", "riel.group_size=4", "riel.buffer_k=3",
+        "riel.buffer_capacity=4", "riel.lr=1e-3",
         "rollout.max_new_tokens=24", "rollout.token_budget=4096", "rollout.engine=vllm", "rollout.temperature=1.0",
         "mef.enabled=false", "eval.enabled=false", "logging.progress_bar=false", "logging.tensorboard=false",
         "checkpoint.resume=false"]
