@@ -31,13 +31,12 @@ def _megatron_logprobs(chunks, seqs: Sequence[List[int]], vocab: int):
     from megatron_meml.backend.hf_convert import full_logits
 
     out = []
-    for s in seqs:
+    for s in seqs:  # collective through the pipeline: every stage runs every sequence
         logits = full_logits(chunks, torch.tensor([s]), vocab)
-        if logits is None:
-            return None
-        lp = torch.log_softmax(logits[0].double(), -1)
-        out.append(lp[torch.arange(len(s) - 1), torch.tensor(s[1:])].tolist())
-    return out
+        if logits is not None:
+            lp = torch.log_softmax(logits[0].double(), -1)
+            out.append(lp[torch.arange(len(s) - 1), torch.tensor(s[1:])].tolist())
+    return out or None
 
 
 def riel_then_compare(run_dir: str, overrides: Sequence[str] = (), greedy: bool = False) -> Dict[str, Any]:
