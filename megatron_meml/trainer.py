@@ -247,7 +247,7 @@ def make_engine(run: Run):
 
     template = run.template or default_template(run.tokenizer)
     stops = sorted({end_of_turn_id(template, run.tokenizer), run.tokenizer.eos_id})
-    return build_engine(run.cfg.rollout, run.chunks, run.tokenizer, stop_token_ids=stops)
+    return build_engine(run.cfg.rollout, run.chunks, run.tokenizer, stop_token_ids=stops, run_cfg=run.cfg)
 
 
 def evaluate_experts(run: Run, stage: str, num_examples: Optional[int] = None, log: bool = True) -> Dict[str, object]:
@@ -364,12 +364,15 @@ def run_riel(run: Run) -> Dict[str, float]:
         else:
             results = forward_backward(run.chunks, out.microbatches, loss_fn, temperature=cfg.rollout.temperature)
         finite, grad_norm, bad_in_a_row = riel_optimizer_step(run, optimizer, scheduler, step, bad_in_a_row)
+        refit = getattr(sched.engine, "refit", None)  # an engine on its own copy of the weights (rollout.engine=vllm)
+        t_refit = refit() if refit is not None and finite else 0.0
         t_end = time.time()
         m = dict(out.stats, **reduce_metrics(results, keys))
         m.update({f"grad_norm/{k}": v for k, v in term_norms.items()})
         m.update({"e_plus_minus_pairs": float(len(out.kl_pairs)), "grad_norm": grad_norm,
                   "skipped": float(not finite), "clip_fraction": m["count/clipped"] / max(m["count/grpo"], 1.0),
                   "time/generate_score": t_gen - t0, "time/train": t_end - t_gen, "time/step": t_end - t0,
+                  "time/refit": t_refit,  # inside time/train
                   "train/tokens_per_s": sum(m[f"count/{k}"] for k in ("grpo", "kl", "sft")) / max(t_end - t_gen, 1e-9),
                   "memory/peak_gib": peak_memory_gib()})
         for e in range(cfg.experts.num_experts):

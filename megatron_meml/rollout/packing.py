@@ -56,10 +56,13 @@ class TrainSequence:
     advantage: float = 0.0
     weight: float = 0.0  # per-token aggregation weight, filled by assign_weights
     tag: str = ""        # free-form provenance for logs and tests, e.g. "q3/e1/g5"
+    # per-token factor on ``weight`` (input-aligned like ``mask``): the TIS weights of algo/rollout_correction.py
+    token_scale: Optional[List[float]] = None
 
     def __post_init__(self):
-        if len(self.mask) != len(self.tokens) or (self.old_logp is not None and len(self.old_logp) != len(self.tokens)):
-            raise ValueError(f"sequence {self.tag!r}: tokens, mask and old_logp must have the same length")
+        n = len(self.tokens)
+        if len(self.mask) != n or any(x is not None and len(x) != n for x in (self.old_logp, self.token_scale)):
+            raise ValueError(f"sequence {self.tag!r}: tokens, mask, old_logp and token_scale must have the same length")
 
     @property
     def num_loss_tokens(self) -> int:
@@ -68,12 +71,14 @@ class TrainSequence:
     @classmethod
     def from_prompt_response(cls, prompt: Sequence[int], response: Sequence[int], kind: TokenKind,
                              logprobs: Optional[Sequence[float]] = None, advantage: float = 0.0,
-                             tag: str = "") -> "TrainSequence":
-        """prompt + response with the loss on every response token (and its log-prob when given)."""
+                             tag: str = "", response_scale: Optional[Sequence[float]] = None) -> "TrainSequence":
+        """prompt + response with the loss on every response token (and its log-prob when given);
+        ``response_scale``: a per-response-token factor on the aggregation weight (TIS)."""
         tokens = list(prompt) + list(response)
         mask = [0] * len(prompt) + [1] * len(response)
         old = None if logprobs is None else [0.0] * len(prompt) + [float(x) for x in logprobs]
-        return cls(tokens, mask, kind, old, advantage, tag=tag)
+        scale = None if response_scale is None else [1.0] * len(prompt) + [float(x) for x in response_scale]
+        return cls(tokens, mask, kind, old, advantage, tag=tag, token_scale=scale)
 
 
 NORMALIZERS = ("own", "grpo")
@@ -144,7 +149,10 @@ class PackedRow:
         self.advantage += [seq.advantage * m for m in nxt]
         old = seq.old_logp[start + 1:] + [0.0] if seq.old_logp is not None else [0.0] * (n - start)
         self.old_logp += [o * m for o, m in zip(old, nxt)]
-        self.weight += [seq.weight * m for m in nxt]
+        if seq.token_scale is None:
+            self.weight += [seq.weight * m for m in nxt]
+        else:
+            self.weight += [seq.weight * m * c for m, c in zip(nxt, seq.token_scale[start + 1:] + [0.0])]
 
 
 def flat_row(seq: TrainSequence) -> PackedRow:

@@ -10,6 +10,10 @@ What :meth:`RielScheduler.step` does, in order:
      so a request's sample depends on neither batch composition nor the DP layout);
   2. generation under the token budget — under data parallelism each DP rank generates every dp-th request and
      the rollouts are all-gathered, so every rank sees the whole step;
+  2b. on a re-scoring step (``rescore`` given and ``rollout.mismatch_interval`` due, or an engine that always needs
+     it: ``engine.needs_rescore``), the training forward's log-probs of the sampled tokens replace the engine's as
+     old_logp (kept in ``Rollout.engine_logprobs``); the mismatch telemetry and the TIS weights of
+     ``algo/rollout_correction.py`` come from the pair;
   3. rewards (verifier on the decoded text), one :class:`ScoredGroup` per (question, expert), advantages
      (``algo.advantages``), optionally weighted per (question, expert) (``riel.complement_weight``,
      ``algo.complementarity``);
@@ -41,6 +45,7 @@ from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 from ..algo.advantages import compute_advantages
 from ..algo.complementarity import group_mean, kl_gate_open, weight_advantages
 from ..algo.inter_expert_kl import KLPair, is_correct, kl_pair
+from ..algo.rollout_correction import mismatch_metrics, tis_weights
 from ..algo.sft_buffer import HardExample, HardExampleBuffer, admit_hard_examples
 from ..types import MicroBatch, Record, Request, Rollout, ScoredGroup, TokenKind
 from .engine import GenerationEngine, SamplingParams
@@ -122,6 +127,7 @@ class RielScheduler:
             model whose attention honours explicit masks (``backend.attention.supports_shared_rows``).
         kl_teacher: optional ``pairs -> pairs`` applied to the step's KL pairs before the KL rows are built; async
             RIEL uses it to replace the stale P+ log-probs of O+ by the current policy's (``async_riel``).
+        rescore: optional ``rollouts -> training log-probs`` (``rollout/rescore.RolloutRescorer``; step 2b).
         seed: base seed of the requests (default ``rollout.seed``, 0 when that is null).
         refill_pool: the questions ``riel.dynamic_sampling`` draws fresh cells from (``rollout/dynamic_sampling``;
             the trainer sets the RIEL pool).
@@ -132,7 +138,8 @@ class RielScheduler:
                  buffer: Optional[HardExampleBuffer] = None, dp_rank: int = 0, dp_size: int = 1,
                  all_gather: Optional[AllGather] = None, share_prompts: bool = False,
                  kl_teacher: Optional[Callable[[List[KLPair]], List[KLPair]]] = None, seed: Optional[int] = None,
-                 refill_pool: Sequence[Record] = ()):
+                 refill_pool: Sequence[Record] = (),
+                 rescore: Optional[Callable[[List[Rollout]], Optional[List[List[float]]]]] = None):
         if dp_size > 1 and all_gather is None:
             raise ValueError("data parallel generation needs an all_gather function")
         self.engine, self.renderer, self.reward_fn = engine, renderer, reward_fn
@@ -148,6 +155,8 @@ class RielScheduler:
         self.kl_teacher = kl_teacher
         self.seed = int(seed if seed is not None else (rollout.seed or 0))
         self.refill_pool = list(refill_pool)
+        self.rescore = rescore
+        self.rescore_seconds = 0.0  # time/rescore of the current step (generate_and_score adds to it)
 
     # 1. ---------------------------------------------------------------------------------------------------------
     def requests(self, records: Sequence[Record], step: int) -> List[Request]:
@@ -163,13 +172,26 @@ class RielScheduler:
         return out
 
     # 2. ---------------------------------------------------------------------------------------------------------
-    def generate_and_score(self, requests: Sequence[Request], records: Sequence[Record]) -> List[Rollout]:
+    def rescoring(self, step: int) -> bool:
+        """Whether step ``step`` re-scores its rollouts with the training forward (step 2b)."""
+        if self.rescore is None:
+            return False
+        k = getattr(self.rollout, "mismatch_interval", 0)
+        return bool(getattr(self.engine, "needs_rescore", False)) or bool(k and step % k == 0)
+
+    def generate_and_score(self, requests: Sequence[Request], records: Sequence[Record],
+                           rescore: bool = False) -> List[Rollout]:
         """Rollouts with rewards for all ``requests`` (this DP rank generates and scores every dp-th one)."""
         by_id = {r.id: r for r in records}
         mine = list(requests[self.dp_rank::self.dp_size])
         local = self.engine.generate(mine, self.params) if mine else []
-        for ro in local:
+        t0 = time.perf_counter()
+        train = self.rescore(local) if rescore else None
+        self.rescore_seconds += time.perf_counter() - t0 if rescore else 0.0
+        for i, ro in enumerate(local):
             ro.reward = float(self.reward_fn(ro.text, by_id[ro.request.qid]))
+            if train is not None:
+                ro.engine_logprobs, ro.logprobs = ro.logprobs, train[i]
         parts = self.all_gather(local)
         out: List[Rollout] = [None] * len(requests)  # type: ignore[list-item]
         for rank, part in enumerate(parts):
@@ -190,8 +212,9 @@ class RielScheduler:
             raise ValueError(f"a RIEL step needs distinct record ids, got {ids}")
         t0 = time.perf_counter()
         generated_here = rollouts is None
+        self.rescore_seconds = 0.0
         if rollouts is None:
-            rollouts = self.generate_and_score(self.requests(records, step), records)
+            rollouts = self.generate_and_score(self.requests(records, step), records, self.rescoring(step))
         t_gen = time.perf_counter() - t0
         G, N = self.riel.group_size, self.num_experts
         groups = [ScoredGroup(qid=records[q].id, expert=e, rollouts=rollouts[(q * N + e) * G:(q * N + e + 1) * G])
@@ -217,7 +240,9 @@ class RielScheduler:
             from .dynamic_sampling import refill_cells
 
             t1 = time.perf_counter()
-            ref = refill_cells(groups, records, self.refill_pool, self.renderer.prompt, self.generate_and_score,
+            rescore_refill = self.rescoring(step)  # refilled cells get the same old_logp source as the rest
+            ref = refill_cells(groups, records, self.refill_pool, self.renderer.prompt,
+                               lambda reqs, recs: self.generate_and_score(reqs, recs, rescore_refill),
                                self.riel, step, self.seed)
             train_groups, ds_stats = ref.kept, dict(ref.stats, **{"dynamic/seconds": time.perf_counter() - t1})
             offered += ref.generated
@@ -256,11 +281,14 @@ class RielScheduler:
                   fired: Sequence[HardExample]) -> List[TrainSequence]:
         """The step's training rows: GRPO (every rollout), KL (O+ under P−), SFT (fired buffer examples)."""
         seqs: List[TrainSequence] = []
+        cap = getattr(self.riel, "tis_cap", 0.0)
         for g in groups:
             for i, (ro, a) in enumerate(zip(g.rollouts, g.advantages)):
+                w = None if ro.engine_logprobs is None else tis_weights(ro.logprobs, ro.engine_logprobs, cap)
                 seqs.append(TrainSequence.from_prompt_response(ro.request.prompt_ids, ro.response_ids,
                                                                TokenKind.GRPO, ro.logprobs, a,
-                                                               tag=f"grpo/{g.qid}/e{g.expert}/g{i}"))
+                                                               tag=f"grpo/{g.qid}/e{g.expert}/g{i}",
+                                                               response_scale=w))
         by_id = {r.id: r for r in records}
         for p in pairs:
             prompt = self.renderer.prompt(by_id[p.qid], p.e_minus)
@@ -287,9 +315,12 @@ class RielScheduler:
         stats["buffer/size"] = float(len(self.buffer)) if self.buffer is not None else 0.0
         stats["microbatches"] = float(len(plan))
         gen = getattr(self.engine, "last_stats", {}) or {}
-        stats["rollout/seconds"] = t_gen
+        stats["rollout/seconds"] = t_gen  # generation, scoring and the re-scoring forward (time/rescore)
+        stats["time/rescore"] = getattr(self, "rescore_seconds", 0.0)
         if gen.get("seconds"):
             stats["rollout/tokens_per_s"] = gen["tokens"] / gen["seconds"]
+        stats.update(mismatch_metrics([(g.expert, r.engine_logprobs, r.logprobs) for g in groups for r in g.rollouts
+                                       if r.engine_logprobs is not None], getattr(self.riel, "tis_cap", 0.0)))
         stats["response/mean_len"] = (sum(len(r.response_ids) for g in groups for r in g.rollouts)
                                       / max(sum(len(g.rollouts) for g in groups), 1))
         return stats
@@ -311,7 +342,7 @@ def build_riel_scheduler(cfg, chunks, tokenizer, expert_prompts: Sequence[str], 
     template = cfg.data.chat_template or default_template(tokenizer)
     stop_ids = sorted({end_of_turn_id(template, tokenizer), tokenizer.eos_id})
     if engine is None:
-        engine = build_engine(cfg.rollout, chunks, tokenizer, stop_token_ids=stop_ids)
+        engine = build_engine(cfg.rollout, chunks, tokenizer, stop_token_ids=stop_ids, run_cfg=cfg)
     if buffer is None and cfg.riel.hard_example_buffer:
         buffer = HardExampleBuffer.from_config(cfg.riel, seed=cfg.seed)
     dp_rank, dp_size = inference.data_parallel_rank_size()
@@ -320,10 +351,14 @@ def build_riel_scheduler(cfg, chunks, tokenizer, expert_prompts: Sequence[str], 
         warnings.warn("riel.share_prompts: this model's attention ignores explicit masks (Transformer Engine); "
                       "training rows are packed one sequence per row")
         share = False
+    from .rescore import RolloutRescorer
+
+    rescore = RolloutRescorer(chunks, tokenizer.pad_id, cfg.data.micro_batch_size * cfg.data.seq_length,
+                              cfg.rollout.temperature)
     return RielScheduler(engine, ChatRenderer(tokenizer, expert_prompts, template), reward_fn, cfg.riel, cfg.rollout,
                          num_experts=len(expert_prompts),
                          max_tokens_per_microbatch=cfg.data.micro_batch_size * cfg.data.seq_length,
                          pad_id=tokenizer.pad_id, buffer=buffer, dp_rank=dp_rank, dp_size=dp_size,
                          all_gather=inference.dp_all_gather_objects, share_prompts=share, kl_teacher=kl_teacher,
                          seed=cfg.rollout.seed if cfg.rollout.seed is not None else cfg.seed,
-                         refill_pool=refill_pool)
+                         refill_pool=refill_pool, rescore=rescore)
