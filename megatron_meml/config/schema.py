@@ -455,11 +455,14 @@ class RolloutConfig:
                                   "(no re-capture each step, but the cache memory stays allocated during training).")
     seed: Optional[int] = doc(None, "Base seed of sampling: request i of RIEL step s uses hash(seed, step, i); "
                               "null = the run's `seed`.")
-    mismatch_interval: int = doc(1, "Every this many RIEL steps the training forward re-scores the step's rollouts: "
+    mismatch_interval: int = doc(-1, "Every this many RIEL steps the training forward re-scores the step's rollouts: "
                                  "logs mismatch/logp_abs_{mean,max} (+ per expert) = |logp_engine - logp_train| of "
                                  "the sampled tokens, uses logp_train as GRPO's old_logp and applies riel.tis_cap. "
-                                 "Costs one forward over the rollouts. With rollout.engine=vllm it happens every "
-                                 "step whatever this says. 0 = never (our engines only).")
+                                 "Costs one forward over the rollouts (a quarter of the quickstart's RIEL step). "
+                                 "With rollout.engine=vllm it happens every step whatever this says. -1 = auto: every "
+                                 "step in bf16/fp16; every 10 steps (telemetry only) in fp32, where our engines' "
+                                 "log-probs equal the training forward's to ~1e-6 (measured). 0 = never (our "
+                                 "engines only).")
     vllm_gpu_memory_utilization: float = doc(0.0, "vllm: fraction of GPU memory vLLM may take for weights + KV cache "
                                              "(vLLM's gpu_memory_utilization; it sits beside the training state, so "
                                              "keep it small, e.g. 0.3). 0 = size the KV cache from "
@@ -478,7 +481,7 @@ class RolloutConfig:
         _check(self.engine in ("continuous", "static", "vllm"), "rollout.engine",
                f"must be `continuous`, `static` or `vllm`, got {self.engine!r}")
         _check(0 <= self.vllm_gpu_memory_utilization < 1, "rollout.vllm_gpu_memory_utilization", "must be in [0, 1)")
-        _at_least(self, "rollout", 0, "mismatch_interval")
+        _at_least(self, "rollout", -1, "mismatch_interval")
         _check(self.max_slots >= 0, "rollout.max_slots", "must be >= 0 (0 = as many as the token budget holds)")
         _check(self.prefill_tokens >= 1, "rollout.prefill_tokens", "must be >= 1")
         _at_least(self, "rollout", 1, "max_new_tokens", "token_budget")

@@ -42,6 +42,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
+import torch
+
 from ..algo.advantages import compute_advantages
 from ..algo.complementarity import group_mean, kl_gate_open, weight_advantages
 from ..algo.inter_expert_kl import KLPair, is_correct, kl_pair
@@ -139,7 +141,8 @@ class RielScheduler:
                  all_gather: Optional[AllGather] = None, share_prompts: bool = False,
                  kl_teacher: Optional[Callable[[List[KLPair]], List[KLPair]]] = None, seed: Optional[int] = None,
                  refill_pool: Sequence[Record] = (),
-                 rescore: Optional[Callable[[List[Rollout]], Optional[List[List[float]]]]] = None):
+                 rescore: Optional[Callable[[List[Rollout]], Optional[List[List[float]]]]] = None,
+                 model_dtype: torch.dtype = torch.float32):
         if dp_size > 1 and all_gather is None:
             raise ValueError("data parallel generation needs an all_gather function")
         self.engine, self.renderer, self.reward_fn = engine, renderer, reward_fn
@@ -156,6 +159,7 @@ class RielScheduler:
         self.seed = int(seed if seed is not None else (rollout.seed or 0))
         self.refill_pool = list(refill_pool)
         self.rescore = rescore
+        self.model_dtype = model_dtype
         self.rescore_seconds = 0.0  # time/rescore of the current step (generate_and_score adds to it)
 
     # 1. ---------------------------------------------------------------------------------------------------------
@@ -177,6 +181,8 @@ class RielScheduler:
         if self.rescore is None:
             return False
         k = getattr(self.rollout, "mismatch_interval", 0)
+        if k < 0:  # auto (rollout.mismatch_interval): every step unless the model computes in fp32
+            k = 10 if self.model_dtype == torch.float32 else 1
         return bool(getattr(self.engine, "needs_rescore", False)) or bool(k and step % k == 0)
 
     def generate_and_score(self, requests: Sequence[Request], records: Sequence[Record],
@@ -361,4 +367,5 @@ def build_riel_scheduler(cfg, chunks, tokenizer, expert_prompts: Sequence[str], 
                          pad_id=tokenizer.pad_id, buffer=buffer, dp_rank=dp_rank, dp_size=dp_size,
                          all_gather=inference.dp_all_gather_objects, share_prompts=share, kl_teacher=kl_teacher,
                          seed=cfg.rollout.seed if cfg.rollout.seed is not None else cfg.seed,
-                         refill_pool=refill_pool, rescore=rescore)
+                         refill_pool=refill_pool, rescore=rescore,
+                         model_dtype=next(chunks[0].parameters()).dtype)

@@ -229,7 +229,7 @@ def rollout_vs_training_logprob_gap(dtype: str = "bf16") -> Dict[str, Any]:
     continuous engine with the sampled token's log-prob from the hidden states in fp32 (``fp32_logprobs``, the
     default) and from the model-dtype logits (the earlier behaviour), both as GRPO's old_logp
     (``rollout.mismatch_interval=0``); and with old_logp re-scored by the training forward (``rescored``, the
-    default ``rollout.mismatch_interval=1``). Same requests, seeds and tokens in all three."""
+    ``rollout.mismatch_interval=1``; the default in bf16). Same requests, seeds and tokens in all three."""
     from megatron_meml.backend import step as S
     from megatron_meml.config import load_config
     from megatron_meml.data.synthetic import generate
@@ -250,7 +250,7 @@ def rollout_vs_training_logprob_gap(dtype: str = "bf16") -> Dict[str, Any]:
     for name, fp32, rescore in (("hidden_fp32", True, 0), ("logits", False, 0), ("rescored", True, 1)):
         eng = ContinuousEngine(chunks, tok, cfg.rollout.token_budget, stop_token_ids=[tok.eos_id],
                                vocab_size=cfg.model.vocab_size, cuda_graphs=False, fp32_logprobs=fp32)
-        cfg.rollout.mismatch_interval = rescore  # 0: old_logp = the engine's; 1: the training forward's (default)
+        cfg.rollout.mismatch_interval = rescore  # 0: old_logp = the engine's; 1: the training forward's
         sched = build_riel_scheduler(cfg, chunks, tok, prompts, lambda text, rec: float(len(text) % 2), engine=eng)
         step = sched.step(records, step=0)
         logps = S.forward_logprobs(chunks, step.microbatches, temperature=1.0)
