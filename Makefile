@@ -53,13 +53,14 @@ quickstart: $(STAMP_CORE)
 # The newest versions setup.py's ranges allow (torch stays the CPU build of the lock: the newest torch on PyPI is a
 # multi-GB CUDA build), in a separate venv. What it found goes to the README's install section.
 LATEST := .venv-latest
+LATEST_TESTS ?= tests
 test-latest:
 	rm -rf $(LATEST) && $(PY) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install -q "uv==$(UV_VERSION)"
 	$(LATEST)/bin/uv pip install -q --python $(LATEST)/bin/python $(WHEELS) --upgrade \
 	  "$$(grep '^torch==' $(LOCK) | cut -d' ' -f1)" -e ".[test,quickstart,hf]"
 	$(LATEST)/bin/python -m pip list --format=freeze 2>/dev/null | grep -iE '^(torch|megatron-core|triton|transformers|numpy)=='
-	TRITON_INTERPRET=1 $(LATEST)/bin/python -m pytest -q $(PYTEST_ARGS) tests
+	TRITON_INTERPRET=1 $(LATEST)/bin/python -m pytest -q $(PYTEST_ARGS) $(LATEST_TESTS)
 
 # Regenerate the locks from setup.py's ranges (requirements/*.in say what each lock is for). Commit the result.
 lock: | $(UV)
