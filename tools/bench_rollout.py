@@ -122,7 +122,7 @@ def main(argv=None) -> float:
     if a.threads:
         torch.set_num_threads(a.threads)
     from megatron_meml.rollout.continuous_engine import ContinuousEngine
-    from megatron_meml.rollout.engine import SamplingParams
+    from megatron_meml.rollout.api import SamplingParams
     from megatron_meml.rollout.megatron_engine import MegatronEngine
     from megatron_meml.types import Request
 

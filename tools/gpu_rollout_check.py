@@ -124,7 +124,7 @@ def run_ours(a, chunks, prompts, device) -> dict:
     """Part 2 (docstring): warm-up at the full length, then T_prefill and T_full; capture times apart."""
     from megatron_meml.backend import slot_model
     from megatron_meml.rollout.continuous_engine import ContinuousEngine
-    from megatron_meml.rollout.engine import SamplingParams
+    from megatron_meml.rollout.api import SamplingParams
     from megatron_meml.types import Request
 
     captures = []

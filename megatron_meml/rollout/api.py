@@ -1,8 +1,10 @@
-"""The generation-engine contract: ``engine.generate(requests, params) -> rollouts``.
+"""The generation-engine API: :class:`SamplingParams`, the :class:`GenerationEngine` protocol and its contract,
+``engine.generate(requests, params) -> rollouts``. Engines import only this module; ``registry.py`` maps
+``rollout.engine`` names to them.
 
-Any engine (the megatron KV-cache engine in ``megatron_engine.py``, a scripted engine in tests, a future server
-engine) takes a list of :class:`~megatron_meml.types.Request` and returns one :class:`~megatron_meml.types.Rollout`
-per request, in request order, with:
+Any engine (``static``: ``megatron_engine.py``; ``continuous``: ``continuous_engine.py``; ``vllm``:
+``vllm_engine.py``; a scripted engine in tests) takes a list of :class:`~megatron_meml.types.Request` and
+returns one :class:`~megatron_meml.types.Rollout` per request, in request order, with:
 
 * ``response_ids``: the sampled ids after the prompt, including the stop token when generation ended on one
   (``finish_reason="eos"``); a stop-string finish keeps every sampled id (the stop string is part of the text);
@@ -66,41 +68,3 @@ class GenerationEngine(Protocol):
     """Anything that turns requests into rollouts under the contract of this module."""
 
     def generate(self, requests: Sequence[Request], params: SamplingParams) -> List[Rollout]: ...
-
-
-def build_engine(rollout_cfg, chunks, tokenizer, stop_token_ids=None, vocab_size=None, engine=None,
-                 **overrides) -> GenerationEngine:
-    """The engine ``rollout_cfg.engine`` names (``cfg.rollout``) on ``chunks`` (this rank's model chunks; the
-    pipeline groups default to megatron's: pass ``comm=backend.slot_model.StageComm(...)`` in ``overrides`` for
-    others). ``continuous`` falls back to ``static`` with a warning when the model uses a feature the slot model
-    does not reproduce. ``engine`` overrides the configured name; other keyword arguments go to the engine.
-    ``vllm`` needs the run's config as ``run_cfg=`` (``rollout/vllm_engine.py``: one engine per process, refit with
-    the current weights on every call after the first)."""
-    import warnings
-
-    from .megatron_engine import MegatronEngine
-
-    name = engine or rollout_cfg.engine
-    run_cfg = overrides.pop("run_cfg", None)
-    if name == "vllm":
-        from .vllm_engine import vllm_engine
-
-        if run_cfg is None:
-            raise ValueError("rollout.engine=vllm: build_engine needs the run's config (run_cfg=cfg)")
-        return vllm_engine(run_cfg, chunks, tokenizer, stop_token_ids)
-    if name == "continuous":
-        from ..backend.slot_model import unsupported_reason
-        from .continuous_engine import ContinuousEngine
-
-        reason = unsupported_reason(chunks)
-        if reason is None:
-            kw = dict(max_slots=rollout_cfg.max_slots, prefill_tokens=rollout_cfg.prefill_tokens,
-                      cuda_graphs=rollout_cfg.cuda_graphs, keep_cache=rollout_cfg.keep_cache)
-            kw.update(overrides)
-            return ContinuousEngine(chunks, tokenizer, rollout_cfg.token_budget, stop_token_ids=stop_token_ids,
-                                    vocab_size=vocab_size, **kw)
-        warnings.warn(f"rollout.engine=continuous: {reason}; using the static engine")
-    elif name != "static":
-        raise ValueError(f"config key `rollout.engine`: must be `continuous`, `static` or `vllm`, got {name!r}")
-    return MegatronEngine(chunks, tokenizer, rollout_cfg.token_budget, stop_token_ids=stop_token_ids,
-                          vocab_size=vocab_size, **{k: v for k, v in overrides.items() if k in ("use_cache", "layout")})

@@ -45,8 +45,9 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from ..backend import inference
+from ..backend.slot_model import SlotModel, plain_torch, unsupported_reason
 from ..types import Request, Rollout
-from .engine import SamplingParams
+from .api import SamplingParams
 from .sampling import request_uniforms, sample
 
 
@@ -64,7 +65,7 @@ class _Job:
 
 
 class ContinuousEngine:
-    """:class:`~megatron_meml.rollout.engine.GenerationEngine` with continuous batching on megatron model chunks.
+    """:class:`~megatron_meml.rollout.api.GenerationEngine` with continuous batching on megatron model chunks.
 
     Args:
         chunks: this rank's model chunks (used in place; left exactly as found).
@@ -89,8 +90,6 @@ class ContinuousEngine:
                  stop_token_ids: Optional[Sequence[int]] = None, vocab_size: Optional[int] = None,
                  max_slots: int = 0, prefill_tokens: int = 2048, cuda_graphs: bool = True,
                  attention_impl: str = "auto", comm=None, keep_cache: bool = False, fp32_logprobs: bool = True):
-        from ..backend.slot_model import unsupported_reason
-
         reason = unsupported_reason(chunks)
         if reason:
             raise ValueError(f"config key `rollout.engine`: continuous engine {reason}; use `static`")
@@ -113,8 +112,6 @@ class ContinuousEngine:
 
     # ------------------------------------------------------------------------------------------------ setup
     def _pool(self, n_slots: int, capacity: int):
-        from ..backend.slot_model import SlotModel
-
         m = self._model
         if m is None or m.num_slots < n_slots or m.capacity < capacity or m.num_slots * m.capacity > self.token_budget:
             if m is not None:
@@ -147,7 +144,6 @@ class ContinuousEngine:
         n_slots = min(len(requests), max(1, self.token_budget // C))
         if self.max_slots:
             n_slots = min(n_slots, self.max_slots)
-        from ..backend.slot_model import plain_torch
 
         with inference.generation_mode(self.chunks):
             model = self._pool(n_slots, C)

@@ -40,7 +40,7 @@ import torch
 
 from ..backend import inference
 from ..types import Request, Rollout
-from .engine import SamplingParams
+from .api import SamplingParams
 from .sampling import request_uniforms, sample
 
 LENGTH, EOS, STOP = 0, 1, 2
@@ -71,7 +71,7 @@ def plan_batches(prompt_lens: Sequence[int], max_new: Sequence[int], token_budge
 
 
 class MegatronEngine:
-    """:class:`~megatron_meml.rollout.engine.GenerationEngine` on megatron-core model chunks.
+    """:class:`~megatron_meml.rollout.api.GenerationEngine` on megatron-core model chunks.
 
     Args:
         chunks: this rank's model chunks (``backend.model.build_model``), used in place.

@@ -41,7 +41,7 @@ def _ids(rollouts) -> List[List[int]]:
 def parallel_generation(overrides: Sequence[str] = ()) -> Dict[str, Any]:
     """Greedy (cache and no-cache) and seeded sampled generation on this layout; every rank reports its result."""
     from megatron_meml.data.tokenizer import ByteTokenizer
-    from megatron_meml.rollout.engine import SamplingParams
+    from megatron_meml.rollout.api import SamplingParams
     from megatron_meml.rollout.megatron_engine import MegatronEngine
 
     cfg, info, chunks = _setup(overrides)
@@ -86,7 +86,7 @@ def single_process_checks() -> Dict[str, Any]:
     from megatron_meml.config import load_config
     from megatron_meml.data.synthetic import generate
     from megatron_meml.data.tokenizer import ByteTokenizer
-    from megatron_meml.rollout.engine import SamplingParams
+    from megatron_meml.rollout.api import SamplingParams
     from megatron_meml.rollout.megatron_engine import MegatronEngine
     from megatron_meml.rollout.scheduler import build_riel_scheduler
     from megatron_meml.types import TokenKind
@@ -200,7 +200,7 @@ def continuous_cuda_checks() -> Dict[str, Any]:
     engine -- greedy and sampled tokens, log-probs, and a pool small enough to pad decode batches to buckets."""
     from megatron_meml.data.tokenizer import ByteTokenizer
     from megatron_meml.rollout.continuous_engine import ContinuousEngine
-    from megatron_meml.rollout.engine import SamplingParams
+    from megatron_meml.rollout.api import SamplingParams
     from megatron_meml.rollout.megatron_engine import MegatronEngine
 
     cfg, info, chunks = _setup()

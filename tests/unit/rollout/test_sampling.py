@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from megatron_meml.rollout.engine import SamplingParams
+from megatron_meml.rollout.api import SamplingParams
 from megatron_meml.rollout.megatron_engine import plan_batches
 from megatron_meml.rollout.sampling import mix_seed, request_uniforms, sample, truncation_mask
 

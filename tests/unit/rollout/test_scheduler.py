@@ -8,7 +8,7 @@ import torch
 
 from megatron_meml.algo.sft_buffer import HardExampleBuffer
 from megatron_meml.config.schema import RIELConfig, RolloutConfig
-from megatron_meml.rollout.engine import GenerationEngine
+from megatron_meml.rollout.api import GenerationEngine
 from megatron_meml.rollout.scheduler import RielScheduler
 from megatron_meml.types import Record, Rollout, TokenKind
 

@@ -43,14 +43,14 @@ def riel_then_compare(run_dir: str, overrides: Sequence[str] = (), greedy: bool 
     """3 RIEL optimizer steps with rollout.engine=vllm (the trainer's loop: generate with vLLM, re-score, TIS,
     step, refit), then vLLM's prompt_logprobs and the Megatron forward of SEQS; with ``greedy`` also greedy
     continuations of vLLM and our continuous engine on the same (trained) weights. Every rank reports."""
-    from megatron_meml import trainer
+    from megatron_meml.stages import common, mef, riel, run as stages_run
     from megatron_meml.config import load_config
     from megatron_meml.data.tokenizer import ByteTokenizer
     from megatron_meml.rollout.vllm_engine import _SHARED
 
     cfg = load_config(None, list(TINY) + [f"logging.run_dir={run_dir}", "riel.steps=3"] + list(overrides))
-    run = trainer.setup(cfg)
-    trainer.run_riel(run)
+    run = stages_run.setup(cfg)
+    riel.run_riel(run)
     (eng,) = _SHARED.values()
     tok = ByteTokenizer()
     seqs = [tok.encode(s) for s in SEQS]
@@ -61,7 +61,7 @@ def riel_then_compare(run_dir: str, overrides: Sequence[str] = (), greedy: bool 
         out["metrics"] = [json.loads(line) for line in open(path)]
     if greedy:
         from megatron_meml.rollout.continuous_engine import ContinuousEngine
-        from megatron_meml.rollout.engine import SamplingParams
+        from megatron_meml.rollout.api import SamplingParams
         from tests.unit.rollout.engine_workers import make_requests
 
         reqs = make_requests(lens=[5, 17, 9, 3, 12, 24, 7, 14, 30, 11, 6, 20])
