@@ -36,18 +36,19 @@ def main(argv=None) -> int:
     except ConfigError as e:  # the same on every rank: said once
         return _error(e, 2, every_rank=False)
 
-    from . import trainer
     from .backend.checkpoint_io import CheckpointError
-    from .backend.async_bridge import AsyncRolloutError
     from .backend.hosts import lost_node_note
     from .backend.parallel import is_comm_failure
     from .checkpointing import Preempted
     from .data.errors import DataError
+    from .stages.async_bridge import AsyncRolloutError
+    from .stages.common import finish, last_checkpoint_note
+    from .stages.run import run_all, setup
 
     run, code = None, 0
     try:
-        run = trainer.setup(cfg, config_dir=os.path.dirname(os.path.abspath(path)) if path else None)
-        trainer.run_all(run)
+        run = setup(cfg, config_dir=os.path.dirname(os.path.abspath(path)) if path else None)
+        run_all(run)
     except Preempted:
         pass  # the checkpoint is written; a restart resumes from it
     except (ConfigError, DataError, CheckpointError, OSError) as e:  # bad input, also found only on real data
@@ -57,15 +58,15 @@ def main(argv=None) -> int:
             raise
         code = _error(e, 2)
     except AsyncRolloutError as e:  # async RIEL: a rollout rank died or hung; the message names it and the limit
-        code = _error(f"{type(e).__name__}: {e}{trainer.last_checkpoint_note(cfg)}", 1)
+        code = _error(f"{type(e).__name__}: {e}{last_checkpoint_note(cfg)}", 1)
     except RuntimeError as e:
         if not is_comm_failure(e):
             raise
         code = _error(f"lost contact with another rank (it died, was killed or hung longer than "
                       f"parallel.timeout_minutes={cfg.parallel.timeout_minutes}): {str(e).strip().splitlines()[0]}"
-                      f"{lost_node_note(e)}{trainer.last_checkpoint_note(cfg)}", 1)
+                      f"{lost_node_note(e)}{last_checkpoint_note(cfg)}", 1)
     finally:
-        trainer.finish(run, clean=code != 1)
+        finish(run, clean=code != 1)
     return code
 
 

@@ -14,7 +14,8 @@ from typing import Dict, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from . import cpu_runtime, hosts
+from ..versions import require_supported
+from . import compat, cpu_runtime, hosts
 
 
 @dataclass
@@ -62,7 +63,7 @@ def free_port() -> int:
     raise RuntimeError("no free TCP port found in 20000-32000 for the local rendezvous")
 
 
-def _env_rank_world():
+def env_rank_world():
     """(rank, world_size, local_rank) from torchrun or SLURM variables; (0, 1, 0) when neither is set."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
@@ -78,9 +79,6 @@ def initialize(tp: int = 1, pp: int = 1, seed: int = 1234, backend: Optional[str
 
     Raises ValueError naming ``parallel.tensor_model_parallel_size`` when TP*PP does not divide the world size.
     """
-    from . import compat
-    from ..versions import require_supported
-
     require_supported()  # every tool that builds a model passes here: an unsupported version stops it in one line
     compat.quiet_library_notes()  # before megatron's modules import (their fallback notes fire at import)
     from megatron.core import parallel_state, tensor_parallel
@@ -89,7 +87,7 @@ def initialize(tp: int = 1, pp: int = 1, seed: int = 1234, backend: Optional[str
     if not use_cuda:
         cpu_runtime.activate()
     backend = backend or ("nccl" if use_cuda else "gloo")
-    rank, world, local_rank = _env_rank_world()
+    rank, world, local_rank = env_rank_world()
     if dist.is_initialized():  # a caller set up this process's world (the async split: backend/async_bridge.py)
         rank, world = dist.get_rank(), dist.get_world_size()
     if world % (tp * pp) != 0:

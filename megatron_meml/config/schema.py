@@ -362,7 +362,7 @@ class RIELConfig:
                                  "16-32-token responses 0.28x the flat time (1024: 0.21x); 100-200-token responses "
                                  "1.03x (1024: 1.18x).")
     max_nonfinite_steps: int = doc(3, "Abort MEF or RIEL after this many consecutive NaN/inf steps (each is skipped).")
-    # one-step-off asynchronous RIEL (megatron_meml/async_riel.py; objective: algo/async_objective.py)
+    # one-step-off asynchronous RIEL (stages/riel_async.py; objective: algo/async_objective.py)
     async_rollout: bool = doc(False, "One-step-off asynchronous RIEL: the last `riel.rollout_ranks` ranks of the job "
                               "only generate (their own TP layout), the others train (parallel.*); the rollouts of "
                               "step t+1 are generated with the weights of step t while step t trains, and the "

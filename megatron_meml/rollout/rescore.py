@@ -13,21 +13,23 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
+from ..backend.step import forward_logprobs
 from ..types import Rollout, TokenKind
+from .packing import TrainSequence, collate
 
 
 class RolloutRescorer:
-    def __init__(self, chunks, pad_id: int, max_tokens: int, temperature: float):
-        self.chunks, self.pad_id = chunks, int(pad_id)
+    """``rollouts -> [log-probs of each response token]`` under the current weights (module docstring). Also the
+    asynchronous stage's KL teacher (``kind=TokenKind.KL``: the O+ responses under P+)."""
+
+    def __init__(self, chunks, pad_id: int, max_tokens: int, temperature: float, kind: TokenKind = TokenKind.GRPO):
+        self.chunks, self.pad_id, self.kind = chunks, int(pad_id), kind
         self.max_tokens, self.temperature = int(max_tokens), float(temperature)
 
     def __call__(self, rollouts: Sequence[Rollout]) -> Optional[List[List[float]]]:
-        from ..backend.step import forward_logprobs
-        from .packing import TrainSequence, collate
-
         if not rollouts:
             return []
-        seqs = [TrainSequence.from_prompt_response(ro.request.prompt_ids, ro.response_ids, TokenKind.GRPO)
+        seqs = [TrainSequence.from_prompt_response(ro.request.prompt_ids, ro.response_ids, self.kind)
                 for ro in rollouts]
         groups: List[List[int]] = [[]]
         for i in sorted(range(len(seqs)), key=lambda i: (-len(seqs[i].tokens), i)):

@@ -50,8 +50,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 
-from . import cpu_runtime
-from .parallel import _env_rank_world
+from ..backend import cpu_runtime
+from ..backend.parallel import env_rank_world
 
 HEARTBEAT_S = 1.0        # heartbeat period
 DEAD_AFTER_S = 60.0      # a heartbeat silent this long (capped by riel.rollout_timeout_s) means a dead/stopped rank
@@ -110,7 +110,7 @@ def split_world(rollout_ranks: int, timeout_s: float, backend: Optional[str] = N
     the last ``rollout_ranks`` global ranks form the rollout world, the others the training world. Call it instead
     of ``init_process_group``; ``parallel.initialize`` then builds megatron's groups inside the role world."""
     global _SPLITS
-    rank, world, local_rank = _env_rank_world()
+    rank, world, local_rank = env_rank_world()
     if world < rollout_ranks + 1:
         raise ValueError(f"config key `riel.rollout_ranks`: {rollout_ranks} rollout rank(s) need a job of at least "
                          f"{rollout_ranks + 1} processes (training ranks too); this job has {world}")

@@ -1,12 +1,12 @@
 """One-step-off asynchronous RIEL (``riel.async_rollout=true``): generation of step s+1 overlaps training of step s.
 
 Ranks. The last ``riel.rollout_ranks`` ranks of the job are *rollout ranks*: their own megatron world with
-TP = ``riel.rollout_tensor_parallel_size`` (``backend/async_bridge.py`` explains the split), a copy of the model
+TP = ``riel.rollout_tensor_parallel_size`` (``async_bridge.py`` explains the split), a copy of the model
 without optimizer or gradient buffers, and the generation engine that ``rollout.engine`` selects, driven by the
 scheduler's own request/DP-split code. The other ranks train with the configured TP/PP/DP and never generate during
 RIEL (MEF and eval run on them; the rollout ranks wait meanwhile).
 
-Per step s (protocol and timeline: ``rollout/async_link.py``):
+Per step s (protocol and timeline: ``async_link.py``):
   1. the rollouts R_s, generated with W_{max(s-1, 0)} on the rollout ranks, are in hand;
   2. ``sched.step(..., rollouts=R_s)``: rewards -> advantages -> E+/E- -> hard-example buffer -> rows; the KL rows'
      P+ log-probs are recomputed with the current weights (:class:`KLTeacher`, forward only);
@@ -30,18 +30,23 @@ import signal
 import time
 from dataclasses import replace
 from functools import partial
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional
 
 import torch
 
-from .backend import model as bmodel
-from .backend import optimizer as boptim
-from .backend import parallel
-from .backend.async_bridge import AsyncRolloutError, Bridge, Heartbeat, Split, split_world
-from .backend.step import forward_backward
-from .config import Config, ConfigError
-from .rollout.async_link import RolloutClient, RolloutServer
-from .types import Rollout, TokenKind
+from ..algo.async_objective import decoupled_riel_loss
+from ..backend import inference, parallel
+from ..backend import model as bmodel
+from ..checkpointing import Preempted
+from ..config import Config, ConfigError
+from ..data import load_expert_prompts, tokenizer_from_config
+from ..rollout.rescore import RolloutRescorer
+from ..rollout.scheduler import build_riel_scheduler, verifier_reward
+from ..types import TokenKind
+from .async_bridge import AsyncRolloutError, Bridge, Heartbeat, Split, split_world
+from .async_link import RolloutClient, RolloutServer
+from .common import Run, riel_questions, riel_records
+from .riel_core import RielCore
 
 
 def split_for(cfg: Config) -> Optional[Split]:
@@ -86,15 +91,11 @@ class _NoGeneration:
 
 class RolloutRank:
     """Everything a rollout rank holds: its megatron world (TP = rollout TP), a gradient-free model, the scheduler's
-    request / generation / reward code, and the server loop. ``trainer.run_all`` calls :meth:`serve`."""
+    request / generation / reward code, and the server loop. ``stages.run.run_all`` calls :meth:`serve`."""
 
     role = "rollout"
 
     def __init__(self, cfg: Config, split: Split, config_dir: Optional[str] = None):
-        from .data import load_expert_prompts, tokenizer_from_config
-        from .rollout.scheduler import build_riel_scheduler, verifier_reward
-        from .trainer import riel_records
-
         self.cfg, self.split = cfg, split
         # Preemption signals are the training ranks' business: they checkpoint at the next step boundary, which
         # needs the in-flight rollouts from here, and then send the stop command.
@@ -122,12 +123,12 @@ class RolloutRank:
     def generate(self, step: int):
         """R_step: every (question, expert, sample) request of the step, generated and scored (collective over the
         rollout world: each replica takes every dp-th request, then all-gather)."""
-        from .trainer import riel_questions
-
         c = self.cfg
         recs = riel_questions(self.records, step, c.riel.questions_per_step, c.seed)
         t0 = time.perf_counter()
-        rollouts = self.sched.generate_and_score(self.sched.requests(recs, step), recs)
+        # on a re-scoring step (rollout.mismatch_interval) the behaviour log-probs are this model's training forward
+        # and the engine's are kept beside them: the trainer logs the mismatch and applies TIS, as in sync RIEL
+        rollouts = self.sched.generate_and_score(self.sched.requests(recs, step), recs, self.sched.rescoring(step))
         return rollouts, {"seconds": time.perf_counter() - t0,
                           "tokens": float(sum(len(r.response_ids) for r in rollouts))}
 
@@ -137,16 +138,17 @@ class RolloutRank:
 
 class KLTeacher:
     """``pairs -> pairs`` with each O+ response's P+ log-probs recomputed under the current weights (the stop-grad
-    teacher of the inter-expert KL, ``algo/async_objective.py``). Forward only; the responses are split over the DP
-    replicas and all-gathered. Only the last pipeline stage computes the loss, so earlier stages keep the rollout
-    values (never read there)."""
+    teacher of the inter-expert KL, ``algo/async_objective.py``). Forward only (``rollout/rescore.py``); the
+    responses are split over the DP replicas and all-gathered. Only the last pipeline stage computes the loss, so
+    earlier stages keep the rollout values (never read there)."""
 
-    def __init__(self, run):
+    def __init__(self, run: Run):
+        cfg = run.cfg
         self.run = run
+        self.score = RolloutRescorer(run.chunks, run.tokenizer.pad_id, cfg.data.micro_batch_size * cfg.data.seq_length,
+                                     cfg.rollout.temperature, kind=TokenKind.KL)
 
     def __call__(self, pairs):
-        from .backend import inference
-
         items = [(i, j, ro) for i, p in enumerate(pairs) for j, ro in enumerate(p.responses)]
         dp_rank, dp_size = inference.data_parallel_rank_size()
         parts = inference.dp_all_gather_objects(self.score([ro for _, _, ro in items[dp_rank::dp_size]]))
@@ -159,34 +161,6 @@ class KLTeacher:
                 new[i][j] = replace(ro, logprobs=logprobs)
         return [replace(p, responses=new[i]) for i, p in enumerate(pairs)]
 
-    def score(self, rollouts: Sequence[Rollout]) -> Optional[List[List[float]]]:
-        """log π(o_t | q, P+, o_<t) of every response token under the current weights (None off the last stage)."""
-        from .backend.step import forward_logprobs
-        from .rollout.packing import TrainSequence, collate
-
-        cfg = self.run.cfg
-        if not rollouts:
-            return [] if self.run.info.is_last_stage else None
-        seqs = [TrainSequence.from_prompt_response(ro.request.prompt_ids, ro.response_ids, TokenKind.KL)
-                for ro in rollouts]
-        budget = cfg.data.micro_batch_size * cfg.data.seq_length
-        groups: List[List[int]] = [[]]
-        for i in sorted(range(len(seqs)), key=lambda i: (-len(seqs[i].tokens), i)):
-            g = groups[-1]
-            if g and (len(g) + 1) * len(seqs[g[0]].tokens) > budget:
-                groups.append([])
-            groups[-1].append(i)
-        logps = forward_logprobs(self.run.chunks, [collate([seqs[i] for i in g], self.run.tokenizer.pad_id)
-                                                   for g in groups], temperature=cfg.rollout.temperature)
-        if logps is None:
-            return None
-        out: List[List[float]] = [[] for _ in rollouts]
-        for g, lp in zip(groups, logps):
-            for b, i in enumerate(g):
-                P, L = len(rollouts[i].request.prompt_ids), len(rollouts[i].response_ids)
-                out[i] = lp[b, P - 1:P - 1 + L].tolist()  # position t predicts token t + 1
-        return out
-
 
 def _check_rollouts(got: Dict[str, object], step: int, records, num_experts: int, group_size: int) -> None:
     ros = got["rollouts"]
@@ -198,41 +172,29 @@ def _check_rollouts(got: Dict[str, object], step: int, records, num_experts: int
                                 f"config and data?")
 
 
-def run_riel_async(run) -> Dict[str, float]:
-    """``trainer.run_riel`` with one-step-off generation on the rollout ranks (module docstring)."""
-    from .algo.async_objective import decoupled_riel_loss
-    from .checkpointing import Preempted
-    from .rollout.scheduler import build_riel_scheduler, verifier_reward
-    from .trainer import (ReferencePolicy, _progress, reduce_metrics, riel_optimizer_step, riel_questions,
-                          riel_records)
-
+def run_riel_async(run: Run) -> Dict[str, float]:
+    """The RIEL stage with one-step-off generation on the rollout ranks (module docstring); the step core, metrics,
+    held-out evaluation, per-term gradient norms, checkpoint and summary are the synchronous stage's
+    (``riel_core.py``)."""
     cfg, client = run.cfg, run.link
     if run.ckpt.stage_done("riel"):
         run.say("RIEL: complete in the latest checkpoint; skipped")
         return {}
     records = riel_records(cfg)
-    steps, N, G = cfg.riel.steps, cfg.experts.num_experts, cfg.riel.group_size
-    optimizer, scheduler = boptim.build_optimizer(cfg, run.chunks, lr=cfg.riel.lr, total_steps=steps)
+    N, G = cfg.experts.num_experts, cfg.riel.group_size
     sched = build_riel_scheduler(cfg, run.chunks, run.tokenizer, run.prompts, verifier_reward(cfg.data.name),
                                  engine=_NoGeneration(), kl_teacher=KLTeacher(run))
-    state = run.ckpt.resume("riel", run.chunks, optimizer, scheduler) or {}
-    if state.get("buffer") is not None and sched.buffer is not None:
-        sched.buffer.load_state_dict(state["buffer"])
-    start, bad_in_a_row = state.get("step", -1) + 1, state.get("bad_in_a_row", 0)
-    pending = state.get("async_pending")
+    core = RielCore(run, sched, partial(decoupled_riel_loss, riel_cfg=cfg.riel), records,
+                    extra_keys=["async/weight", "async/capped", "async/log_ratio"])
+    steps, start = core.steps, core.start
+    pending = core.state.get("async_pending")
     if pending is not None and pending["step"] != start:
         pending = None
-    ref = ReferencePolicy(run) if cfg.riel.beta_ref > 0 else None
-    loss_fn = partial(decoupled_riel_loss, riel_cfg=cfg.riel)
-    keys = [f"{a}/{k}" for a in ("loss", "count") for k in ("grpo", "kl", "sft")] + \
-        ["count/clipped", "loss", "async/weight", "async/capped", "async/log_ratio"]
     run.say(f"RIEL (async, one step off): {steps} steps x {cfg.riel.questions_per_step} questions x {N} experts "
             f"x G={G}; {run.info.world_size} training ranks, {cfg.riel.rollout_ranks} rollout ranks (TP "
             f"{cfg.riel.rollout_tensor_parallel_size})" + (f"; step {start}'s rollouts from the checkpoint"
                                                             if pending is not None else ""))
-    bar = _progress(run, steps, "RIEL")
-    if bar is not None:
-        bar.update(start)
+    core.open_progress()
     try:
         sync_s = 0.0
         first = ([] if pending is not None else [start]) + ([start + 1] if start + 1 < steps else [])
@@ -243,40 +205,21 @@ def run_riel_async(run) -> Dict[str, float]:
         mark = time.time()
         for step in range(start, steps):
             t0 = time.time()
-            recs = riel_questions(records, step, cfg.riel.questions_per_step, cfg.seed)
+            recs = core.questions(step)
             _check_rollouts(pending, step, recs, N, G)
-            out = sched.step(recs, step, rollouts=pending["rollouts"])
+            out = sched.step(recs, step, rollouts=pending["rollouts"], split_terms=core.split_terms(step))
             t_sched = time.time()
-            if ref is not None:
-                ref.fill(out.microbatches)
-            boptim.zero_grads(run.chunks, optimizer)
-            results = forward_backward(run.chunks, out.microbatches, loss_fn, temperature=cfg.rollout.temperature)
-            finite, grad_norm, bad_in_a_row = riel_optimizer_step(run, optimizer, scheduler, step, bad_in_a_row)
+            trained = core.train(out, step)
             t_train = time.time()
             nxt = client.receive(step + 1) if step + 1 < steps else None
             now = time.time()
-            m = dict(out.stats, **reduce_metrics(results, keys))
+            m = core.metrics(step, out, trained, train_seconds=t_train - t_sched)
             m.update(_async_metrics(m, pending, nxt, step))
-            m.update({"e_plus_minus_pairs": float(len(out.kl_pairs)), "grad_norm": grad_norm,
-                      "skipped": float(not finite), "clip_fraction": m["count/clipped"] / max(m["count/grpo"], 1.0),
-                      "time/schedule": t_sched - t0, "time/train": t_train - t_sched,
-                      "time/wait_rollouts": now - t_train, "time/weight_sync": sync_s, "time/step": now - mark,
-                      "train/tokens_per_s": sum(m[f"count/{k}"] for k in ("grpo", "kl", "sft")) /
-                      max(t_train - t_sched, 1e-9)})
+            m.update({"time/schedule": t_sched - t0, "time/wait_rollouts": now - t_train,
+                      "time/weight_sync": sync_s, "time/step": now - mark})
             mark = now
-            for e in range(N):
-                m[f"e_plus/expert{e}"] = float(sum(p.e_plus == e for p in out.kl_pairs))
-                m[f"e_minus/expert{e}"] = float(sum(p.e_minus == e for p in out.kl_pairs))
-            if step % cfg.logging.log_interval == 0 or step == steps - 1:
-                run.logger.log(step, m, "riel")
-            if bar is not None:
-                bar.set_postfix(reward=f"{m['reward/mean']:.3f}", wait=f"{now - t_train:.2f}s")
-                bar.update(1)
             pending = nxt
-            run.ckpt.after_step("riel", step, run.chunks, optimizer, scheduler,
-                                lambda: {"buffer": sched.buffer.state_dict() if sched.buffer is not None else None,
-                                         "bad_in_a_row": bad_in_a_row, "async_pending": _stored(pending)},
-                                last=step == steps - 1)
+            core.end_step(step, m, out, {"async_pending": _stored(pending)}, wait=f"{now - t_train:.2f}s")
             sync_s = client.request([step + 2], version=step + 1) if step + 2 < steps else 0.0
     except Preempted:  # the checkpoint is written: stop the rollout ranks cleanly
         client.close()
@@ -286,10 +229,9 @@ def run_riel_async(run) -> Dict[str, float]:
         client.close(quiet=True)
         raise
     finally:
-        if bar is not None:
-            bar.close()
+        core.close_progress()
     client.close()
-    return {"riel_steps": steps}
+    return core.summary()
 
 
 def _stored(pending: Optional[Dict[str, object]]) -> Optional[Dict[str, object]]:

@@ -13,12 +13,12 @@ from .launcher import spawn
 @pytest.fixture(scope="module")
 def phases(tmp_path_factory):
     res = spawn("tests.distributed.async_workers:all_phases", 3, tmp=str(tmp_path_factory.mktemp("async")))
-    return {name: [r[i] for r in res] for i, name in enumerate(["sync", "h21", "h12", "async", "resume", "hang"])}
+    return {name: [r[i] for r in res] for i, name in enumerate(["sync", "h21", "h12", "async", "resume", "hang", "keys"])}
 
 
 def test_async_off_is_todays_loop_bit_for_bit(phases):
     r0 = phases["sync"][0]
-    assert all(r["async_modules"] == [] for r in phases["sync"])  # nothing async is even imported
+    assert all(r["async_used"] == [False] for r in phases["sync"])  # no rollout link, no async metrics
     assert r0["logged"] == r0["plain"]  # loss and grad norm of both steps, exactly
     assert r0["weights_equal"]
 
@@ -67,6 +67,24 @@ def test_resume_reproduces_later_steps_exactly(phases):
                   "async/weight", "loss/kl"):
             assert got[s][k] == ref[s][k], (s, k, got[s][k], ref[s][k])
     assert any(ref[s]["tokens/kl"] > 0 for s in (2, 3)) and any(ref[s]["count/grpo"] > 0 for s in (2, 3))
+
+
+def test_sync_and_async_log_the_same_metrics(phases):
+    """One step core (stages/riel_core.py): on the same config both modes log the same RIEL metric keys at every
+    step, apart from the documented mode-only keys, and write the same summary fields."""
+    from megatron_meml.stages.riel_core import ASYNC_ONLY_PREFIXES, SYNC_ONLY_KEYS
+
+    sync, asyn = phases["sync"][0]["keys"], phases["keys"][0]
+    assert sorted(sync["keys"]) == sorted(asyn["keys"]) == [0, 1]
+    for step in (0, 1):
+        s = set(sync["keys"][step]) - SYNC_ONLY_KEYS
+        a = {k for k in asyn["keys"][step] if not k.startswith(ASYNC_ONLY_PREFIXES)}
+        assert s == a, (step, sorted(s - a), sorted(a - s))
+        assert SYNC_ONLY_KEYS <= set(sync["keys"][step])
+        assert {"heldout/expert0", "heldout/oracle", "heldout/majority_vote", "grad_norm/grpo", "grad_norm/kl",
+                "time/train", "time/step", "reward/mean"} <= a
+    assert sync["summary"] == asyn["summary"]
+    assert {"riel_steps", "reward_first10", "reward_last10"} <= set(sync["summary"])
 
 
 def test_hung_rollout_rank_stops_the_run_within_the_timeout(phases):

@@ -39,17 +39,17 @@ def _generation_logits(chunks):
 
 
 def _train(run_dir, overrides, logits_before=False):
-    from megatron_meml import trainer
+    from megatron_meml.stages import common, mef, riel, run as stages_run
     from megatron_meml.backend.hf_convert import full_logits
     from megatron_meml.config import load_config
 
     cfg = load_config(QUICKSTART, BASE + [f"logging.run_dir={run_dir}"] + list(overrides))
-    run = trainer.setup(cfg, config_dir=os.path.dirname(QUICKSTART))
+    run = stages_run.setup(cfg, config_dir=os.path.dirname(QUICKSTART))
     logits = gen = None
     if logits_before:
         logits = full_logits(run.chunks, TOKENS, cfg.model.vocab_size)
         gen = _generation_logits(run.chunks)
-    summary = trainer.run_all(run)
+    summary = stages_run.run_all(run)
     run.logger.close()
     return {"summary": summary, "logits": logits, "generation_logits": gen, "logging": run.info.is_logging_rank}
 

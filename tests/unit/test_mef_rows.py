@@ -2,7 +2,7 @@
 import json
 
 from megatron_meml.config import load_config
-from megatron_meml.trainer import mef_rows
+from megatron_meml.stages.mef import mef_rows
 
 
 def test_unverified_traces_are_dropped_and_counted(tmp_path):

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch.distributed as dist
 
-from megatron_meml.backend import async_bridge as B
+from megatron_meml.stages import async_bridge as B
 from megatron_meml.backend.parallel import free_port
 
 

@@ -118,7 +118,7 @@ def nonfinite_guard():
     # the trainer's step-or-skip (sync and async RIEL share it): a NaN step leaves the weights, counts, then aborts
     from types import SimpleNamespace
 
-    from megatron_meml.trainer import riel_optimizer_step
+    from megatron_meml.stages.common import riel_optimizer_step
 
     opt, sched = O.build_optimizer(cfg, chunks, total_steps=4)
     said = []
@@ -148,7 +148,7 @@ def finished_stage_weights(run_dir: str):
     must be the trained ones (a restart that skips MEF evaluates and continues from them)."""
     import torch
 
-    from megatron_meml import trainer
+    from megatron_meml.stages import common, mef, riel, run as stages_run
     from megatron_meml.backend import model as M, state
     from megatron_meml.config import load_config
 
@@ -156,8 +156,8 @@ def finished_stage_weights(run_dir: str):
                              "mef.max_steps=2", "data.global_batch_size=8", "data.synthetic.num_train=20", "data.seq_length=256",
                              "riel.enabled=false", "eval.enabled=false", f"logging.run_dir={run_dir}",
                              "logging.progress_bar=false", "logging.tensorboard=false", "mef.lr=1e-2"])
-    run = trainer.setup(cfg)
-    trainer.run_mef(run)
+    run = stages_run.setup(cfg)
+    mef.run_mef(run)
     trained = state.full_state_dict(run.chunks, 1)
     fresh = M.build_model(cfg)
     initial = state.full_state_dict(fresh, 1)

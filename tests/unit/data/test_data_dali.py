@@ -47,7 +47,7 @@ def _at_root(monkeypatch):
 
 
 def _default_batches(cfg):
-    from megatron_meml.trainer import mef_rows
+    from megatron_meml.stages.mef import mef_rows
 
     tok = tokenizer_from_config(cfg.data)
     return RenderedMEFBatches(mef_rows(cfg, lambda *_: None), tok, cfg.data.chat_template,

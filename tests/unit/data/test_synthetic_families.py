@@ -82,7 +82,7 @@ def test_riel_split_is_disjoint_from_train_and_test_and_leaves_them_unchanged():
 def test_riel_train_split_config_reaches_the_riel_pool():
     from megatron_meml.config import ConfigError, load_config
     from megatron_meml.data.preflight import check_run_inputs
-    from megatron_meml.trainer import load_records, riel_records
+    from megatron_meml.stages.common import load_records, riel_records
 
     cfg = load_config(None, ["data.name=synthetic", "data.synthetic.num_train=30", "data.synthetic.num_test=9",
                              "data.synthetic.num_riel=12", "riel.train_split=riel"])
