@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from .backend import checkpoint as ckpt
+from .backend.checkpoint_source import HF_CONFIG, hf_config_source
 
 STAGES = ("mef", "riel")
 
@@ -32,7 +33,6 @@ class Checkpointer:
         self.verify_checksums = c.verify_checksums
         self.say = say
         self.model_meta = ckpt.model_meta(cfg)
-        from .backend.checkpoint_source import HF_CONFIG, hf_config_source
 
         src = hf_config_source(cfg)
         self.extra_files = {HF_CONFIG: src} if src else {}

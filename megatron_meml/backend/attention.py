@@ -54,6 +54,8 @@ import torch.nn.functional as F
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 
+from .state import unwrap
+
 MASKED_SCORE = -10000.0  # megatron.core.transformer.utils.attention_mask_func
 
 # When grouped KV heads are expanded for a masked call: "cuda" (only there: see the module docstring), "always"
@@ -86,8 +88,6 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Optional[
 
 def attention_backend(chunks, device: Optional[torch.device] = None) -> str:
     """One line naming the core attention of ``chunks`` and the kernels it reaches on ``device`` (start-up log)."""
-    from .state import unwrap
-
     layers = [layer for c in chunks for layer in unwrap(c).decoder.layers]
     if not layers:
         return "none (no layers on this stage)"
@@ -287,8 +287,6 @@ def supports_shared_rows(chunks) -> bool:
     """Whether every model chunk can run prompt-sharing rows: core attention that honours an explicit mask
     (megatron's local ``DotProductAttention`` or :class:`SDPAttention`; Transformer Engine's ignores it) and a
     :class:`PositionedRotaryEmbedding`."""
-    from .state import unwrap
-
     for chunk in chunks:
         gpt = unwrap(chunk)
         if not isinstance(getattr(gpt, "rotary_pos_emb", None), PositionedRotaryEmbedding):

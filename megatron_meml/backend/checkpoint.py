@@ -35,7 +35,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint_io import CheckpointError
+from .checkpoint_io import CheckpointError, model_fields
+from .model import padded_vocab_size
 
 FORMAT = "meml-train-ckpt-v1"
 
@@ -248,9 +249,6 @@ def latest(root: str) -> Optional[str]:
 
 def model_meta(cfg) -> Dict[str, Any]:
     """What a training checkpoint records about the model so its weights can be read without the run's config."""
-    from .checkpoint_io import model_fields
-    from .model import padded_vocab_size
-
     return {"model": model_fields(cfg.model), "vocab_size": cfg.model.vocab_size,
             "padded_vocab_size": padded_vocab_size(cfg)}
 

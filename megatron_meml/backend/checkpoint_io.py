@@ -41,6 +41,10 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from . import state
+from .model import padded_vocab_size
+from .state import unwrap
+
 FORMAT, VERSION, META = "meml-ckpt", 1, "meml_ckpt.json"
 
 # ModelConfig fields stored in meml_ckpt.json; the first group must match the run's config to load the weights.
@@ -345,9 +349,6 @@ def canonical_name(name: str) -> str:
 def live_parameters(chunks) -> List[Tuple[str, torch.nn.Parameter, bool]]:
     """(canonical global name, parameter, is_tied_output) for every parameter of this rank's model chunks. A tied
     ``output_layer.weight`` (last stage with PP > 1) is loaded from the embedding."""
-    from . import state
-    from .state import unwrap
-
     out = []
     for chunk in chunks:
         model = unwrap(chunk)
@@ -375,7 +376,6 @@ def load_params(chunks, fetch_full, vocab: int, where: str, fetch_slice=None) ->
     name (vocab rows: ``vocab`` real ones, any padding); ``fetch_slice(name)``, when given, returns this rank's
     slice directly (same TP and padding as the model). Returns the number of parameters loaded."""
     from megatron.core import parallel_state as ps
-    from . import state
 
     tp = ps.get_tensor_model_parallel_world_size()
     n = 0
@@ -404,7 +404,6 @@ def save_converted_checkpoint(chunks, cfg, ckpt_dir: str, source: Optional[Dict[
     last. The tied ``output_layer`` copy on the last stage is not stored."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
-    from .model import padded_vocab_size
 
     tp, pp = ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()
     t, p = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()

@@ -23,9 +23,11 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from ..config import ConfigError, load_config
 from . import checkpoint as tckpt
 from . import checkpoint_io as io
 from .checkpoint_io import CheckpointError
+from .model import padded_vocab_size
 from .state import global_name
 
 HF_CONFIG = "hf_config.json"  # the HF config.json a run's model came from, copied into its checkpoints
@@ -96,7 +98,6 @@ def _model_fields(path: str, meta: Dict[str, object]) -> Dict[str, object]:
     if not os.path.isfile(run_cfg):
         raise CheckpointError(f"{os.path.join(path, 'meta.json')}: no model fields recorded and no run config.yaml "
                               f"at {run_cfg} to take them from")
-    from ..config import ConfigError, load_config
 
     try:
         cfg = load_config(run_cfg)
@@ -181,7 +182,6 @@ def load_checkpoint_weights(chunks, ckpt_dir: str, cfg, warn=lambda msg: None) -
     Raises :class:`CheckpointError` naming the field or tensor when the checkpoint does not fit ``cfg.model``.
     Returns the number of parameters loaded."""
     from megatron.core import parallel_state as ps
-    from .model import padded_vocab_size
 
     meta, reader = open_checkpoint(ckpt_dir, warn)
     where = os.path.join(meta.path, io.META if os.path.isfile(os.path.join(meta.path, io.META)) else "meta.json")

@@ -40,9 +40,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..config.loader import model_fields_from_hf
+from ..config.schema import Config, ConfigError, ModelConfig, ParallelConfig
 from ..planning import ModelShape
 from . import checkpoint_io as io
 from .checkpoint_io import CheckpointError
+from .checkpoint_source import find, load_checkpoint_weights, open_checkpoint
+from .step import model_logits
 
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 # megatron per-layer suffix -> HF per-layer suffixes (concatenated / grouped by the transform of the suffix)
@@ -155,9 +159,6 @@ def to_hf(name: str, full: torch.Tensor, s: Shape) -> List[Tuple[str, torch.Tens
 # ----------------------------------------------------------------------------------------------- HF reader
 def read_hf_config(config_path: str) -> Tuple[Dict[str, object], Dict[str, object]]:
     """(config.json as a dict, the ModelConfig fields it implies); refuses what the mapping cannot represent."""
-    from ..config.loader import model_fields_from_hf
-    from ..config.schema import ConfigError
-
     if not os.path.isfile(config_path):
         raise CheckpointError(f"{config_path}: not found (an HF model directory needs config.json)")
     with open(config_path) as f:
@@ -298,8 +299,6 @@ def import_hf(hf_dir: str, out_dir: str, tp: int = 1, pp: int = 1, dtype: Option
 
 def _with_defaults(fields: Dict[str, object]) -> Dict[str, object]:
     """Fill fields the HF config left out with the ModelConfig defaults (e.g. rope factors without scaling)."""
-    from ..config.schema import ModelConfig
-
     base = io.model_fields(ModelConfig(**{k: v for k, v in fields.items() if v is not None}))
     base.update({k: v for k, v in fields.items() if v is not None})
     return base
@@ -380,8 +379,6 @@ def export_hf(ckpt_dir: str, out_dir: str, max_shard_bytes: int = 5 * 2 ** 30,
     :mod:`.checkpoint_source`) back as HF safetensors (:func:`write_hf_safetensors`) and config.json. Streams one
     parameter at a time: each is reassembled from its TP slices, split into HF tensors and appended to the open
     file. Returns the written weight files."""
-    from .checkpoint_source import open_checkpoint
-
     meta, reader = open_checkpoint(ckpt_dir, warn=log)
     s = Shape.of(dict(meta.model, vocab_size=meta.vocab_size))
     specs, source = [], {}  # (hf name, dtype, shape); hf name -> megatron name
@@ -430,8 +427,6 @@ def write_random_hf(config_path: str, out_dir: str, dtype: torch.dtype = torch.f
 # ------------------------------------------------------------------------------------------ live model loading
 def config_for(fields: Dict[str, object], tp: int = 1, pp: int = 1):
     """A run config whose model matches stored checkpoint fields, padded for ``tp`` (used by ``check``)."""
-    from ..config.schema import Config, ModelConfig, ParallelConfig
-
     m = ModelConfig(**{k: v for k, v in fields.items() if k in io.SHAPE_FIELDS + io.OTHER_FIELDS},
                     padded_vocab_size=io.padded_vocab(int(fields["vocab_size"]), tp))
     return Config(model=m, parallel=ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp))
@@ -457,7 +452,6 @@ def init_model_weights(chunks, cfg) -> Optional[str]:
     HF directory, converted on the fly). Returns a short description of the source ("checkpoint DIR (N parameter
     tensors)"), or None when neither is set (the layout-invariant random init stays)."""
     import torch.distributed as dist
-    from .checkpoint_source import find, load_checkpoint_weights
 
     m = cfg.model
     if m.init_from:
@@ -479,7 +473,6 @@ def full_logits(chunks, tokens: torch.Tensor, vocab: int) -> Optional[torch.Tens
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func
-    from .step import model_logits
 
     store: List[torch.Tensor] = []
 

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 
 from ..config.schema import Config, ConfigError
 from . import compat, state
+from .attention import SDPAttention, enable_explicit_positions
+from .output_layer import OutputOptions, set_options
 from .state import unwrap  # noqa: F401  (re-exported: callers use backend.model.unwrap)
 
 
@@ -141,8 +143,6 @@ def layer_spec(cfg: Config):
                           "(use the NGC image from the Dockerfile, or set precision.fp8=null)")
     spec = specs.get_gpt_layer_local_spec(normalization="RMSNorm")
     if cfg.model.attention_impl == "sdpa":
-        from .attention import SDPAttention
-
         spec.submodules.self_attention.submodules.core_attention = SDPAttention
     return spec
 
@@ -178,13 +178,11 @@ def build_gpt(cfg: Config, pre_process: bool = True, post_process: bool = True, 
             share_embeddings_and_output_weights=cfg.model.tie_word_embeddings, position_embedding_type="rope",
             rotary_base=cfg.model.rotary_base, rope_scaling=cfg.model.rope_scaling == "llama3",
             rope_scaling_factor=cfg.model.rope_scaling_factor)
-    from .output_layer import OutputOptions, set_options
 
     set_options(model, OutputOptions(fused=cfg.model.fused_output, vocab_limit=real_vocab_size(cfg)))
     if not meta:
         _apply_llama3_rope(model, cfg)
         _install_vocab_mask(model, cfg)
-        from .attention import enable_explicit_positions
 
         enable_explicit_positions(model)  # per-slot RoPE positions for prompt-sharing rows
     return model

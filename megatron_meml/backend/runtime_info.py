@@ -11,6 +11,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from .attention import attention_backend
+
 
 def library(name: str, dist_name: Optional[str] = None) -> str:
     """``"yes (<version>)"`` when ``name`` imports, ``"no"`` when absent, ``"broken (<error>)"`` when it fails."""
@@ -43,8 +45,6 @@ def optimizer_class(cfg) -> str:
 
 
 def startup_lines(cfg, chunks: Sequence[torch.nn.Module]) -> List[str]:
-    from .attention import attention_backend
-
     return [f"attention: {attention_backend(chunks)}",
             f"accelerators: transformer_engine {library('transformer_engine', 'transformer-engine')}, "
             f"apex {library('apex')}, flash_attn {library('flash_attn', 'flash-attn')}",

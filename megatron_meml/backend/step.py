@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from ..types import MicroBatch
+from .attention import rope_positions, segment_attention_mask
 from .logprobs import token_logprobs
 from .output_layer import OutputOptions, final_hidden_states, fused_logprobs, options_of
 
@@ -49,7 +50,6 @@ def model_logits(model: torch.nn.Module, tokens: torch.Tensor, position_ids: Opt
     layer spec, whose attention honours explicit masks."""
     if segment_ids is None:
         return model(tokens, position_ids_for(tokens), attention_mask=None)
-    from .attention import rope_positions, segment_attention_mask
 
     with rope_positions(position_ids):
         return model(tokens, position_ids, attention_mask=segment_attention_mask(segment_ids))

@@ -16,8 +16,10 @@ from __future__ import annotations
 import os
 
 from ..config.schema import ConfigError
+from .dali_loader import import_dali
 from .dataset import split_file
 from .errors import DataError
+from .shards import read_index
 
 
 def check_run_inputs(cfg) -> None:
@@ -44,8 +46,5 @@ def check_run_inputs(cfg) -> None:
             f"tools/build_mef_data.py --data {d.name} --data-path {d.path} --out {cfg.mef.traces}` (add --traces "
             f"TEACHER.jsonl for teacher experts), or set mef.traces=null to fine-tune on the dataset rationale alone")
     if d.loader == "dali" and cfg.mef.enabled:
-        from .dali_loader import import_dali
-        from .shards import read_index
-
         import_dali()          # one line naming data.loader when NVIDIA DALI is not installed
         read_index(d.shards)   # one line naming data.shards when the shards are missing or incomplete

@@ -49,9 +49,16 @@ from ..algo.complementarity import group_mean, kl_gate_open, weight_advantages
 from ..algo.inter_expert_kl import KLPair, is_correct, kl_pair
 from ..algo.rollout_correction import mismatch_metrics, tis_weights
 from ..algo.sft_buffer import HardExample, HardExampleBuffer, admit_hard_examples
+from ..backend import inference
+from ..backend.attention import supports_shared_rows
+from ..data.templates import default_template, end_of_turn_id, render
+from ..rewards import verify
 from ..types import MicroBatch, Record, Request, Rollout, ScoredGroup, TokenKind
-from .engine import GenerationEngine, SamplingParams
+from .api import GenerationEngine, SamplingParams
+from .dynamic_sampling import refill_cells
 from .packing import TrainSequence, assign_weights, plan_microbatches
+from .registry import build_engine
+from .rescore import RolloutRescorer
 from .sampling import mix_seed
 
 RewardFn = Callable[[str, Record], float]
@@ -73,27 +80,19 @@ class ChatRenderer:
     """:class:`PromptRenderer` through the chat templates of ``data/templates.py`` (system turn = P_e)."""
 
     def __init__(self, tokenizer, expert_prompts: Sequence[str], template: Optional[str] = None):
-        from ..data.templates import default_template
-
         self.tokenizer = tokenizer
         self.expert_prompts = list(expert_prompts)
         self.template = template or default_template(tokenizer)
 
     def prompt(self, record: Record, expert: int) -> List[int]:
-        from ..data.templates import render
-
         return render(self.template, self.tokenizer, self.expert_prompts[expert], record.question)[0]
 
     def example(self, record: Record, expert: int) -> Tuple[List[int], List[int]]:
-        from ..data.templates import render
-
         return render(self.template, self.tokenizer, self.expert_prompts[expert], record.question, record.solution)
 
 
 def verifier_reward(name: str) -> RewardFn:
     """The reward function of verifier ``name`` (``rewards.verify``: 0/1, never raises on model output)."""
-    from ..rewards import verify
-
     return lambda text, record: verify(name, text, record)
 
 
@@ -128,7 +127,7 @@ class RielScheduler:
         share_prompts: pack the rows of one prompt into prompt-sharing rows (``packing.shared_rows``); only for a
             model whose attention honours explicit masks (``backend.attention.supports_shared_rows``).
         kl_teacher: optional ``pairs -> pairs`` applied to the step's KL pairs before the KL rows are built; async
-            RIEL uses it to replace the stale P+ log-probs of O+ by the current policy's (``async_riel``).
+            RIEL uses it to replace the stale P+ log-probs of O+ by the current policy's (``stages/riel_async.KLTeacher``).
         rescore: optional ``rollouts -> training log-probs`` (``rollout/rescore.RolloutRescorer``; step 2b).
         seed: base seed of the requests (default ``rollout.seed``, 0 when that is null).
         refill_pool: the questions ``riel.dynamic_sampling`` draws fresh cells from (``rollout/dynamic_sampling``;
@@ -243,7 +242,6 @@ class RielScheduler:
             pairs = self.kl_teacher(pairs)
         train_groups, offered, by_id, ds_stats = groups, list(groups), {r.id: r for r in records}, {}
         if self.riel.dynamic_sampling and generated_here:  # rollout/dynamic_sampling.py
-            from .dynamic_sampling import refill_cells
 
             t1 = time.perf_counter()
             rescore_refill = self.rescoring(step)  # refilled cells get the same old_logp source as the rest
@@ -340,11 +338,6 @@ def build_riel_scheduler(cfg, chunks, tokenizer, expert_prompts: Sequence[str], 
     prompts, the hard-example buffer (seeded from ``cfg.seed`` unless given), microbatches of at most
     ``data.micro_batch_size × data.seq_length`` padded tokens, DP split from megatron's groups. ``engine`` replaces
     the configured engine (async RIEL's training ranks pass one that refuses to generate)."""
-    from ..backend import inference
-    from ..backend.attention import supports_shared_rows
-    from ..data.templates import default_template, end_of_turn_id
-    from .engine import build_engine
-
     template = cfg.data.chat_template or default_template(tokenizer)
     stop_ids = sorted({end_of_turn_id(template, tokenizer), tokenizer.eos_id})
     if engine is None:
@@ -357,7 +350,6 @@ def build_riel_scheduler(cfg, chunks, tokenizer, expert_prompts: Sequence[str], 
         warnings.warn("riel.share_prompts: this model's attention ignores explicit masks (Transformer Engine); "
                       "training rows are packed one sequence per row")
         share = False
-    from .rescore import RolloutRescorer
 
     rescore = RolloutRescorer(chunks, tokenizer.pad_id, cfg.data.micro_batch_size * cfg.data.seq_length,
                               cfg.rollout.temperature)

