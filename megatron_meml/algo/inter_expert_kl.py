@@ -21,8 +21,8 @@ d = log π(o_t|P−) − log π(o_t|P+)) has gradient (e^d − 1)·∇log π(o_t
 log π(o_t|P+) from either side (up where P− underrates the token, down where it overrates it) and vanishes where
 the two experts already agree — matching rather than k1's uniform SFT pull.
 
-Ties: the first release sent ties to the lowest index for both E+ and E−; on the v1 task expert 0 won 17 of 21
-tied questions and its style took over every expert. A tie is now broken by a uniform draw among the tied experts
+Ties: sending ties to the lowest index for both E+ and E− let expert 0 win 17 of 21 tied questions on the v1
+task, and its style took over every expert. So a tie is broken by a uniform draw among the tied experts
 from ``random.Random(tie_seed)``, where the scheduler sets ``tie_seed = mix_seed(seed, step, question index)``:
 deterministic, identical on every rank, and the same after a resume. Without a ``tie_seed`` (direct calls) ties
 still go to the lowest index.

@@ -25,7 +25,7 @@ gradient norms of ``backend/term_grads.py`` on the quickstart, grad_norm/{grpo,k
   * The GRPO gradient is small by construction: advantages sum to zero in every group, so the per-token pushes
     largely cancel (quickstart: 0.1-0.5). The k1 KL gradient is −∇log π(O+ | P−), supervised learning on E+'s
     answers, with no cancellation; the SFT gradient likewise.
-  * Normalised over its own tokens (``riel.kl_normalizer=own``, the first release) the KL term had the weight of
+  * Normalised over its own tokens (``riel.kl_normalizer=own``) the KL term had the weight of
     the whole GRPO term although it lives on a few rows: at λ1 = 1 its gradient was ~30x GRPO's (8.4 vs 0.27) and
     after clipping GRPO was ~12% of the update; a λ1 sweep on v1 peaked at λ1 = 0.01.
   * ``riel.kl_normalizer=grpo`` (default) divides KL tokens by the GRPO population: a KL row counts like one more
@@ -39,7 +39,8 @@ gradient norms of ``backend/term_grads.py`` on the quickstart, grad_norm/{grpo,k
     for 15 steps while E− switched methods (mean reward 0.42 at steps 20-30); at 0.3 the dip was shallower (0.49)
     with the pull intact (KL loss 0.12 -> 0.01 by step 18), and gone once MEF trained the experts well. Averaging
     the buffer's SFT like GRPO rollouts (``riel.sft_normalizer=grpo``) did not remove it.
-The λ1 / normaliser choices and their effect on accuracy are in the README's ablation table (tools/ablate.py).
+The λ1 / normaliser choices and their effect on accuracy: docs/objective.md, and the ablation
+(``python -m megatron_meml.ablate``) in benchmarks/ablation_cpu_20261130.md.
 """
 from __future__ import annotations
 

