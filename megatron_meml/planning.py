@@ -85,7 +85,7 @@ from typing import Iterable, List, Optional
 
 GiB = float(2 ** 30)
 
-#: The models of ``examples/scaling/`` and the GPU count each is planned at (the README's scaling table, the study).
+#: The models of ``examples/scaling/`` and the GPU count each is planned at (docs/scaling.md's table, the scaling study).
 SCALING_RUNS = {
     "llama3.2-1b": 8, "qwen2.5-1.5b": 8, "llama3.2-3b": 8, "qwen2.5-7b": 8, "llama3.1-8b": 8,
     "qwen2.5-14b": 16, "qwen2.5-32b": 32, "llama3.1-70b": 64, "qwen2.5-72b": 64,

@@ -59,7 +59,7 @@ from .state import unwrap
 MASKED_SCORE = -10000.0  # megatron.core.transformer.utils.attention_mask_func
 
 # When grouped KV heads are expanded for a masked call: "cuda" (only there: see the module docstring), "always"
-# (tests run the GPU formulation on the CPU), "never" (the earlier behaviour: enable_gqa with a mask).
+# (tests run the GPU formulation on the CPU), "never" (enable_gqa with a mask, which sends CUDA to the math kernel).
 EXPAND_KV = ["cuda"]
 
 

@@ -81,7 +81,7 @@ class ContinuousEngine:
         keep_cache: keep the KV pool (and its CUDA graphs) between calls (``rollout.keep_cache``); by default it is
             freed when ``generate`` returns, so training gets the memory back.
         fp32_logprobs: the sampled tokens' log-probs from the hidden states in fp32, as training computes them
-            (default); False: from the logits the sampler reads (model dtype; the earlier behaviour, kept to
+            (default); False: from the logits the sampler reads (model dtype; kept to
             measure the gap).
     ``last_stats``: tokens, seconds, steps (forwards), prefill/decode forwards, peak busy slots of the latest call.
     """
