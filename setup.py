@@ -73,5 +73,12 @@ setup(
     package_dir={"meml_kernels": "kernels/meml_kernels"},
     install_requires=core,
     extras_require=extras,
-    entry_points={"console_scripts": ["meml-train=megatron_meml.train:main"]},
+    package_data={"megatron_meml": ["job.sbatch.in"]},  # the SLURM launcher's template (megatron_meml/launch.py)
+    entry_points={"console_scripts": [
+        "meml-train=megatron_meml.train:main",
+        "meml-convert-hf=megatron_meml.convert_hf:main",
+        "meml-plan=megatron_meml.plan_scaling:main",
+        "meml-ablate=megatron_meml.ablate:main",
+        "meml-launch=megatron_meml.launch:main",
+    ]},
 )

@@ -1,7 +1,7 @@
 """The paper's ablation grid on the synthetic testbed, over several seeds, with a λ1 sweep and k1 vs k3.
 
-    python tools/ablate.py --seeds 1 2 3 [--jobs 2] [--lambdas 1 3] [--out runs/ablate] [overrides ...]
-    python tools/ablate.py --seeds 1 2 3 --rows all gate ds   # only these rows (keys below), no single expert
+    python -m megatron_meml.ablate --seeds 1 2 3 [--jobs 2] [--lambdas 1 3] [--out runs/ablate] [overrides ...]
+    meml-ablate --seeds 1 2 3 --rows all gate ds   # only these rows (keys below), no single expert
 
 Every run is the quickstart (examples/quickstart/config.yaml: MEF then RIEL, same step budget) with ``seed=N``
 (which reaches model init, data order, sampling and the buffer; the questions themselves follow data.seed and are
@@ -46,8 +46,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "examples", "quickstart", "config.yaml")
+from megatron_meml.eval.ensemble import pairwise_overlap
+from megatron_meml.eval.plots import read_metrics
+from megatron_meml.paths import EXAMPLES, REPO
+
+CONFIG = os.path.join(EXAMPLES, "quickstart", "config.yaml")
 PAPER = {"none": 70.1, "moe": 72.6, "hsft": 76.4, "iml": 74.6, "all": 77.3}  # the paper's ablation, accuracy %
 
 SINGLE = ("none: single-expert GRPO", "none", ["experts.single_expert=true", "riel.inter_expert_kl=false",
@@ -91,10 +94,10 @@ def train(run_dir: str, overrides: Sequence[str], threads: Optional[int], log) -
     t0 = time.time()
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "train.log"), "w") as f:
-        rc = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+        rc = subprocess.call(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env)
     if rc != 0:
         raise SystemExit(f"run failed (exit {rc}): see {run_dir}/train.log")
-    log(f"  {os.path.relpath(run_dir, ROOT)} done in {time.time() - t0:.0f}s")
+    log(f"  {os.path.relpath(run_dir, REPO)} done in {time.time() - t0:.0f}s")
     return json.load(open(os.path.join(run_dir, "eval.json")))
 
 
@@ -114,21 +117,24 @@ def riel_from(mef_dir: str, run_dir: str, overrides, threads, log) -> None:
     train(run_dir, overrides, threads, log)
 
 
+def riel_rows(run_dir: str) -> List[dict]:
+    """The RIEL rows of a run's metrics.jsonl, one per step (the last one logged: a resumed run re-logs steps)."""
+    return read_metrics(os.path.join(run_dir, "metrics.jsonl"), "riel")
+
+
+def riel_rewards(run_dir: str) -> List[float]:
+    """Training reward (``reward/mean``) per RIEL step, in step order."""
+    return [row["reward/mean"] for row in riel_rows(run_dir) if "reward/mean" in row]
+
+
 def reward_gain(run_dir: str) -> float:
     """Mean training reward of the last 10 RIEL steps minus that of the first 10."""
-    rows = {}
-    for line in open(os.path.join(run_dir, "metrics.jsonl")):
-        row = json.loads(line)
-        if row.get("stage") == "riel" and "reward/mean" in row:
-            rows[row["step"]] = row["reward/mean"]
-    r = [rows[k] for k in sorted(rows)]
+    r = riel_rewards(run_dir)
     return sum(r[-10:]) / len(r[-10:]) - sum(r[:10]) / len(r[:10]) if r else float("nan")
 
 
 def overlap_of(path: str) -> Dict[str, float]:
     """Mean pairwise error overlap {both_wrong, jaccard} from a predictions_<stage>.jsonl (nan when missing)."""
-    from megatron_meml.eval.ensemble import pairwise_overlap
-
     if not os.path.exists(path):
         return {"both_wrong": float("nan"), "jaccard": float("nan")}
     by_q: Dict[str, Dict[int, float]] = {}
@@ -141,12 +147,7 @@ def overlap_of(path: str) -> Dict[str, float]:
 
 def riel_tokens(run_dir: str) -> Dict[str, float]:
     """Rollout tokens generated during RIEL (sum of rollout/tokens), resampled rollouts, RIEL wall time."""
-    rows = {}
-    for line in open(os.path.join(run_dir, "metrics.jsonl")):
-        row = json.loads(line)
-        if row.get("stage") == "riel":
-            rows[row["step"]] = row
-    r = [rows[k] for k in sorted(rows)]
+    r = riel_rows(run_dir)
     return {"tokens": sum(x.get("rollout/tokens", float("nan")) for x in r),
             "resampled": sum(x.get("dynamic/rollouts", 0.0) for x in r),
             "seconds": sum(x.get("time/step", 0.0) for x in r),
@@ -211,18 +212,10 @@ def token_table(rows: List[Tuple[str, str, List[str]]]) -> str:
             continue
         t = [riel_tokens(d) for d in dirs]
         s = [summarise(d) for d in dirs]
-        steps = []
-        for d in dirs:
-            n = sum(1 for line in open(os.path.join(d, "metrics.jsonl")) if '"stage": "riel"' in line)
-            steps.append(max(n, 1))
+        steps = [max(len(riel_rows(d)), 1) for d in dirs]
         last10 = []
         for d in dirs:
-            r = {}
-            for line in open(os.path.join(d, "metrics.jsonl")):
-                row = json.loads(line)
-                if row.get("stage") == "riel" and "reward/mean" in row:
-                    r[row["step"]] = row["reward/mean"]
-            v = [r[k] for k in sorted(r)][-10:]
+            v = riel_rewards(d)[-10:]
             last10.append(sum(v) / max(len(v), 1))
         mt = [x["tokens"] / 1e6 for x in t]
         lines.append(f"| {name} | {fmt(mt, pct=False, signed=False)} | "
@@ -245,7 +238,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", nargs="*", default=None,
                     help="only these row keys (none moe hsft iml all lambdaX k3 klown gate cw gatecw ds); the "
                          "single-expert run only when `none` is listed")
-    ap.add_argument("--out", default=os.path.join(ROOT, "runs", "ablate"))
+    ap.add_argument("--out", default=os.path.join(REPO, "runs", "ablate"))
     ap.add_argument("overrides", nargs="*", help="key=value applied to every run")
     a = ap.parse_args(argv)
     log = lambda msg: print(msg, flush=True)  # noqa: E731

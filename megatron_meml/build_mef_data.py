@@ -2,12 +2,12 @@
 """Build the MEF trace file a run's ``mef.traces`` names: the dataset's gold rationales as expert 0 plus verified
 teacher traces as experts 1..N-1.
 
-    python tools/build_mef_data.py --data gsm8k --out runs/traces/gsm8k-mef.jsonl                 # rationale only
-    python tools/build_mef_data.py --data gsm8k --data-path data --split train \\
+    python -m megatron_meml.build_mef_data --data gsm8k --out runs/traces/gsm8k-mef.jsonl                 # rationale only
+    python -m megatron_meml.build_mef_data --data gsm8k --data-path data --split train \\
         --traces runs/traces/gsm8k-r1.jsonl runs/traces/gsm8k-gpt4o.jsonl --out runs/traces/gsm8k-mef.jsonl
 
 Inputs: the ``--split`` records of ``--data`` under ``--data-path`` (default ``$MEML_DATA`` or ``data``, the layout
-tools/prepare_data.py writes) and zero or more teacher-trace JSONL files as tools/collect_teacher_traces.py writes
+python -m megatron_meml.prepare_data writes) and zero or more teacher-trace JSONL files as python -m megatron_meml.collect_teacher_traces writes
 them (``{"id", "expert", "response", ...}`` per line, expert >= 1). The merge is
 :func:`megatron_meml.data.build_mef_data`: per record its gold rationale (expert 0), then each expert's trace; a
 trace whose final answer fails the dataset's verifier is dropped (``--keep-unverified`` keeps it), a second trace

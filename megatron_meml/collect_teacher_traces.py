@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Collect MEF teacher traces from an OpenAI-compatible chat-completions endpoint, one expert prompt at a time.
 
-    OPENAI_API_KEY=... python tools/collect_teacher_traces.py \
+    OPENAI_API_KEY=... python -m megatron_meml.collect_teacher_traces \
         --data gsm8k --data-path ../shared/data --split train \
         --experts-config examples/experts/paper_three_experts.yaml --experts 1 \
         --base-url https://api.example.com/v1 --model some-model --api-key-env OPENAI_API_KEY \

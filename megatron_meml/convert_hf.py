@@ -1,12 +1,12 @@
 """HF <-> megatron_meml checkpoints for Qwen2/Qwen2.5 and Llama-3/3.2 (format: megatron_meml/backend/checkpoint_io.py,
 name mapping: megatron_meml/backend/hf_convert.py).
 
-  python tools/convert_hf.py import --hf-dir HF_DIR --out CKPT --tp 2 --pp 1 [--dtype bf16]
-  python tools/convert_hf.py export --ckpt CKPT --out HF_OUT [--max-shard-gb 5]
+  python -m megatron_meml.convert_hf import --hf-dir HF_DIR --out CKPT --tp 2 --pp 1 [--dtype bf16]
+  python -m megatron_meml.convert_hf export --ckpt CKPT --out HF_OUT [--max-shard-gb 5]
       CKPT: a converted checkpoint, a training checkpoint (runs/x/checkpoints/step_N) or a run's checkpoint
       root (runs/x/checkpoints, or runs/x: its newest complete checkpoint)
-  python tools/convert_hf.py random --config CONFIG_JSON --out HF_DIR [--dtype bf16]   (no model hub needed)
-  python tools/convert_hf.py check  --hf-dir HF_DIR [HF_DIR2 ...] --tp 2 --pp 2 [--ckpt CKPT ...] [--tol 1e-4]
+  python -m megatron_meml.convert_hf random --config CONFIG_JSON --out HF_DIR [--dtype bf16]   (no model hub needed)
+  python -m megatron_meml.convert_hf check  --hf-dir HF_DIR [HF_DIR2 ...] --tp 2 --pp 2 [--ckpt CKPT ...] [--tol 1e-4]
 
 ``import`` and ``export`` run in one process without torch.distributed and stream one tensor at a time. ``check``
 converts HF_DIR at (tp, pp) (or uses --ckpt), runs the same random tokens through transformers and through our
@@ -15,8 +15,8 @@ when x <= tol (with several HF directories: one line each, then the maximum).
 
 Peak memory of an import (the 1.5B measurement in the issue note; 6.2 GB fp32 on disk twice, ~13 GB free needed)::
 
-  python tools/convert_hf.py random --config ../shared/data/tokenizers/qwen2.5/config.json --out /tmp/q15
-  /usr/bin/time -v python tools/convert_hf.py import --hf-dir /tmp/q15 --out /tmp/q15_ckpt --tp 1 --pp 1 2>&1 \\
+  python -m megatron_meml.convert_hf random --config ../shared/data/tokenizers/qwen2.5/config.json --out /tmp/q15
+  /usr/bin/time -v python -m megatron_meml.convert_hf import --hf-dir /tmp/q15 --out /tmp/q15_ckpt --tp 1 --pp 1 2>&1 \\
       | grep "Maximum resident"
 """
 from __future__ import annotations
@@ -28,10 +28,10 @@ import tempfile
 import time
 from typing import List, Optional
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 from megatron_meml.backend.parallel import free_port  # noqa: E402
+from megatron_meml.versions import require_supported
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -141,8 +141,6 @@ def cmd_check(a) -> int:
 
 
 def main(argv=None) -> int:
-    from megatron_meml.versions import require_supported
-
     require_supported()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Per-expert error rate and pairwise / all-expert error overlap (the paper's Table 1) from prediction files.
 
-    python tools/expert_overlap.py r1=preds/r1.jsonl gpt4o=preds/gpt4o.jsonl doubao=preds/doubao.jsonl
-    python tools/expert_overlap.py traces.jsonl --verifier gsm8k --data gsm8k --data-path ../shared/data --split test
+    python -m megatron_meml.expert_overlap r1=preds/r1.jsonl gpt4o=preds/gpt4o.jsonl doubao=preds/doubao.jsonl
+    python -m megatron_meml.expert_overlap traces.jsonl --verifier gsm8k --data gsm8k --data-path ../shared/data --split test
     ... --json                      # machine-readable output
 
 Each file is JSONL, one prediction per line: ``{"id": str, "correct": bool | 0 | 1}``, or ``{"id", "response"}``
@@ -22,6 +22,7 @@ from collections import defaultdict
 from typing import Dict, List, Optional
 
 from megatron_meml.data import load_dataset
+from megatron_meml.data.errors import DataError
 from megatron_meml.data.jsonio import iter_jsonl
 from megatron_meml.eval.overlap import error_overlap, format_table
 from megatron_meml.rewards import verify
@@ -54,8 +55,6 @@ def read_predictions(spec: str, many: bool, records: Optional[dict], verifier: O
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from megatron_meml.data.errors import DataError
-
     try:
         return _main(argv)
     except (OSError, DataError) as e:  # a missing or malformed file: one line naming it

@@ -1,10 +1,10 @@
 """Write (and optionally submit) an sbatch script that trains megatron_meml on a SLURM cluster.
 
-    python tools/slurm/launch.py CONFIG.yaml [section.key=value ...] --cluster examples/slurm/cluster.yaml \
+    python -m megatron_meml.launch CONFIG.yaml [section.key=value ...] --cluster examples/slurm/cluster.yaml \
         [--nodes 8 --gpus-per-node 8 --partition batch --account proj --time 04:00:00 \
          --container-image IMG --container-mounts SRC:DST,...] [--dry-run | --submit] [--script PATH]
-    python tools/slurm/launch.py CONFIG.yaml ... --cpu --nproc-per-node 2 --submit     # gloo, no GPU gres
-    python tools/slurm/launch.py CONFIG.yaml ... --nodes 4 --rollout-nodes 1 [riel.rollout_tensor_parallel_size=2]
+    python -m megatron_meml.launch CONFIG.yaml ... --cpu --nproc-per-node 2 --submit     # gloo, no GPU gres
+    python -m megatron_meml.launch CONFIG.yaml ... --nodes 4 --rollout-nodes 1 [riel.rollout_tensor_parallel_size=2]
                                                                   # async RIEL: 3 nodes train, 1 node generates
 
 The job: one ``srun`` task per node runs ``torchrun --nnodes $SLURM_NNODES --nproc-per-node G`` with a c10d
@@ -39,10 +39,14 @@ import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Dict, List, Optional, Sequence
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "job.sbatch.in")
+from megatron_meml.config import load_config
+from megatron_meml.paths import REPO
+
+#: The sbatch template (package data: megatron_meml/job.sbatch.in, listed in setup.py package_data).
+TEMPLATE = "job.sbatch.in"
 
 
 @dataclass
@@ -161,16 +165,12 @@ def _rel_to(path: str, base: str) -> str:
 def host_log_dir(config: str, overrides: Sequence[str], opts: ClusterOptions) -> str:
     """Absolute path (on the submitting host) of the job's log directory: ``log_dir`` or ``<run_dir>/slurm``,
     relative paths taken from the job's working directory."""
-    from megatron_meml.config import load_config
-
     log_dir = opts.log_dir or os.path.join(load_config(config, list(overrides)).logging.run_dir, "slurm")
     return os.path.join(os.path.abspath(opts.workdir or REPO), log_dir)
 
 
 def render(config: str, overrides: Sequence[str], opts: ClusterOptions) -> str:
     """The sbatch script text. Loads ``config`` + ``overrides`` to validate them and to find ``logging.run_dir``."""
-    from megatron_meml.config import load_config
-
     overrides = list(overrides) + opts.async_overrides(overrides)
     cfg = load_config(config, overrides)
     placement = check_async_layout(cfg, opts)
@@ -230,8 +230,7 @@ def render(config: str, overrides: Sequence[str], opts: ClusterOptions) -> str:
     }
     if " " in log_dir:
         raise ValueError(f"log_dir {log_dir!r}: #SBATCH --output cannot hold spaces")
-    with open(TEMPLATE) as f:
-        text = f.read()
+    text = resources.files("megatron_meml").joinpath(TEMPLATE).read_text()
 
     def fill(m: "re.Match") -> str:
         if m.group(1) not in values:

@@ -1,8 +1,8 @@
 """Recommend TP / PP / DP (and activation recomputation) for a RIEL run on N GPUs; print every feasible layout.
 
-    python tools/plan_scaling.py --model qwen2.5-72b --gpus 64
-    python tools/plan_scaling.py --config examples/scaling/llama3.1-8b.yaml --gpus 16 rollout.token_budget=131072
-    python tools/plan_scaling.py --readme          # the scaling table of README.md (every config at 8/16/64 GPUs)
+    python -m megatron_meml.plan_scaling --model qwen2.5-72b --gpus 64
+    python -m megatron_meml.plan_scaling --config examples/scaling/llama3.1-8b.yaml --gpus 16 rollout.token_budget=131072
+    python -m megatron_meml.plan_scaling --readme          # the scaling table of README.md (every config at 8/16/64 GPUs)
 
 The memory and step-time formulas, with units and assumptions, are in ``megatron_meml/planning.py``. Model shape,
 batch sizes, sequence length and rollout budget come from the run config (``--model`` names a config in
@@ -15,11 +15,12 @@ import argparse
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+from megatron_meml.config import ConfigError, load_config
+from megatron_meml.paths import EXAMPLES
 from megatron_meml.planning import SCALING_RUNS, GiB, Hardware, Layout, ModelShape, Workload, evaluate, rank_plans  # noqa: E402
 
-SCALING_DIR = os.path.join(REPO, "examples", "scaling")
+SCALING_DIR = os.path.join(EXAMPLES, "scaling")
 # name -> GPUs (8-GPU H100 nodes) the config's own parallel layout is written for
 
 
@@ -30,8 +31,6 @@ def config_path(model: str) -> str:
 
 
 def load(path: str, overrides=()):
-    from megatron_meml.config import load_config
-
     return load_config(path, list(overrides))
 
 
@@ -159,8 +158,6 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    from megatron_meml.config import ConfigError
-
     try:
         return _main(argv)
     except ConfigError as e:  # a missing or invalid config: one line naming the file or key

@@ -2,10 +2,10 @@
 """Write the layout ``data.path`` expects (GSM8K, MathQA, StrategyQA and the BPE tokenizer files) from the Hugging Face
 copies of the datasets: by hub name where this machine reaches the hub, or from a local download.
 
-    python tools/prepare_data.py --out data                                   # all three from the hub (`datasets`)
-    python tools/prepare_data.py --out data --gsm8k ~/dl/gsm8k --mathqa ~/dl/math_qa.parquet
-    python tools/prepare_data.py --out data --hf-cache ~/.cache/huggingface/hub          # a machine's HF cache
-    python tools/prepare_data.py --out data --datasets --tokenizer qwen2.5=/models/Qwen2.5-1.5B-Instruct
+    python -m megatron_meml.prepare_data --out data                                   # all three from the hub (`datasets`)
+    python -m megatron_meml.prepare_data --out data --gsm8k ~/dl/gsm8k --mathqa ~/dl/math_qa.parquet
+    python -m megatron_meml.prepare_data --out data --hf-cache ~/.cache/huggingface/hub          # a machine's HF cache
+    python -m megatron_meml.prepare_data --out data --datasets --tokenizer qwen2.5=/models/Qwen2.5-1.5B-Instruct
 
 Layout written under ``--out`` (what megatron_meml/data/*.py read; data/dataset.py SPLIT_FILES):
   gsm8k/{train,test}.jsonl                 {"question", "answer"} per line          <- openai/gsm8k (config main)
@@ -53,9 +53,10 @@ import sys
 from collections import OrderedDict
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from megatron_meml.data.dataset import LOADERS, SPLIT_FILES, load_dataset_with_summary
-from megatron_meml.data.tokenizer_factory import DEFAULT_FILES
+from megatron_meml.data.dataset import SPLIT_FILES, load_dataset_with_summary
 from megatron_meml.data.shards import file_sha256 as sha256
+from megatron_meml.data.tiktoken_bpe import LLAMA3_NUM_RANKS, QWEN_NUM_RANKS
+from megatron_meml.data.tokenizer_factory import DEFAULT_FILES, load_tokenizer
 
 
 class PrepError(Exception):
@@ -346,9 +347,6 @@ def tiktoken_ranks_from_hf(tokenizer_json: str, num_ranks: int) -> List[Tuple[by
 
 
 def prepare_tokenizer(name: str, src: str, out: str) -> Tuple[str, str, int, str]:
-    from megatron_meml.data.tiktoken_bpe import LLAMA3_NUM_RANKS, QWEN_NUM_RANKS
-    from megatron_meml.data.tokenizer_factory import load_tokenizer
-
     if name not in DEFAULT_FILES:
         raise PrepError(f"--tokenizer {name}=...: unknown tokenizer (qwen2.5 or llama3)")
     dest = os.path.join(out, DEFAULT_FILES[name])

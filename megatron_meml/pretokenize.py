@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Pre-tokenize a run's MEF data into numpy shards for ``data.loader=dali`` (data/shards.py, data/dali_loader.py).
 
-    python tools/pretokenize.py examples/paper/qwen2.5-1.5b-gsm8k.yaml --out runs/shards/gsm8k
+    python -m megatron_meml.pretokenize examples/paper/qwen2.5-1.5b-gsm8k.yaml --out runs/shards/gsm8k
     python -m megatron_meml.train examples/paper/qwen2.5-1.5b-gsm8k.yaml data.loader=dali data.shards=runs/shards/gsm8k
 
 It takes the same config (and ``key=value`` overrides) as the run, builds the MEF rows exactly as the trainer does
@@ -20,6 +20,10 @@ import sys
 import time
 from typing import List, Optional
 
+from megatron_meml.config import ConfigError, load_config
+from megatron_meml.data import DataError, load_expert_prompts, render, tokenizer_from_config
+from megatron_meml.data.shards import run_meta, write_shards
+
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -29,9 +33,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--rows-per-shard", type=int, default=65536)
     args = p.parse_args(argv)
 
-    from megatron_meml.config import ConfigError, load_config
-    from megatron_meml.data import DataError, load_expert_prompts, render, tokenizer_from_config
-    from megatron_meml.data.shards import run_meta, write_shards
     from megatron_meml.trainer import mef_rows
 
     t0 = time.time()

@@ -1,19 +1,19 @@
 """A scaling study: one run per model size of a family, then one table and one plot across the sizes.
 
-    python tools/scaling_study.py --family tiny --local --out runs/study-tiny            # CPU, in sequence
-    python tools/scaling_study.py --family qwen2.5 --gpus qwen2.5-1.5b=8,qwen2.5-7b=16 --out runs/study-qwen \\
+    python -m megatron_meml.scaling_study --family tiny --local --out runs/study-tiny            # CPU, in sequence
+    python -m megatron_meml.scaling_study --family qwen2.5 --gpus qwen2.5-1.5b=8,qwen2.5-7b=16 --out runs/study-qwen \\
         --slurm "--cluster examples/slurm/cluster.yaml --time 04:00:00" --submit [--wait]   # one sbatch per size
-    python tools/scaling_study.py --aggregate runs/study-qwen                           # table + plot again
+    python -m megatron_meml.scaling_study --aggregate runs/study-qwen                           # table + plot again
 
 A family is a folder ``examples/scaling/<family>/`` (its ``*.yaml`` except ``base.yaml``) or the configs
 ``examples/scaling/<family>*.yaml`` (``qwen2.5``, ``llama3``; not ``*-family.yaml`` / ``base.yaml``); ``--sizes``
 picks some of them by name (file stem). GPUs per size: ``--gpus N`` for all, ``--gpus name=N,...``, default what
-``tools/plan_scaling.py`` writes the config for (1 for configs it does not know). Trailing ``section.key=value``
+``python -m megatron_meml.plan_scaling`` writes the config for (1 for configs it does not know). Trailing ``section.key=value``
 overrides apply to every size; each run writes to ``<out>/<size>`` (``logging.run_dir``).
 
 Running. ``--local``: the sizes one after the other on this machine (``python -m megatron_meml.train``, or torchrun
 with one process per GPU when a size has more than one), each log in ``<out>/<size>/train.log``; a failed size is
-reported and the study goes on. ``--submit``: one job per size through ``tools/slurm/launch.py`` (``--slurm`` passes
+reported and the study goes on. ``--submit``: one job per size through ``megatron_meml.launch`` (``--slurm`` passes
 cluster options to it; nodes = ceil(GPUs / gpus-per-node), or with ``--cpu`` one node running GPUs processes);
 ``--wait`` polls ``squeue`` until the jobs have left the queue, then aggregates. ``--dry-run`` prints what would run.
 ``<out>/manifest.json`` records the sizes, GPUs, run dirs and job ids.
@@ -42,8 +42,12 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCALING_DIR = os.path.join(REPO, "examples", "scaling")
+from megatron_meml.config import load_config
+from megatron_meml.eval.plots import read_metrics
+from megatron_meml.paths import EXAMPLES, REPO
+from megatron_meml.planning import SCALING_RUNS, Hardware, Layout, ModelShape, Workload, evaluate, train_seconds
+
+SCALING_DIR = os.path.join(EXAMPLES, "scaling")
 GiB = float(2 ** 30)
 
 
@@ -65,8 +69,6 @@ def family_configs(family: str) -> Dict[str, str]:
 
 def gpus_per_size(names: Sequence[str], spec: Optional[str]) -> Dict[str, int]:
     """``--gpus``: None -> the plan_scaling default (1 when unknown); "N" -> all; "a=N,b=M" -> per size."""
-    from megatron_meml.planning import SCALING_RUNS
-
     out = {n: SCALING_RUNS.get(n, 1) for n in names}
     if not spec:
         return out
@@ -108,8 +110,8 @@ def run_local(entry: dict, overrides: Sequence[str], dry_run: bool) -> None:
 
 
 def launch_command(entry: dict, overrides: Sequence[str], slurm_args: Sequence[str], mode: str) -> List[str]:
-    """tools/slurm/launch.py for one size: nodes and processes per node from its GPU count."""
-    cmd = [sys.executable, os.path.join(REPO, "tools", "slurm", "launch.py"), entry["config"], *overrides,
+    """megatron_meml.launch for one size: nodes and processes per node from its GPU count."""
+    cmd = [sys.executable, "-m", "megatron_meml.launch", entry["config"], *overrides,
            f"logging.run_dir={entry['run_dir']}", *slurm_args, f"--{mode}"]
     g = entry["gpus"]
     if "--cpu" in slurm_args:
@@ -138,7 +140,7 @@ def submit(entry: dict, overrides: Sequence[str], slurm_args: Sequence[str], dry
     cmd = launch_command(entry, overrides, slurm_args, "dry-run" if dry_run else "submit")
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if r.returncode != 0:
-        raise SystemExit(f"error: tools/slurm/launch.py failed for {entry['name']} (exit {r.returncode}):\n"
+        raise SystemExit(f"error: megatron_meml.launch failed for {entry['name']} (exit {r.returncode}):\n"
                          f"{r.stderr.strip()[-2000:]}")
     if dry_run:
         print(f"# ---- {entry['name']} ({entry['gpus']} GPUs)\n{r.stdout}", end="")
@@ -172,8 +174,6 @@ def _median(xs: List[float]) -> Optional[float]:
 
 def measure_run(run_dir: str, gpus: int) -> dict:
     """Measured numbers of one run directory (missing files give missing fields)."""
-    from megatron_meml.eval.plots import read_metrics
-
     out: dict = {}
     path = os.path.join(run_dir, "metrics.jsonl")
     if os.path.exists(path):
@@ -205,8 +205,6 @@ def measure_run(run_dir: str, gpus: int) -> dict:
 
 def predict_run(cfg, gpus: int, hw) -> dict:
     """The planner for the run's own shape, layout (TP, PP from the config, DP = GPUs / (TP·PP)) and batch."""
-    from megatron_meml.planning import Layout, ModelShape, Workload, evaluate, train_seconds
-
     p = cfg.parallel
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
     lay = Layout(tp=tp, pp=pp, dp=max(1, gpus // (tp * pp)), recompute=cfg.model.recompute_activations,
@@ -226,8 +224,6 @@ def predict_run(cfg, gpus: int, hw) -> dict:
 def aggregate(out_dir: str, hw) -> List[dict]:
     """One row per size of ``<out>/manifest.json`` (or every ``<out>/*/config.yaml``); writes the table, CSV, JSON
     and plot."""
-    from megatron_meml.config import load_config
-
     manifest = os.path.join(out_dir, "manifest.json")
     if os.path.exists(manifest):
         with open(manifest) as f:
@@ -365,8 +361,6 @@ def measured_hardware(mfu: float, memory_gib: float):
     CPU, one thread) and copy bandwidth, so a local study's predictions are in this machine's units."""
     import torch
 
-    from megatron_meml.planning import Hardware
-
     cuda = torch.cuda.is_available()
     if not cuda:
         torch.set_num_threads(1)
@@ -394,8 +388,6 @@ def measured_hardware(mfu: float, memory_gib: float):
 
 
 def parse_args(argv=None):
-    from megatron_meml.planning import Hardware
-
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("overrides", nargs="*", help="section.key=value overrides for every size")
@@ -405,10 +397,10 @@ def parse_args(argv=None):
     p.add_argument("--out", help="study directory (default runs/study-<family>)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--local", action="store_true", help="run the sizes here, one after the other")
-    mode.add_argument("--submit", action="store_true", help="one SLURM job per size (tools/slurm/launch.py)")
+    mode.add_argument("--submit", action="store_true", help="one SLURM job per size (megatron_meml.launch)")
     mode.add_argument("--aggregate", metavar="DIR", help="only aggregate an existing study directory")
     p.add_argument("--dry-run", action="store_true", help="print the commands / sbatch scripts, run nothing")
-    p.add_argument("--slurm", default="", help="options for tools/slurm/launch.py, one string")
+    p.add_argument("--slurm", default="", help="options for megatron_meml.launch, one string")
     p.add_argument("--wait", action="store_true", help="with --submit: wait for the jobs, then aggregate")
     p.add_argument("--wait-timeout", type=float, default=24 * 3600.0)
     d = Hardware()
@@ -422,8 +414,6 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    from megatron_meml.planning import Hardware
-
     hw = (measured_hardware(a.mfu, a.gpu_mem_gib) if a.calibrate else
           Hardware(peak_tflops=a.peak_tflops, memory_gib=a.gpu_mem_gib, mfu=a.mfu))
     if a.aggregate:
@@ -457,7 +447,7 @@ def main(argv=None) -> int:
         json.dump({"family": a.family, "overrides": a.overrides, "mode": "local" if a.local else "slurm",
                    "sizes": entries}, f, indent=1)
     if a.submit and not a.wait:
-        print(f"aggregate when the jobs are done: python tools/scaling_study.py --aggregate {out}")
+        print(f"aggregate when the jobs are done: python -m megatron_meml.scaling_study --aggregate {out}")
         return 0
     if a.submit:
         left = wait_jobs([e.get("job_id") for e in entries], a.wait_timeout)

@@ -3,9 +3,9 @@
 phrasings, scored correct (false negative = a correct phrasing scored 0) and perturbed (false positive = a wrong
 letter / wrong number / negated yes-no scored 1).
 
-    python tools/verifier_audit.py --data ../shared/data                  # full splits: gsm8k test, mathqa test,
+    python -m megatron_meml.verifier_audit --data ../shared/data                  # full splits: gsm8k test, mathqa test,
                                                                           #   strategyqa dev; exit 1 on any FN/FP
-    python tools/verifier_audit.py --data data --every 10 --show 3        # every 10th record, 3 failures each
+    python -m megatron_meml.verifier_audit --data data --every 10 --show 3        # every 10th record, 3 failures each
 
 The corpus (:data:`PHRASINGS`): per dataset >= 15 response templates, most of them "reasoning body, then an answer
 sentence" as a model writes it. The body is the record's gold rationale without its final answer line (GSM8K:

@@ -39,7 +39,7 @@ gradient norms of ``backend/term_grads.py`` on the quickstart, grad_norm/{grpo,k
     for 15 steps while E− switched methods (mean reward 0.42 at steps 20-30); at 0.3 the dip was shallower (0.49)
     with the pull intact (KL loss 0.12 -> 0.01 by step 18), and gone once MEF trained the experts well. Averaging
     the buffer's SFT like GRPO rollouts (``riel.sft_normalizer=grpo``) did not remove it.
-The λ1 / normaliser choices and their effect on accuracy are in the README's ablation table (tools/ablate.py).
+The λ1 / normaliser choices and their effect on accuracy are in the README's ablation table (python -m megatron_meml.ablate).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """RIEL steps per second with ``riel.async_rollout`` on vs off at the same number of ranks, in one run (CPU, gloo).
 
-    python tools/bench_async_riel.py [--ranks 3] [--steps 10] [--warmup 2] [--repeats 1] [--rollout-ranks 1]
+    python -m megatron_meml.bench.async_riel [--ranks 3] [--steps 10] [--warmup 2] [--repeats 1] [--rollout-ranks 1]
                                      [key=value ...]
 
 Baseline (off): all ``--ranks`` ranks train as data-parallel replicas and, between steps, generate the step's
@@ -22,7 +22,6 @@ generation and training seconds per step (medians), and for async the training r
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -31,7 +30,10 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from megatron_meml.bench.harness import median_paired
+from megatron_meml.eval.plots import read_metrics
+from megatron_meml.paths import REPO
+
 
 WORKLOAD = ["mef.enabled=false", "eval.enabled=false", "logging.progress_bar=false", "logging.tensorboard=false",
             "riel.questions_per_step=4", "riel.group_size=8", "rollout.max_new_tokens=32",
@@ -72,7 +74,7 @@ def launch(a, run_dir: str, extra):
     for r, p in enumerate(procs):
         if p.returncode != 0:
             raise SystemExit(f"rank {r} failed (exit {p.returncode}):\n{errs[r][-3000:]}")
-    return [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl")) if l.strip()]
+    return read_metrics(os.path.join(run_dir, "metrics.jsonl"))
 
 
 def summarise(runs, warmup: int, gen_key: str):
@@ -122,6 +124,10 @@ def main(argv=None) -> int:
     print(f"{f'async ({T} train + {a.rollout_ranks} rollout)':<34}{asy['best']:>13.3f}{asy['median']:>9.3f}"
           f"{asy['mean']:>8.3f}{asy['gen']:>8.2f}{asy['train']:>9.2f}{asy['wait']:>8.2f}{asy['overlap']:>9.2f}")
     print(f"async behaviour weight (median of step means): {asy['weight']:.4f}")
+    pairs = [(summarise([ra], a.warmup, "rollout/seconds")["mean"],
+              summarise([rs], a.warmup, "time/generate_score")["mean"]) for ra, rs in zip(runs["async"], runs["sync"])]
+    print(f"headline (1 thread per rank: OMP_NUM_THREADS=1, median paired ratio over {len(pairs)} alternating runs, "
+          f"steady steps / their time): async / sync {median_paired(pairs):.3f}")
     print(f"async / sync steps per second: best {asy['best'] / sync['best']:.2f}, "
           f"median {asy['median'] / sync['median']:.2f}, mean {asy['mean'] / sync['mean']:.2f}")
     return 0

@@ -1,10 +1,10 @@
 """CPU memory of one MEF step with the fused output layer vs the logits path (``model.fused_output``), and the
 planner's prediction beside each measured number.
 
-    python tools/bench_fused_output.py                    # 2 layers, hidden 256, vocab 151936 rows (151665 real),
+    python -m megatron_meml.bench.fused_output                    # 2 layers, hidden 256, vocab 151936 rows (151665 real),
                                                           # 8192 tokens per microbatch (4 x 2048), fp32
-    python tools/bench_fused_output.py --tokens 16384     # needs ~21 GiB free for the logits path in fp32
-    python tools/bench_fused_output.py --json out.json
+    python -m megatron_meml.bench.fused_output --tokens 16384     # needs ~21 GiB free for the logits path in fp32
+    python -m megatron_meml.bench.fused_output --json out.json
 
 What one variant does, in its own fresh subprocess (so each peak RSS is clean): build the model and the Adam
 optimizer through ``backend.model`` / ``backend.optimizer`` exactly as a run does, then one MEF step -- zero grads,
@@ -27,21 +27,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from megatron_meml.backend.memory import cpu_peak_rss_bytes as _peak, proc_status_bytes as _status, \
+    reset_peak_rss as _reset_peak
+from megatron_meml.algo.objective import SFTObjective
+from megatron_meml.config import load_config
+from megatron_meml.planning import Layout, ModelShape, Workload, activation_bytes, logits_bytes, state_bytes
+from megatron_meml.types import MicroBatch, TokenKind
 
 GiB = float(2 ** 30)
-
-
-from megatron_meml.backend.memory import proc_status_bytes as _status, reset_peak_rss as _reset_peak  # noqa: E402
-
-
-def _peak(reset_ok: bool) -> int:
-    return _status("VmHWM") if reset_ok else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def overrides(a) -> list:
@@ -56,11 +53,8 @@ def child(a, variant: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from megatron_meml.algo.objective import SFTObjective
     from megatron_meml.backend import model as M, optimizer as O, parallel
     from megatron_meml.backend.step import forward_backward
-    from megatron_meml.config import load_config
-    from megatron_meml.types import MicroBatch, TokenKind
 
     cfg = load_config(None, overrides(a) + [f"model.fused_output={str(variant == 'fused').lower()}"])
     parallel.initialize(1, 1, seed=cfg.seed)
@@ -101,7 +95,7 @@ def child(a, variant: str) -> dict:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         res = forward_backward(chunks, [mb], Objective())
     rec["fb_s"] = time.perf_counter() - t0
-    rec["fb_peak"] = _peak(reset)
+    rec["fb_peak"] = _peak()
     rec["fb_extra"] = rec["fb_peak"] - rec["rss_built"]
     rec["saved_logits"] = sum(n for n, last in saved.values() if last >= a.vocab // 2)
     rec["saved_other"] = sum(n for n, last in saved.values() if last < a.vocab // 2)
@@ -111,9 +105,9 @@ def child(a, variant: str) -> dict:
     t0 = time.perf_counter()
     updated, _ = O.optimizer_step(opt, sch)
     rec["opt_s"] = time.perf_counter() - t0
-    rec["opt_extra"] = _peak(reset) - rss
+    rec["opt_extra"] = _peak() - rss
     rec["updated"] = bool(updated)
-    rec["peak_rss"] = max(rec["fb_peak"], _peak(reset))
+    rec["peak_rss"] = max(rec["fb_peak"], _peak())
     rec["peak_reset_works"] = reset
     rec["params"] = M.count_parameters(M.unwrap(chunks[0]))
     parallel.destroy()
@@ -122,9 +116,6 @@ def child(a, variant: str) -> dict:
 
 def planner_view(a) -> dict:
     """The planner's terms (bytes) for this shape and microbatch, fused and not."""
-    from megatron_meml.config import load_config
-    from megatron_meml.planning import Layout, ModelShape, Workload, activation_bytes, logits_bytes, state_bytes
-
     cfg = load_config(None, overrides(a))
     shape, lay = ModelShape.from_config(cfg), Layout(1, 1, 1)
     out = {"state": sum(state_bytes(shape, lay, Workload.from_config(cfg)).values())}
@@ -146,7 +137,7 @@ def mem_available() -> int:
 
 
 def run_child(a, variant: str) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", variant, "--tokens", str(a.tokens), "--seq",
+    cmd = [sys.executable, "-m", "megatron_meml.bench.fused_output", "--child", variant, "--tokens", str(a.tokens), "--seq",
            str(a.seq), "--layers", str(a.layers), "--hidden", str(a.hidden), "--ffn", str(a.ffn), "--heads",
            str(a.heads), "--groups", str(a.groups), "--vocab", str(a.vocab), "--real-vocab", str(a.real_vocab),
            "--dtype", a.dtype]

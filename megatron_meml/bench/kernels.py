@@ -1,8 +1,8 @@
 """Benchmarks of the meml_kernels ops.
 
-  python tools/bench_kernels.py --cpu-memory     CPU: peak extra memory of the fused hidden x W log-prob path (torch
+  python -m megatron_meml.bench.kernels --cpu-memory     CPU: peak extra memory of the fused hidden x W log-prob path (torch
                                                 twin) vs the naive path, T=8192 H=512 V=32768 fp32, fwd+bwd.
-  python tools/bench_kernels.py --gpu [--json F] GPU: median times, achieved GB/s or TFLOP/s and % of the copy /
+  python -m megatron_meml.bench.kernels --gpu [--json F] GPU: median times, achieved GB/s or TFLOP/s and % of the copy /
                                                 matmul ceilings measured in the same run, peak memory, for naive
                                                 torch, ours (Triton) and Liger-Kernel where importable.
 
@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import subprocess
 import sys
 import time
+
+from megatron_meml.backend.memory import cpu_peak_rss_bytes, proc_status_bytes, reset_peak_rss
 
 CPU_SHAPE = dict(T=8192, H=512, V=32768)
 
 
 # ----------------------------------------------------------------------------------------------- CPU memory
-
 
 
 def cpu_memory_child(variant: str, t: int, h: int, v: int) -> dict:
@@ -43,7 +42,7 @@ def cpu_memory_child(variant: str, t: int, h: int, v: int) -> dict:
     base = proc_status_bytes("VmRSS")
     reset = reset_peak_rss()
     if not reset:
-        base = max(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        base = max(base, cpu_peak_rss_bytes())
     t0 = time.perf_counter()
     if variant == "naive":
         logits = hidden @ weight.t()
@@ -53,7 +52,7 @@ def cpu_memory_child(variant: str, t: int, h: int, v: int) -> dict:
         logp = linear_token_logprobs(hidden, weight, targets, impl="torch").logp
     (-logp.sum()).backward()
     seconds = time.perf_counter() - t0
-    peak = proc_status_bytes("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = cpu_peak_rss_bytes()
     grads = hidden.grad.nelement() * hidden.grad.element_size() + weight.grad.nelement() * weight.grad.element_size()
     return dict(variant=variant, baseline=base, peak=peak, grads=grads, extra=peak - base - grads,
                 seconds=seconds, peak_reset=reset, logp_sum=float(logp.sum()))
@@ -62,7 +61,7 @@ def cpu_memory_child(variant: str, t: int, h: int, v: int) -> dict:
 def cpu_memory_main(t: int, h: int, v: int) -> float:
     records = {}
     for variant in ("naive", "fused"):
-        cmd = [sys.executable, os.path.abspath(__file__), "--cpu-memory-child", variant,
+        cmd = [sys.executable, "-m", "megatron_meml.bench.kernels", "--cpu-memory-child", variant,
                "--shape", str(t), str(h), str(v)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True)
         records[variant] = json.loads(out.stdout.strip().splitlines()[-1])

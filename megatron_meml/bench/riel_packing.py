@@ -2,28 +2,32 @@
 (``riel.share_prompts``), with and without leaving zero-advantage rollouts out (``riel.skip_zero_advantage``),
 on the same model and the same step, in one run.
 
-    python tools/bench_riel_packing.py [--questions 8] [--experts 3] [--group 8] [--prompt 100] [--response 16]
+    python -m megatron_meml.bench.riel_packing [--questions 8] [--experts 3] [--group 8] [--prompt 100] [--response 16]
         [--zero-groups 0.25] [--layers 2] [--hidden 96] [--repeats 5]
 
 A step is ``questions × experts`` prompts of about ``--prompt`` tokens, each with ``--group`` responses of 1..2×
 ``--response`` tokens (lengths drawn per response) and one advantage per response; a ``--zero-groups`` fraction of
 the groups has all-equal rewards (advantage 0). Every variant packs the same sequences (token-mean weights) into
 microbatches of ``--micro-tokens`` padded tokens and runs one ``backend.step.forward_backward`` with the RIEL loss.
-Variants alternate after one warm-up each; each variant's best run gives the ratios (medians are printed too).
+Variants run in interleaved rounds after one warm-up round (megatron_meml.bench.harness); the headline is the
+median paired ratio flat time / variant time at torch's default threads; best-over-best time ratios close the output.
 The loss of every variant is printed: sharing must not change it, skipping must not change it either (the skipped
 rows carry no loss). Last line: ``shared+skip / flat time: <ratio>``.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import time
 from functools import partial
 
 import torch
 
+from megatron_meml.algo.objective import riel_loss
+from megatron_meml.bench.harness import headline_line, interleaved, set_threads
+from megatron_meml.config import load_config
+from megatron_meml.rollout.packing import TrainSequence, assign_weights, plan_microbatches
+from megatron_meml.types import TokenKind
 
 
 def parse_args(argv=None):
@@ -42,16 +46,14 @@ def parse_args(argv=None):
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--vocab", type=int, default=259)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="timed interleaved rounds (after one warm-up round)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default, the headline)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 
 def make_sequences(a, vocab: int):
     """The step's GRPO sequences: prompts × G responses with advantages (zero for a ``--zero-groups`` fraction)."""
-    from megatron_meml.rollout.packing import TrainSequence
-    from megatron_meml.types import TokenKind
-
     g = torch.Generator().manual_seed(a.seed)
     seqs = []
     for q in range(a.questions * a.experts):
@@ -69,12 +71,8 @@ def make_sequences(a, vocab: int):
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    from megatron_meml.algo.objective import riel_loss
     from megatron_meml.backend import model as M, optimizer as O, parallel
     from megatron_meml.backend.step import forward_backward
-    from megatron_meml.config import load_config
-    from megatron_meml.rollout.packing import assign_weights, plan_microbatches
-    from megatron_meml.types import TokenKind
 
     cfg = load_config(None, [f"model.num_layers={a.layers}", f"model.hidden_size={a.hidden}",
                              f"model.ffn_hidden_size={a.ffn}", f"model.num_attention_heads={a.heads}",
@@ -94,17 +92,11 @@ def main(argv=None) -> int:
                                          max_row_tokens=a.row_tokens)[0],
     }
     loss_fn = partial(riel_loss, riel_cfg=cfg.riel)
-    times = {k: [] for k in variants}
-    losses = {}
-    for rep in range(a.repeats + 1):
-        for name, mbs in variants.items():
-            O.zero_grads(chunks, opt)
-            t0 = time.perf_counter()
-            res = forward_backward(chunks, mbs, loss_fn, temperature=0.7)
-            dt = time.perf_counter() - t0
-            losses[name] = sum(r["loss"] for r in res)
-            if rep:  # the first round is the warm-up
-                times[name].append(dt)
+    threads = set_threads(a.threads)
+    steps = {name: partial(forward_backward, chunks, mbs, loss_fn, temperature=0.7) for name, mbs in variants.items()}
+    rounds = interleaved(steps, rounds=a.repeats, warmup=1, before=lambda _: O.zero_grads(chunks, opt))
+    times = rounds.seconds
+    losses = {name: sum(r["loss"] for r in res) for name, res in rounds.last.items()}
     print(f"{len(seqs)} sequences ({len(seqs) - len(nonzero)} with advantage 0), "
           f"{sum(len(s.tokens) for s in seqs)} tokens unpadded")
     print(f"{'variant':12s} {'microbatches':>12s} {'padded tokens':>14s} {'best s':>8s} {'median s':>9s} "
@@ -112,7 +104,9 @@ def main(argv=None) -> int:
     for name, mbs in variants.items():
         print(f"{name:12s} {len(mbs):12d} {sum(mb.tokens.numel() for mb in mbs):14d} {min(times[name]):8.3f} "
               f"{statistics.median(times[name]):9.3f} {losses[name]:12.6f}")
-    for name in ("flat+skip", "shared", "shared+skip"):
+    print(headline_line(rounds, "flat", ["flat+skip", "shared", "shared+skip"], threads,
+                        "flat time / each variant's time"))
+    for name in ("flat+skip", "shared", "shared+skip"):  # best-over-best, the least disturbed run of each
         print(f"{name} / flat time: {min(times[name]) / min(times['flat']):.3f}")
     parallel.destroy()
     return 0

@@ -2,9 +2,9 @@
 megatron's static KV cache) vs HF transformers ``generate`` (KV cache), greedy, on the same tiny Qwen2-shaped model
 (random weights; both built from the same shape), the same prompts, in one run.
 
-    python tools/bench_rollout.py [--batch 16] [--new-tokens 64] [--layers 2] [--hidden 128] [--repeats 5]
-    python tools/bench_rollout.py --batch 48 --group 8 --min-prompt 60 --max-prompt 100 --new-tokens 48  # RIEL-shaped
-    python tools/bench_rollout.py --lengths longtail --batch 64 --group 8 --min-prompt 90 --max-prompt 110
+    python -m megatron_meml.bench.rollout [--batch 16] [--new-tokens 64] [--layers 2] [--hidden 128] [--repeats 5]
+    python -m megatron_meml.bench.rollout --batch 48 --group 8 --min-prompt 60 --max-prompt 100 --new-tokens 48  # RIEL-shaped
+    python -m megatron_meml.bench.rollout --lengths longtail --batch 64 --group 8 --min-prompt 90 --max-prompt 110
 
 ``--lengths uniform`` (default): every request generates exactly ``--new-tokens``; engines: continuous, static and
 HF; last line ``ours/hf tokens per second: <continuous / hf>``. ``--lengths longtail``: each request's
@@ -28,13 +28,16 @@ the continuous engine's in the same round); best-over-best ratios are printed be
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
 
 import torch
 
+from megatron_meml.bench.harness import headline_line, interleaved, set_threads
+from megatron_meml.config import load_config
+from megatron_meml.types import Request
+from megatron_meml.versions import require_supported
 
 
 def parse_args(argv=None):
@@ -83,7 +86,6 @@ class _Tok:
 
 def build_ours(a):
     from megatron_meml.backend import model as M, parallel
-    from megatron_meml.config import load_config
 
     cfg = load_config(None, [f"model.num_layers={a.layers}", f"model.hidden_size={a.hidden}",
                              f"model.ffn_hidden_size={a.ffn}", f"model.num_attention_heads={a.heads}",
@@ -106,25 +108,22 @@ def build_hf(a):
     return Qwen2ForCausalLM(c).eval()
 
 
-def _timed(fn, expect: int):
-    t0 = time.perf_counter()
-    n = fn()
-    dt = time.perf_counter() - t0
-    assert n == expect, (n, expect)
-    return n / dt
+def _checked(expect: int):
+    """The harness's work count of a run: its generated tokens, which must be the ``expect`` requested."""
+    def work(name, n):
+        assert n == expect, (name, n, expect)
+        return n
+    return work
 
 
-def main(argv=None) -> float:
+def run(argv=None) -> float:
+    """The benchmark; returns the last line's ratio (ours/hf, or continuous/static without HF)."""
     a = parse_args(argv)
-    from megatron_meml.versions import require_supported
-
     require_supported()
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    threads = set_threads(a.threads)
     from megatron_meml.rollout.continuous_engine import ContinuousEngine
     from megatron_meml.rollout.engine import SamplingParams
     from megatron_meml.rollout.megatron_engine import MegatronEngine
-    from megatron_meml.types import Request
 
     g = torch.Generator().manual_seed(a.seed)
     if a.batch % a.group:
@@ -178,18 +177,14 @@ def main(argv=None) -> float:
         runs["hf"] = run_hf
 
     same = [r.response_ids for r in engines["continuous"].generate(requests, params)] == \
-        [r.response_ids for r in engines["static"].generate(requests, params)]  # also the warm-up
-    for fn in runs.values():
-        fn()
-    rates = {k: [] for k in runs}
-    for _ in range(a.repeats):
-        for k, fn in runs.items():
-            rates[k].append(_timed(fn, expect))
+        [r.response_ids for r in engines["static"].generate(requests, params)]
+    rounds = interleaved(runs, rounds=a.repeats, warmup=1, work=_checked(expect))
+    rates = {k: rounds.rates(k) for k in runs}
     lengths = f"exactly {a.new_tokens}" if not longtail else \
         f"longtail {min(new)}..{max(new)} (median {sorted(new)[len(new) // 2]}, mean {expect / len(new):.0f})"
     print(f"model: {a.layers} layers, hidden {a.hidden}, ffn {a.ffn}, heads {a.heads}/{a.kv_heads}, vocab {a.vocab}; "
           f"batch {a.batch} ({a.batch // a.group} distinct prompts), prompts {min(lens)}..{max(lens)} tokens, "
-          f"new tokens {lengths}, greedy, KV budget {budget}, torch threads {torch.get_num_threads()}, "
+          f"new tokens {lengths}, greedy, KV budget {budget}, torch threads {threads}, "
           f"{a.repeats} timed runs each")
     names = {"continuous": "ours (continuous engine)", "static": "ours (static engine)",
              "hf": "hf transformers generate", "vllm": "vllm (in-process, TP=1)"}
@@ -208,10 +203,8 @@ def main(argv=None) -> float:
             [r.response_ids for r in engines["continuous"].generate(requests, params)]
         print(f"vllm and continuous emit identical greedy tokens: {same_v}")
         print(f"best-over-best vllm/continuous: {max(rates['vllm']) / max(rates['continuous']):.3f}")
-    paired = {k: statistics.median(x / c for x, c in zip(r, rates["continuous"])) for k, r in rates.items()
-              if k != "continuous" and k in chosen}
-    print(f"headline (torch threads {torch.get_num_threads()}, median paired ratio over {a.repeats} interleaved "
-          f"rounds, each engine / continuous): " + ", ".join(f"{k} {v:.3f}" for k, v in paired.items()))
+    print(headline_line(rounds, "continuous", [k for k in rates if k != "continuous" and k in chosen], threads,
+                        "each engine / continuous"))
     if "hf" in rates:
         print(f"median ratio ours/hf: {statistics.median(rates['continuous']) / statistics.median(rates['hf']):.3f}")
         print(f"continuous/static tokens per second: {c_s:.3f}")
@@ -222,5 +215,10 @@ def main(argv=None) -> float:
     return c_s
 
 
+def main(argv=None) -> int:
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,7 @@
 """One RIEL step of ours (single-expert and MEML modes) against TRL's ``GRPOTrainer`` on the same model shape, prompt
 length and completion budget, in one run, steps interleaved (ours single, ours MEML, TRL, ours single, ...).
 
-    python tools/bench_vs_trl.py [--steps 5] [--warmup 1] [--skip-trl] [--trl-python PATH]
+    python -m megatron_meml.bench.vs_trl [--steps 5] [--warmup 1] [--skip-trl] [--trl-python PATH]
 
 Shape (issue 13): Qwen2, 4 layers, hidden 128, FFN 352, 4 heads, 2 KV groups, vocab 512, random weights, fp32, CPU,
 one torch thread on every side. A step: 8 prompts of ~100 tokens, G = 8 completions each of at most 64 tokens,
@@ -44,7 +44,14 @@ import sys
 import time
 import zlib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from megatron_meml.algo.objective import riel_loss
+from megatron_meml.bench.harness import median_paired
+from megatron_meml.config import load_config
+from megatron_meml.data.tokenizer import ByteTokenizer
+from megatron_meml.paths import REPO
+from megatron_meml.rollout.scheduler import build_riel_scheduler
+from megatron_meml.types import Record
+
 
 TRL_VERSION = "1.16.0"
 TAG = "@@bench "  # prefix of the TRL worker's result lines (the trainer prints its own dicts to stdout)
@@ -89,12 +96,7 @@ class Ours:
     def __init__(self, a, experts: int):
         from functools import partial
 
-        from megatron_meml.algo.objective import riel_loss
         from megatron_meml.backend import model as M, optimizer as O
-        from megatron_meml.config import load_config
-        from megatron_meml.data.tokenizer import ByteTokenizer
-        from megatron_meml.rollout.scheduler import build_riel_scheduler
-        from megatron_meml.types import Record
 
         prompts = ["You are expert zero; answer briefly.", "You are expert one; reason step by step.",
                    "You are expert two; split the problem into parts."][:experts]
@@ -159,7 +161,7 @@ def trl_python(a) -> str:
     """The python of an environment with TRL: ``--trl-python``, or ``.venv-trl`` (created on first use)."""
     if a.trl_python:
         return a.trl_python
-    venv = os.path.join(ROOT, ".venv-trl")
+    venv = os.path.join(REPO, ".venv-trl")
     py = os.path.join(venv, "bin", "python")
     ok = os.path.exists(py) and subprocess.run(
         [py, "-c", f"import trl, sys; sys.exit(trl.__version__ != '{TRL_VERSION}')"],
@@ -258,11 +260,12 @@ def trl_worker(a) -> None:
 class TRLSide:
     def __init__(self, a):
         env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), TOKENIZERS_PARALLELISM="false")
-        args = [trl_python(a), os.path.abspath(__file__), "--trl-worker"] + [
+        # -m from the checkout: the TRL environment sees this .venv's packages, not its editable install of ours
+        args = [trl_python(a), "-m", "megatron_meml.bench.vs_trl", "--trl-worker"] + [
             f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items()
             if k in ("steps", "warmup", "questions", "group", "prompt", "max_new", "layers", "hidden", "ffn", "heads",
                      "kv_heads", "vocab", "threads", "seed")]
-        self.p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
         self.info = self._read()
 
     def _read(self):
@@ -317,10 +320,11 @@ def _meml_breakdown(single, meml):
           f"({avg(meml, 'sft'):.1f} examples fired)")
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     a = parse_args(argv)
     if a.trl_worker:
-        return trl_worker(a)
+        trl_worker(a)
+        return 0
     import torch
 
     torch.set_num_threads(a.threads)
@@ -357,14 +361,15 @@ def main(argv=None):
     if trl is not None:
         t = res["TRL GRPOTrainer"]
         print(f"median ratio ours single-expert / TRL: {single[1] / t[1]:.3f}")
-        paired = sorted((a["completion_tokens"] / a["seconds"]) / (b["completion_tokens"] / b["seconds"])
-                        for a, b in zip(runs["ours single-expert"], runs["TRL GRPOTrainer"]))
-        print(f"paired ratio per interleaved round (same machine phase), ours single-expert / TRL: median "
-              f"{statistics.median(paired):.3f}, min {paired[0]:.3f}, max {paired[-1]:.3f}")
-        print(f"ours single-expert / TRL completion tokens per second: {single[0] / t[0]:.3f}")
-        return single[0] / t[0]
-    return None
+        pairs = [(o["completion_tokens"] / o["seconds"], t_["completion_tokens"] / t_["seconds"])
+                 for o, t_ in zip(runs["ours single-expert"], runs["TRL GRPOTrainer"])]
+        paired = sorted(x / y for x, y in pairs)
+        print(f"headline (torch threads {a.threads}, pinned: --threads; median paired ratio over {len(pairs)} "
+              f"interleaved rounds), ours single-expert / TRL: {median_paired(pairs):.3f} (min {paired[0]:.3f}, "
+              f"max {paired[-1]:.3f})")
+        print(f"ours single-expert / TRL completion tokens per second (best over best): {single[0] / t[0]:.3f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -71,7 +71,7 @@ class ModelConfig:
     tie_word_embeddings: bool = doc(True, "Share input embedding and output projection.")
     init_method_std: float = doc(0.02, "Std of the normal init of weights.")
     init_from: Optional[str] = doc(None, "Checkpoint to load the weights from at start, at any TP/PP: a converted "
-                                   "checkpoint (tools/convert_hf.py import), a training checkpoint folder "
+                                   "checkpoint (python -m megatron_meml.convert_hf import), a training checkpoint folder "
                                    "(runs/x/checkpoints/step_N) or a run's checkpoint root (its newest complete one).")
     init_from_hf: Optional[str] = doc(None, "HF model directory (safetensors + config.json) converted on the fly.")
     recompute_activations: bool = doc(False, "Full activation recomputation per layer (saves memory, +~33% flops).")
@@ -214,7 +214,7 @@ class DataConfig:
     name: str = doc("synthetic", "Dataset: synthetic | gsm8k | mathqa | strategyqa.")
     path: str = field(default_factory=lambda: os.environ.get("MEML_DATA") or "data", metadata={"doc": (
         "Root folder of the datasets and tokenizer files (not used by `synthetic`): <path>/gsm8k/, mathqa/, "
-        "strategyqa/, tokenizers/, as tools/prepare_data.py writes them. Default: $MEML_DATA when set, else "
+        "strategyqa/, tokenizers/, as python -m megatron_meml.prepare_data writes them. Default: $MEML_DATA when set, else "
         "`data` under the working directory.")})
     train_split: str = doc("train", "Split used for training.")
     eval_split: str = doc("test", "Held-out split used for evaluation.")
@@ -228,9 +228,9 @@ class DataConfig:
                     "data is seen in follows the global `seed`).")
     on_bad_record: str = doc("error", "error | skip: what a malformed record does (skips are counted).")
     loader: str = doc("default", "MEF batches: `default` renders and tokenizes rows in the training process; `dali` "
-                      "reads pre-tokenized shards (tools/pretokenize.py) through an NVIDIA DALI pipeline with "
+                      "reads pre-tokenized shards (python -m megatron_meml.pretokenize) through an NVIDIA DALI pipeline with "
                       "prefetch (pip install .[dali]); same batches, same loss.")
-    shards: Optional[str] = doc(None, "Folder of pre-tokenized MEF shards (tools/pretokenize.py) for data.loader=dali.")
+    shards: Optional[str] = doc(None, "Folder of pre-tokenized MEF shards (python -m megatron_meml.pretokenize) for data.loader=dali.")
     prefetch: int = doc(2, "data.loader=dali: batches prepared ahead of the training step (DALI prefetch queue depth).")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -240,7 +240,7 @@ class DataConfig:
         _check(self.on_bad_record in ("error", "skip"), "data.on_bad_record", "must be `error` or `skip`")
         _check(self.loader in ("default", "dali"), "data.loader", f"must be `default` or `dali`, got {self.loader!r}")
         _check(self.loader != "dali" or bool(self.shards), "data.shards",
-               "data.loader=dali reads pre-tokenized shards: set data.shards to the folder tools/pretokenize.py wrote")
+               "data.loader=dali reads pre-tokenized shards: set data.shards to the folder python -m megatron_meml.pretokenize wrote")
         _check(self.prefetch >= 1, "data.prefetch", f"must be >= 1, got {self.prefetch}")
         _check(self.seq_length > 0, "data.seq_length", "must be positive")
         _check(self.micro_batch_size > 0, "data.micro_batch_size", "must be positive")
@@ -273,7 +273,7 @@ class MEFConfig:
     """Stage 1: multi-expert fine-tuning on teacher traces."""
 
     enabled: bool = doc(True, "Run the MEF stage.")
-    traces: Optional[str] = doc(None, "MEF JSONL {id, question, expert, response, answer}, as tools/build_mef_data.py "
+    traces: Optional[str] = doc(None, "MEF JSONL {id, question, expert, response, answer}, as python -m megatron_meml.build_mef_data "
                                 "writes it (gold rationales as expert 0 + verified teacher traces); null = the "
                                 "dataset rationale as expert 0 only (the synthetic task: its N solution styles).")
     epochs: float = doc(1.0, "Passes over the MEF data (paper: 1).")
@@ -358,7 +358,7 @@ class RIELConfig:
                               "ignored with a warning under Transformer Engine.")
     shared_row_tokens: int = doc(512, "Longest prompt-sharing row in tokens; a group that does not fit is split "
                                  "over several rows. Bounds the attention cost of a row (its mask is dense): "
-                                 "tools/bench_riel_packing.py on the 2x96 CPU model, 100-token prompts, G=8: "
+                                 "megatron_meml.bench.riel_packing on the 2x96 CPU model, 100-token prompts, G=8: "
                                  "16-32-token responses 0.28x the flat time (1024: 0.21x); 100-200-token responses "
                                  "1.03x (1024: 1.18x).")
     max_nonfinite_steps: int = doc(3, "Abort MEF or RIEL after this many consecutive NaN/inf steps (each is skipped).")

@@ -2,15 +2,15 @@
 
     bash tools/gpu_check.sh                          # on the lent GPU (carry .whl from `make gpu-carry`)
     GPU_CHECK_DRY_RUN=1 bash tools/gpu_check.sh      # the same steps on the CPU at a tiny shape (< 3 minutes)
-    python tools/gpu_check.py --out DIR [--dry-run] [--budget S] [--only step,step]   # what the script runs
+    python -m megatron_meml.gpu.check --out DIR [--dry-run] [--budget S] [--only step,step]   # what the script runs
 
 Order (the checks owed from earlier sessions first, then the rest by value per second):
   cuda-graph-test  tests/gpu/test_rollout_gpu.py: CUDA-graph decode == eager == static engine      cuda_graph_test.json
-  scale-check      tools/gpu_scale_check.py: Qwen2.5-1.5B MEF MFU (spec and measured peak), RIEL split,
+  scale-check      megatron_meml.gpu.scale_check: Qwen2.5-1.5B MEF MFU (spec and measured peak), RIEL split,
                    the planner beside each number                                                     scale_check.json
-  rollout-check    tools/gpu_rollout_check.py: 256 x 512 decode, capture apart from decode, MBU with
+  rollout-check    megatron_meml.gpu.rollout_check: 256 x 512 decode, capture apart from decode, MBU with
                    the logits traffic, the decode kernel against its reference at the real shape  rollout_check.json
-  output-bench     tools/gpu_output_bench.py: the fused output forward vs Liger vs torch               output_bench.json
+  output-bench     megatron_meml.gpu.output_bench: the fused output forward vs Liger vs torch               output_bench.json
   gpu-tests        the other tests of tests/gpu (kernels, fused output, async, fp8)                   gpu_tests.json
 Before them an environment probe (versions, device, which megatron fallbacks are active: the "no Transformer
 Engine / no Apex, falling back" notes are recorded, not silenced) writes env.json; when megatron-core does not
@@ -41,6 +41,7 @@ from typing import Dict, List, Optional
 KILL_GRACE_S = 10.0
 MAX_FILES = 8                      # a device call brings back at most 8 files from $OUT
 DEFAULT_BUDGET_S = 540.0
+MOD = ["-P", "-m"]                 # steps run as modules, without the checkout root on sys.path (gpu_check.sh says why)
 
 
 @dataclass(frozen=True)
@@ -66,15 +67,15 @@ def plan() -> List[Step]:
     return [
         Step("cuda-graph-test", "cuda_graph_test.json", pytest + [graph_test], pytest + [graph_test], 30, 150,
              "CUDA-graph decode == eager == static engine (tests/gpu/test_rollout_gpu.py)", kind="pytest"),
-        Step("scale-check", "scale_check.json", ["{py}", "tools/gpu_scale_check.py", "--json", "{json}"],
-             ["{py}", "tools/gpu_scale_check.py", "--tiny", "--json", "{json}"], 90, 240,
+        Step("scale-check", "scale_check.json", ["{py}", *MOD, "megatron_meml.gpu.scale_check", "--json", "{json}"],
+             ["{py}", *MOD, "megatron_meml.gpu.scale_check", "--tiny", "--json", "{json}"], 90, 240,
              "Qwen2.5-1.5B MEF MFU + RIEL split, planner beside each number"),
         Step("rollout-check", "rollout_check.json",
-             ["{py}", "tools/gpu_rollout_check.py", "--json", "{json}", "--deadline", "{deadline}"],
-             ["{py}", "tools/gpu_rollout_check.py", "--tiny", "--json", "{json}", "--deadline", "{deadline}"], 60, 200,
+             ["{py}", *MOD, "megatron_meml.gpu.rollout_check", "--json", "{json}", "--deadline", "{deadline}"],
+             ["{py}", *MOD, "megatron_meml.gpu.rollout_check", "--tiny", "--json", "{json}", "--deadline", "{deadline}"], 60, 200,
              "decode tok/s, capture apart, MBU with logits, decode kernel vs reference, HF baseline"),
-        Step("output-bench", "output_bench.json", ["{py}", "tools/gpu_output_bench.py", "--json", "{json}"],
-             ["{py}", "tools/gpu_output_bench.py", "--tiny", "--json", "{json}"], 20, 90,
+        Step("output-bench", "output_bench.json", ["{py}", *MOD, "megatron_meml.gpu.output_bench", "--json", "{json}"],
+             ["{py}", *MOD, "megatron_meml.gpu.output_bench", "--tiny", "--json", "{json}"], 20, 90,
              "fused output forward vs Liger vs torch at the 1.5B shape"),
         Step("gpu-tests", "gpu_tests.json", pytest + ["tests/gpu", "--deselect", graph_test],
              pytest + ["tests/gpu", "--deselect", graph_test], 30, 180,
@@ -241,7 +242,7 @@ class Runner:
                  probe_argv: Optional[List[str]] = None):
         self.out, self.steps, self.budget_s, self.t0, self.dry_run, self.python = out, steps, budget_s, t0, \
             dry_run, python
-        self.probe_argv = probe_argv or [python, os.path.abspath(__file__), "--probe"]
+        self.probe_argv = probe_argv or [python, *MOD, "megatron_meml.gpu.check", "--probe"]
         self.deadline = t0 + budget_s
         self.results = [Result(s.name) for s in steps]
         self.env: dict = {}

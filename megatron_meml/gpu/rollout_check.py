@@ -1,7 +1,7 @@
 """Rollout throughput and memory-bandwidth utilisation on one GPU (a step of tools/gpu_check.sh, ~2 minutes).
 
-    python tools/gpu_rollout_check.py [--requests 256] [--prompt 128] [--new 512] [--layers 28] [--json OUT.json]
-    python tools/gpu_rollout_check.py --tiny          # CPU-safe dry run of every part on a tiny shape
+    python -m megatron_meml.gpu.rollout_check [--requests 256] [--prompt 128] [--new 512] [--layers 28] [--json OUT.json]
+    python -m megatron_meml.gpu.rollout_check --tiny          # CPU-safe dry run of every part on a tiny shape
 
 Model: Qwen2.5-1.5B-shaped megatron GPTModel (28 layers, hidden 1536, FFN 8960, 12 heads, 2 KV groups, head dim 128,
 vocab 151936, tied embeddings, QKV bias, RoPE base 1e6), random weights, bf16. Workload: ``--requests`` concurrent
@@ -37,6 +37,10 @@ import os
 import sys
 import time
 import traceback
+
+from megatron_meml.config import load_config
+from megatron_meml.types import Request
+from megatron_meml.versions import require_supported
 
 
 def parse_args(argv=None):
@@ -94,7 +98,6 @@ def logits_traffic_bytes(rows: int, vocab: int, elem: int) -> float:
 
 def build_ours(a):
     from megatron_meml.backend import model as M, parallel
-    from megatron_meml.config import load_config
 
     dtype = "bf16" if not a.tiny else "fp32"
     cfg = load_config(None, [
@@ -125,7 +128,6 @@ def run_ours(a, chunks, prompts, device) -> dict:
     from megatron_meml.backend import slot_model
     from megatron_meml.rollout.continuous_engine import ContinuousEngine
     from megatron_meml.rollout.engine import SamplingParams
-    from megatron_meml.types import Request
 
     captures = []
     original = slot_model.SlotModel._capture
@@ -264,8 +266,6 @@ def summary(row: dict) -> str:
 
 def main(argv=None):
     a = parse_args(argv)
-    from megatron_meml.versions import require_supported
-
     require_supported()
     t_start = time.perf_counter()
     row = {"requests": a.requests, "prompt": a.prompt, "new": a.new, "layers": a.layers, "hidden": a.hidden,

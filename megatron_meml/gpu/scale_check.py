@@ -1,8 +1,8 @@
 """A Qwen2.5-1.5B-shaped MEF + RIEL step measured on one GPU, the planner's prediction beside every number.
 
-    python tools/gpu_scale_check.py                  # on a GPU (tools/gpu_check.sh runs it): ~3 minutes on an H200
-    python tools/gpu_scale_check.py --tiny           # the same script end to end on a tiny shape (CPU, ~1 minute)
-    python tools/gpu_scale_check.py --parts mef      # only some parts: ceilings, mef, riel
+    python -m megatron_meml.gpu.scale_check                  # on a GPU (tools/gpu_check.sh runs it): ~3 minutes on an H200
+    python -m megatron_meml.gpu.scale_check --tiny           # the same script end to end on a tiny shape (CPU, ~1 minute)
+    python -m megatron_meml.gpu.scale_check --parts mef      # only some parts: ceilings, mef, riel
 
 Shape (default): 28 layers, hidden 1536, 12 heads, 2 KV groups (head dim 128), ffn 8960, vocab 151936, tied
 embeddings, qkv bias, random weights, bf16, TP = PP = DP = 1, megatron's local layer spec (the lent GPU image has no
@@ -40,7 +40,13 @@ import time
 import traceback
 from typing import Callable, Dict, List, Optional
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from megatron_meml.algo.objective import RielObjective, sft_loss
+from megatron_meml.backend.memory import peak_memory_bytes, reset_peak_memory
+from megatron_meml.config import load_config
+from megatron_meml.planning import Hardware, Layout, ModelShape, Workload, evaluate
+from megatron_meml.rollout.scheduler import build_riel_scheduler, verifier_reward
+from megatron_meml.types import MicroBatch, TokenKind
+
 
 GiB = float(2 ** 30)
 #: Dense bf16 tensor-core peak of the spec sheets (no sparsity), by a substring of torch's device name; the first
@@ -92,20 +98,10 @@ class Device:
             self.torch.cuda.synchronize()
 
     def reset_peak(self) -> None:
-        if self.cuda:
-            self.torch.cuda.reset_peak_memory_stats()
-        else:
-            try:
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")
-            except OSError:
-                pass
+        reset_peak_memory()
 
     def peak(self) -> float:
-        if self.cuda:
-            return float(self.torch.cuda.max_memory_allocated())
-        with open("/proc/self/status") as f:
-            return float(next(int(x.split()[1]) * 1024 for x in f if x.startswith("VmHWM:")))
+        return peak_memory_bytes()
 
     def timed(self, fn: Callable) -> float:
         self.sync()
@@ -137,16 +133,12 @@ def ceilings(dev: Device, dtype: str) -> Dict[str, float]:
 
 
 def planner_inputs(cfg, ceil: Dict[str, float], mem_gib: float):
-    from megatron_meml.planning import Hardware, ModelShape
-
     hw = Hardware(memory_gib=mem_gib, peak_tflops=ceil["matmul_flops"] / 1e12, hbm_tbps=ceil["copy_bytes_per_s"] / 1e12,
                   gpus_per_node=1)
     return ModelShape.from_config(cfg), hw
 
 
 def workload(cfg, **kw):
-    from megatron_meml.planning import Workload
-
     w = Workload.from_config(cfg)
     return Workload(**{**w.__dict__, "layer_spec": "local", **kw})
 
@@ -169,11 +161,8 @@ def mef_part(run, dev: Device, s: dict, ceil: Dict[str, float], mem_gib: float, 
     """MEF steps with the planner's recompute choice, then the other one; one row each."""
     import torch
 
-    from megatron_meml.algo.objective import sft_loss
     from megatron_meml.backend import model as bmodel, optimizer as boptim
     from megatron_meml.backend.step import forward_backward
-    from megatron_meml.planning import Layout, evaluate
-    from megatron_meml.types import MicroBatch, TokenKind
 
     cfg = run.cfg
     seq, micro = s["seq"], s["micro"]
@@ -235,11 +224,8 @@ def riel_part(run, dev: Device, s: dict, ceil: Dict[str, float], mem_gib: float,
     """RIEL steps (the trainer's loop body, timed in parts); one row per step."""
     import torch
 
-    from megatron_meml.algo.objective import RielObjective
     from megatron_meml.backend import optimizer as boptim
     from megatron_meml.backend.step import forward_backward
-    from megatron_meml.planning import Layout, evaluate
-    from megatron_meml.rollout.scheduler import build_riel_scheduler, verifier_reward
     from megatron_meml.trainer import load_records, riel_questions
 
     cfg = run.cfg
@@ -384,7 +370,6 @@ def main(argv=None) -> int:
     import torch
 
     from megatron_meml import trainer
-    from megatron_meml.config import load_config
 
     dev = Device()
     s = dict(TINY if a.tiny or not dev.cuda else QWEN15)
@@ -413,7 +398,6 @@ def main(argv=None) -> int:
         traceback.print_exc()
         print(f"scale-check: model build failed: {err_text(exc)}", flush=True)
         return 1
-    from megatron_meml.planning import ModelShape
     shape = ModelShape.from_config(cfg)
     print(f"built {shape.params() / 1e6:.1f}M parameters in {time.perf_counter() - t0:.1f} s", flush=True)
     mef: List[dict] = []

@@ -3,7 +3,7 @@ small Qwen2-shaped model in bf16 through megatron-core (whatever version is inst
 machines), then a few RIEL steps (KV-cache rollouts, rewards, GRPO + KL + SFT microbatches). Prints one JSON line
 with the numbers last.
 
-    python tools/gpu_train_check.py [--steps 30] [--hidden 512] [--layers 4]
+    python -m megatron_meml.gpu.train_check [--steps 30] [--hidden 512] [--layers 4]
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import os
 import sys
 import time
 
+from megatron_meml.config import load_config
 
 
 def main() -> int:
@@ -28,7 +29,6 @@ def main() -> int:
 
     from megatron_meml import trainer
     from megatron_meml.backend import compat
-    from megatron_meml.config import load_config
 
     overrides = [
         f"model.num_layers={a.layers}", f"model.hidden_size={a.hidden}", f"model.ffn_hidden_size={a.hidden * 3}",
