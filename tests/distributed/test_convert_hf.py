@@ -1,7 +1,7 @@
 """HF checkpoints through our megatron model at TP=1, TP=2 and PP=2 (gloo, local processes) give transformers'
 logits (fp32, max abs diff <= 1e-4):
 
-* ``tools/convert_hf.py check`` (the CLI: convert, spawn tp*pp ranks, compare) for a Qwen2 model (qkv bias, tied
+* ``python -m megatron_meml.convert_hf check`` (the CLI: convert, spawn tp*pp ranks, compare) for a Qwen2 model (qkv bias, tied
   embeddings, GQA, vocab 251 -> padded 256 at TP=2) and a Llama model (llama3 rope scaling, untied);
 * the trainer's start paths through ``hf_convert.init_model_weights``: ``model.init_from`` with a checkpoint
   converted at another layout (re-shard + re-pad), and ``model.init_from_hf`` (on-the-fly conversion), followed by

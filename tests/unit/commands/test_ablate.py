@@ -1,17 +1,9 @@
-"""tools/ablate.py's bookkeeping on fabricated run directories (no training): reward gain, mean ± std per row,
+"""megatron_meml.ablate's bookkeeping on fabricated run directories (no training): reward gain, mean ± std per row,
 the paper's numbers beside the matching rows, the λ1 / k3 / normaliser rows of the grid."""
-import importlib.util
 import json
 import os
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("ablate", os.path.join(REPO, "tools", "ablate.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from megatron_meml import ablate as tool
 
 
 def fake_run(path, mef, riel, rewards):
@@ -26,7 +18,6 @@ def fake_run(path, mef, riel, rewards):
 
 
 def test_rows_summary_and_table(tmp_path):
-    tool = load_tool()
     keys = [k for _, k, _ in tool.rows_for([0.3, 3.0], True, True)]
     assert keys == ["moe", "hsft", "iml", "all", "lambda0.3", "lambda3", "k3", "klown"]
     fake_run(tmp_path / "a", 0.6, 0.8, [0.5] * 10 + [0.7] * 10)
@@ -40,7 +31,6 @@ def test_rows_summary_and_table(tmp_path):
 
 
 def test_complementarity_rows_and_overlap_columns(tmp_path):
-    tool = load_tool()
     assert [k for _, k, _ in tool.EXTRA] == ["gate", "cw", "gatecw", "ds"]
     assert "riel.kl_gate=wrong_right" in dict((k, o) for _, k, o in tool.EXTRA)["gate"]
     run = tmp_path / "seed1" / "gate"

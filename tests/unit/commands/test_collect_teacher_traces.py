@@ -1,7 +1,6 @@
-"""tools/collect_teacher_traces.py against a real loopback HTTP server that injects 500s, 429s, slow responses,
+"""megatron_meml.collect_teacher_traces against a real loopback HTTP server that injects 500s, 429s, slow responses,
 malformed bodies and (in one test) a permanent 400; then killed with SIGKILL mid-run and restarted."""
 import hashlib
-import importlib.util
 import json
 import os
 import random
@@ -15,17 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-TOOL = os.path.join(REPO, "tools", "collect_teacher_traces.py")
+from megatron_meml import collect_teacher_traces
+
 KEY = "test-key-123"
 FAULTS = ["500", "429", "malformed", "timeout", "no_content", "slow_ok", "ok"]
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("collect_teacher_traces", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 class FaultyServer:
@@ -144,7 +136,7 @@ def assert_every_pair_once(rows, limit, experts=(1, 2)):
 
 def test_collects_every_pair_once_despite_faults(tmp_path, experts_yaml, monkeypatch):
     monkeypatch.setenv("MEML_TEST_TEACHER_KEY", KEY)
-    tool, out, start = load_tool(), tmp_path / "traces.jsonl", time.monotonic()
+    tool, out, start = collect_teacher_traces, tmp_path / "traces.jsonl", time.monotonic()
     with FaultyServer() as server:
         assert tool.main(tool_args(server, experts_yaml, out, limit=40)) == 0
         assert {"500", "503", "429", "malformed", "timeout", "no_content", "slow_ok"} <= set(server.faults)
@@ -161,7 +153,7 @@ def test_collects_every_pair_once_despite_faults(tmp_path, experts_yaml, monkeyp
 
 def test_permanent_4xx_is_reported_not_retried(tmp_path, experts_yaml, monkeypatch, capsys):
     monkeypatch.setenv("MEML_TEST_TEACHER_KEY", KEY)
-    tool, out = load_tool(), tmp_path / "traces.jsonl"
+    tool, out = collect_teacher_traces, tmp_path / "traces.jsonl"
     from megatron_meml.data import load_synthetic
     rejected = load_synthetic("train", num_train=6)[3].question
     with FaultyServer(always_400=rejected) as server:
@@ -176,11 +168,11 @@ def test_permanent_4xx_is_reported_not_retried(tmp_path, experts_yaml, monkeypat
 def test_missing_api_key_is_a_usage_error(tmp_path, experts_yaml, monkeypatch):
     monkeypatch.delenv("MEML_TEST_TEACHER_KEY", raising=False)
     with FaultyServer() as server:
-        assert load_tool().main(tool_args(server, experts_yaml, tmp_path / "o.jsonl", limit=2)) == 2
+        assert collect_teacher_traces.main(tool_args(server, experts_yaml, tmp_path / "o.jsonl", limit=2)) == 2
 
 
 def test_backoff_is_bounded_and_jittered():
-    tool, rng = load_tool(), random.Random(0)
+    tool, rng = collect_teacher_traces, random.Random(0)
     delays = [tool.backoff_delay(a, 1.0, 8.0, rng) for a in range(1, 10)]
     assert all(0.5 * min(8.0, 2 ** (a - 1)) <= d <= min(8.0, 2 ** (a - 1)) for a, d in zip(range(1, 10), delays))
     assert tool.backoff_delay(1, 1.0, 8.0, rng, retry_after=5.0) == 5.0
@@ -193,7 +185,7 @@ def test_sigkill_mid_run_then_resume(tmp_path, experts_yaml):
     env = dict(os.environ, MEML_TEST_TEACHER_KEY=KEY)
     start = time.monotonic()
     with FaultyServer(delay=0.1) as server:
-        args = [sys.executable, TOOL] + tool_args(server, experts_yaml, out, limit, concurrency=3)
+        args = [sys.executable, "-m", "megatron_meml.collect_teacher_traces"] + tool_args(server, experts_yaml, out, limit, concurrency=3)
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             while time.monotonic() - start < 40:

@@ -1,15 +1,12 @@
 """Error overlap (the paper's Table 1) against hand-computed numbers, and the thin CLI over it."""
-import importlib.util
 import json
-import os
 
 import pytest
 
+from megatron_meml import expert_overlap
 from megatron_meml.data import load_synthetic
 from megatron_meml.eval.overlap import error_overlap, format_table
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-TOOL = os.path.join(REPO, "tools", "expert_overlap.py")
 
 # wrong sets: A {q1,q2,q3}, B {q2,q3,q4}, C {q3,q5}; q7 is only in A and is not compared.
 IDS = ["q1", "q2", "q3", "q4", "q5", "q6"]
@@ -45,13 +42,6 @@ def test_edge_cases():
         error_overlap({})
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location("expert_overlap", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_cli_correct_and_response_rows(tmp_path, capsys):
     """A and C give `correct`; B gives responses that the CLI scores with the synthetic verifier (the CLI loads
     the synthetic test split with its default settings, so the ids come from that split)."""
@@ -66,7 +56,7 @@ def test_cli_correct_and_response_rows(tmp_path, capsys):
     b = write("b.jsonl", [{"id": r.id, "response": f"#### {int(r.answer) + (i in wrong['B'])}"}
                           for i, r in enumerate(records)])
     c = write("c.jsonl", [{"id": r.id, "correct": int(i not in wrong["C"])} for i, r in enumerate(records)])
-    assert load_tool().main([f"A={a}", f"B={b}", f"C={c}", "--data", "synthetic", "--split", "test", "--json"]) == 0
+    assert expert_overlap.main([f"A={a}", f"B={b}", f"C={c}", "--data", "synthetic", "--split", "test", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n"] == 6 and [e["errors"] for e in out["experts"]] == [3, 3, 2]
     assert [p["both_wrong"] for p in out["pairs"]] == [2, 1, 1] and out["all_experts"]["all_wrong"] == 1
@@ -75,7 +65,7 @@ def test_cli_correct_and_response_rows(tmp_path, capsys):
 def test_cli_groups_rows_by_expert(tmp_path, capsys):
     rows = [{"id": q, "expert": e, "correct": q not in WRONG["ABC"[e]]} for e in range(3) for q in IDS]
     (tmp_path / "preds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert load_tool().main([str(tmp_path / "preds.jsonl")]) == 0
+    assert expert_overlap.main([str(tmp_path / "preds.jsonl")]) == 0
     text = capsys.readouterr().out
     assert "expert 0 & expert 1" in text and "all experts" in text
     assert text.splitlines()[3].split()[-2:] == ["3", "50.00%"]

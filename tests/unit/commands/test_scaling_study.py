@@ -1,9 +1,8 @@
-"""tools/scaling_study.py without SLURM (the default-run twin of tests/slurm/test_scaling_study.py): family and
-GPU-count resolution, the per-size sbatch scripts it has tools/slurm/launch.py write (--dry-run), and a real
+"""megatron_meml.scaling_study without SLURM (the default-run twin of tests/slurm/test_scaling_study.py): family and
+GPU-count resolution, the per-size sbatch scripts it has megatron_meml.launch write (--dry-run), and a real
 --local study of two tiny sizes (MEF, RIEL, an evaluation after each) aggregated into the table, CSV, JSON and plot
 with the planner's prediction beside each measured number."""
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,10 +12,9 @@ import pytest
 
 from tests.conftest import ROOT
 
-TOOL = os.path.join(ROOT, "tools", "scaling_study.py")
-_spec = importlib.util.spec_from_file_location("meml_scaling_study", TOOL)
-study = sys.modules["meml_scaling_study"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(study)
+from megatron_meml import scaling_study as study
+
+TOOL = ["-m", "megatron_meml.scaling_study"]
 
 # the shortest MEF + RIEL + eval that still exercises every stage (both tests use it)
 FAST = ["mef.max_steps=2", "riel.steps=2", "riel.questions_per_step=2", "riel.group_size=2", "riel.buffer_k=1",
@@ -38,7 +36,7 @@ def test_families_and_gpu_counts():
 
 
 def test_one_sbatch_script_per_size():
-    r = subprocess.run([sys.executable, TOOL, "--family", "qwen2.5", "--sizes", "qwen2.5-1.5b,qwen2.5-14b",
+    r = subprocess.run([sys.executable, *TOOL, "--family", "qwen2.5", "--sizes", "qwen2.5-1.5b,qwen2.5-14b",
                         "--submit", "--dry-run", "--out", "/tmp/meml-study-dry", "--slurm",
                         "--cluster examples/slurm/cluster.yaml --time 01:00:00"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -51,7 +49,7 @@ def test_one_sbatch_script_per_size():
 
 def test_local_study_of_two_tiny_sizes(tmp_path):
     out = tmp_path / "study"
-    r = subprocess.run([sys.executable, TOOL, "--family", "tiny", "--sizes", "tiny-s,tiny-m", "--local",
+    r = subprocess.run([sys.executable, *TOOL, "--family", "tiny", "--sizes", "tiny-s,tiny-m", "--local",
                         "--out", str(out), *FAST], cwd=ROOT, capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -72,6 +70,6 @@ def test_local_study_of_two_tiny_sizes(tmp_path):
     assert len(list(csv.DictReader(open(out / "study.csv")))) == 2
     assert (out / "study.png").stat().st_size > 10_000
     # aggregation alone reproduces the table from the run directories
-    again = subprocess.run([sys.executable, TOOL, "--aggregate", str(out)], cwd=ROOT, capture_output=True,
+    again = subprocess.run([sys.executable, *TOOL, "--aggregate", str(out)], cwd=ROOT, capture_output=True,
                            text=True, timeout=120)
     assert again.returncode == 0 and again.stdout.count("| tiny-") == 2

@@ -1,4 +1,4 @@
-"""tools/gpu_check.sh + tools/gpu_check.py: the one prepared GPU call and its CPU dry run.
+"""tools/gpu_check.sh + megatron_meml.gpu.check: the one prepared GPU call and its CPU dry run.
 
 Fast (``make test``): the runner on fake steps (budget sharing, a skip for lack of budget, a timeout, a failure,
 summary.md rewritten after every step, each step's JSON with its step record, at most 8 files), the stop in one
@@ -7,7 +7,7 @@ arguments, 8 files), and the real shell script on one step (GPU_CHECK_ONLY=cuda-
 megatron's fallback notes recorded, pytest's outcomes as JSON).
 Slow: the whole dry run, ``GPU_CHECK_DRY_RUN=1 tools/gpu_check.sh``, every step ok and every file written.
 """
-import importlib.util
+import importlib
 import json
 import os
 import resource
@@ -17,17 +17,9 @@ import time
 
 import pytest
 
+from megatron_meml.gpu import check as gc
 from tests.conftest import ROOT
 
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"meml_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    mod = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-gc = _load("gpu_check")
 PROBE_OK = json.dumps({"python": "3.12", "device": "FAKE", "megatron_core": {"ok": True, "version": "0.19.2"},
                        "layer_spec": "local", "fallbacks": ["megatron local layer spec"],
                        "fallback_notes": ["UserWarning: Transformer Engine and Apex are not installed."]})
@@ -103,14 +95,15 @@ def test_the_real_plan(tmp_path):
             argv = runner.fill(step.dry_argv if dry else step.argv, step, str(tmp_path / "j.xml"), 100.0)
             assert not any("{" in a for a in argv), argv
             if step.kind == "tool":         # each tool parses exactly these arguments
-                tool = _load(os.path.basename(argv[1])[:-3])
+                assert argv[1:3] == ["-P", "-m"], argv
+                tool = importlib.import_module(argv[3])
                 parse = getattr(tool, "parse_args", None)
                 if parse is not None:
-                    a = parse(argv[2:])
+                    a = parse(argv[4:])
                     assert a.tiny == dry and a.json == str(tmp_path / step.json)
                 else:                       # gpu_scale_check parses inside main: check its flags by --help
-                    text = subprocess.run([sys.executable, argv[1], "--help"], capture_output=True, text=True,
-                                          cwd=ROOT).stdout
+                    text = subprocess.run([sys.executable, "-m", argv[3], "--help"], capture_output=True,
+                                          text=True, cwd=ROOT).stdout
                     assert all(f in text for f in ("--tiny", "--json"))
     assert sum(s.min_s for s in steps) < gc.DEFAULT_BUDGET_S
 

@@ -1,6 +1,5 @@
-"""tools/gpu_scale_check.py: its Qwen2.5-1.5B config is the published shape, the report formats every row (and a
+"""megatron_meml.gpu.scale_check: its Qwen2.5-1.5B config is the published shape, the report formats every row (and a
 failed part's error), and -- marked slow -- the whole script end to end on the tiny CPU shape (`--tiny`)."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,10 +11,7 @@ from megatron_meml.config import load_config
 from megatron_meml.planning import ModelShape
 from tests.conftest import ROOT
 
-TOOL = os.path.join(ROOT, "tools", "gpu_scale_check.py")
-_spec = importlib.util.spec_from_file_location("meml_gpu_scale_check", TOOL)
-check = sys.modules["meml_gpu_scale_check"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(check)
+from megatron_meml.gpu import scale_check as check
 
 
 def test_qwen15_config_is_the_published_shape():
@@ -51,7 +47,7 @@ def test_spec_peak_by_device_name():
 
 @pytest.mark.slow
 def test_tiny_end_to_end(tmp_path):
-    r = subprocess.run([sys.executable, TOOL, "--tiny", "--json", str(tmp_path / "scale_check.json")], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "megatron_meml.gpu.scale_check", "--tiny", "--json", str(tmp_path / "scale_check.json")], cwd=ROOT,
                        capture_output=True,
                        text=True, timeout=900, env=dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
