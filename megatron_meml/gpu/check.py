@@ -121,9 +121,9 @@ def probe() -> dict:
             try:
                 for name in PROBE_MODULES:
                     importlib.import_module(name)
-                from megatron.core import package_info
+                from megatron_meml.backend import compat
 
-                out["megatron_core"] = {"ok": True, "version": package_info.__version__}
+                out["megatron_core"] = {"ok": True, "version": str(compat.megatron_version())}
             except Exception as exc:  # noqa: BLE001
                 out["megatron_core"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
         notes += [f"{w.category.__name__}: {w.message}" for w in caught]
