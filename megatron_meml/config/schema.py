@@ -71,8 +71,9 @@ class ModelConfig:
     tie_word_embeddings: bool = doc(True, "Share input embedding and output projection.")
     init_method_std: float = doc(0.02, "Std of the normal init of weights.")
     init_from: Optional[str] = doc(None, "Checkpoint to load the weights from at start, at any TP/PP: a converted "
-                                   "checkpoint (python -m megatron_meml.convert_hf import), a training checkpoint folder "
-                                   "(runs/x/checkpoints/step_N) or a run's checkpoint root (its newest complete one).")
+                                   "checkpoint (python -m megatron_meml.convert_hf import), a training checkpoint "
+                                   "folder (runs/x/checkpoints/step_N) or a run's checkpoint root (its newest "
+                                   "complete one).")
     init_from_hf: Optional[str] = doc(None, "HF model directory (safetensors + config.json) converted on the fly.")
     recompute_activations: bool = doc(False, "Full activation recomputation per layer (saves memory, +~33% flops).")
     attention_impl: str = doc("sdpa", "Core attention where Transformer Engine is not used: `sdpa` (torch's fused "
@@ -214,8 +215,8 @@ class DataConfig:
     name: str = doc("synthetic", "Dataset: synthetic | gsm8k | mathqa | strategyqa.")
     path: str = field(default_factory=lambda: os.environ.get("MEML_DATA") or "data", metadata={"doc": (
         "Root folder of the datasets and tokenizer files (not used by `synthetic`): <path>/gsm8k/, mathqa/, "
-        "strategyqa/, tokenizers/, as python -m megatron_meml.prepare_data writes them. Default: $MEML_DATA when set, else "
-        "`data` under the working directory.")})
+        "strategyqa/, tokenizers/, as python -m megatron_meml.prepare_data writes them. Default: $MEML_DATA when "
+        "set, else `data` under the working directory.")})
     train_split: str = doc("train", "Split used for training.")
     eval_split: str = doc("test", "Held-out split used for evaluation.")
     tokenizer: str = doc("byte", "byte | qwen2.5 | llama3 | a path to a HF tokenizer.json.")
@@ -228,9 +229,10 @@ class DataConfig:
                     "data is seen in follows the global `seed`).")
     on_bad_record: str = doc("error", "error | skip: what a malformed record does (skips are counted).")
     loader: str = doc("default", "MEF batches: `default` renders and tokenizes rows in the training process; `dali` "
-                      "reads pre-tokenized shards (python -m megatron_meml.pretokenize) through an NVIDIA DALI pipeline with "
-                      "prefetch (pip install .[dali]); same batches, same loss.")
-    shards: Optional[str] = doc(None, "Folder of pre-tokenized MEF shards (python -m megatron_meml.pretokenize) for data.loader=dali.")
+                      "reads pre-tokenized shards (python -m megatron_meml.pretokenize) through an NVIDIA DALI "
+                      "pipeline with prefetch (pip install .[dali]); same batches, same loss.")
+    shards: Optional[str] = doc(None, "Folder of pre-tokenized MEF shards (python -m megatron_meml.pretokenize) for "
+                                      "data.loader=dali.")
     prefetch: int = doc(2, "data.loader=dali: batches prepared ahead of the training step (DALI prefetch queue depth).")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -240,7 +242,8 @@ class DataConfig:
         _check(self.on_bad_record in ("error", "skip"), "data.on_bad_record", "must be `error` or `skip`")
         _check(self.loader in ("default", "dali"), "data.loader", f"must be `default` or `dali`, got {self.loader!r}")
         _check(self.loader != "dali" or bool(self.shards), "data.shards",
-               "data.loader=dali reads pre-tokenized shards: set data.shards to the folder python -m megatron_meml.pretokenize wrote")
+               "data.loader=dali reads pre-tokenized shards: set data.shards to the folder python -m "
+               "megatron_meml.pretokenize wrote")
         _check(self.prefetch >= 1, "data.prefetch", f"must be >= 1, got {self.prefetch}")
         _check(self.seq_length > 0, "data.seq_length", "must be positive")
         _check(self.micro_batch_size > 0, "data.micro_batch_size", "must be positive")
@@ -273,9 +276,10 @@ class MEFConfig:
     """Stage 1: multi-expert fine-tuning on teacher traces."""
 
     enabled: bool = doc(True, "Run the MEF stage.")
-    traces: Optional[str] = doc(None, "MEF JSONL {id, question, expert, response, answer}, as python -m megatron_meml.build_mef_data "
-                                "writes it (gold rationales as expert 0 + verified teacher traces); null = the "
-                                "dataset rationale as expert 0 only (the synthetic task: its N solution styles).")
+    traces: Optional[str] = doc(None, "MEF JSONL {id, question, expert, response, answer}, as python -m "
+                                "megatron_meml.build_mef_data writes it (gold rationales as expert 0 + verified "
+                                "teacher traces); null = the dataset rationale as expert 0 only (the synthetic task: its N "
+                                "solution styles).")
     epochs: float = doc(1.0, "Passes over the MEF data (paper: 1).")
     max_steps: Optional[int] = doc(None, "Stop after this many optimizer steps (overrides epochs when smaller).")
     lr: float = doc(1e-5, "Peak LR of MEF (paper: 1e-5).")
