@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 
+from megatron_meml.backend.parallel import free_port
 from megatron_meml.bench.harness import median_paired
 from megatron_meml.eval.plots import read_metrics
 from megatron_meml.paths import REPO
@@ -60,8 +61,6 @@ def parse_args(argv=None):
 
 def launch(a, run_dir: str, extra):
     """``a.ranks`` local processes of the training entry point (what torchrun would start); waits for them."""
-    from megatron_meml.backend.parallel import free_port
-
     port, procs = free_port(), []
     for r in range(a.ranks):
         env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(a.ranks), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",

@@ -31,9 +31,11 @@ import subprocess
 import sys
 import time
 
+from megatron_meml.algo.objective import SFTObjective
+from megatron_meml.backend import model as M, optimizer as O, parallel
 from megatron_meml.backend.memory import cpu_peak_rss_bytes as _peak, proc_status_bytes as _status, \
     reset_peak_rss as _reset_peak
-from megatron_meml.algo.objective import SFTObjective
+from megatron_meml.backend.step import forward_backward
 from megatron_meml.config import load_config
 from megatron_meml.planning import Layout, ModelShape, Workload, activation_bytes, logits_bytes, state_bytes
 from megatron_meml.types import MicroBatch, TokenKind
@@ -53,9 +55,6 @@ def child(a, variant: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from megatron_meml.backend import model as M, optimizer as O, parallel
-    from megatron_meml.backend.step import forward_backward
-
     cfg = load_config(None, overrides(a) + [f"model.fused_output={str(variant == 'fused').lower()}"])
     parallel.initialize(1, 1, seed=cfg.seed)
     rec = {"variant": variant, "rss_import": _status("VmRSS")}

@@ -24,6 +24,8 @@ from functools import partial
 import torch
 
 from megatron_meml.algo.objective import riel_loss
+from megatron_meml.backend import model as M, optimizer as O, parallel
+from megatron_meml.backend.step import forward_backward
 from megatron_meml.bench.harness import headline_line, interleaved, set_threads
 from megatron_meml.config import load_config
 from megatron_meml.rollout.packing import TrainSequence, assign_weights, plan_microbatches
@@ -71,9 +73,6 @@ def make_sequences(a, vocab: int):
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    from megatron_meml.backend import model as M, optimizer as O, parallel
-    from megatron_meml.backend.step import forward_backward
-
     cfg = load_config(None, [f"model.num_layers={a.layers}", f"model.hidden_size={a.hidden}",
                              f"model.ffn_hidden_size={a.ffn}", f"model.num_attention_heads={a.heads}",
                              f"model.num_query_groups={a.kv_heads}", f"model.vocab_size={a.vocab}",

@@ -45,6 +45,8 @@ import time
 import zlib
 
 from megatron_meml.algo.objective import riel_loss
+from megatron_meml.backend import model as M, optimizer as O, parallel
+from megatron_meml.backend.step import forward_backward
 from megatron_meml.bench.harness import median_paired
 from megatron_meml.config import load_config
 from megatron_meml.data.tokenizer import ByteTokenizer
@@ -96,8 +98,6 @@ class Ours:
     def __init__(self, a, experts: int):
         from functools import partial
 
-        from megatron_meml.backend import model as M, optimizer as O
-
         prompts = ["You are expert zero; answer briefly.", "You are expert one; reason step by step.",
                    "You are expert two; split the problem into parts."][:experts]
         while len(prompts) < experts:
@@ -133,8 +133,6 @@ class Ours:
         self.step_no = 0
 
     def step(self):
-        from megatron_meml.backend.step import forward_backward
-
         n = self.cfg.riel.questions_per_step
         recs = self.records[self.step_no * n:(self.step_no + 1) * n]
         t0 = time.perf_counter()
@@ -328,8 +326,6 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(a.threads)
-    from megatron_meml.backend import parallel
-
     parallel.initialize(1, 1, seed=a.seed)
     sides = {"ours single-expert": Ours(a, 1)}
     if not a.skip_meml:

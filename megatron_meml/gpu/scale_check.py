@@ -41,7 +41,9 @@ import traceback
 from typing import Callable, Dict, List, Optional
 
 from megatron_meml.algo.objective import RielObjective, sft_loss
+from megatron_meml.backend import model as bmodel, optimizer as boptim
 from megatron_meml.backend.memory import peak_memory_bytes, reset_peak_memory
+from megatron_meml.backend.step import forward_backward
 from megatron_meml.config import load_config
 from megatron_meml.planning import Hardware, Layout, ModelShape, Workload, evaluate
 from megatron_meml.rollout.scheduler import build_riel_scheduler, verifier_reward
@@ -161,9 +163,6 @@ def mef_part(run, dev: Device, s: dict, ceil: Dict[str, float], mem_gib: float, 
     """MEF steps with the planner's recompute choice, then the other one; one row each."""
     import torch
 
-    from megatron_meml.backend import model as bmodel, optimizer as boptim
-    from megatron_meml.backend.step import forward_backward
-
     cfg = run.cfg
     seq, micro = s["seq"], s["micro"]
     n_seq = s["mef_tokens"] // seq
@@ -224,8 +223,6 @@ def riel_part(run, dev: Device, s: dict, ceil: Dict[str, float], mem_gib: float,
     """RIEL steps (the trainer's loop body, timed in parts); one row per step."""
     import torch
 
-    from megatron_meml.backend import optimizer as boptim
-    from megatron_meml.backend.step import forward_backward
     from megatron_meml.trainer import load_records, riel_questions
 
     cfg = run.cfg

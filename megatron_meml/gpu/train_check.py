@@ -13,6 +13,7 @@ import os
 import sys
 import time
 
+from megatron_meml.backend import compat
 from megatron_meml.config import load_config
 
 
@@ -28,7 +29,6 @@ def main() -> int:
     import torch
 
     from megatron_meml import trainer
-    from megatron_meml.backend import compat
 
     overrides = [
         f"model.num_layers={a.layers}", f"model.hidden_size={a.hidden}", f"model.ffn_hidden_size={a.hidden * 3}",
