@@ -21,7 +21,6 @@ from megatron_meml.backend import hf_convert as H
 from ..unit.convert import tiny_hf
 from .launcher import spawn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOL = 1e-4
 TOKENS = torch.randint(0, min(tiny_hf.VOCAB_QWEN, tiny_hf.VOCAB_LLAMA), (2, 16),
                        generator=torch.Generator().manual_seed(3))
@@ -39,7 +38,7 @@ def hf(tmp_path_factory):
 
 @pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (1, 2)], ids=["tp1", "tp2", "pp2"])
 def test_cli_check_passes(hf, tp, pp):
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "convert_hf.py"), "check", "--hf-dir", hf["qwen2"],
+    cmd = [sys.executable, "-m", "megatron_meml.convert_hf", "check", "--hf-dir", hf["qwen2"],
            hf["llama"], "--tp", str(tp), "--pp", str(pp)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     lines = r.stdout.strip().splitlines()
