@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
-from tests.unit.tools.test_scaling_study import FAST
+from tests.unit.commands.test_scaling_study import FAST
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
