@@ -2,7 +2,7 @@
 """Build the MEF trace file a run's ``mef.traces`` names: the dataset's gold rationales as expert 0 plus verified
 teacher traces as experts 1..N-1.
 
-    python -m megatron_meml.build_mef_data --data gsm8k --out runs/traces/gsm8k-mef.jsonl                 # rationale only
+    python -m megatron_meml.build_mef_data --data gsm8k --out runs/traces/gsm8k-mef.jsonl               # rationale only
     python -m megatron_meml.build_mef_data --data gsm8k --data-path data --split train \\
         --traces runs/traces/gsm8k-r1.jsonl runs/traces/gsm8k-gpt4o.jsonl --out runs/traces/gsm8k-mef.jsonl
 

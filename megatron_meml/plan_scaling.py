@@ -2,7 +2,7 @@
 
     python -m megatron_meml.plan_scaling --model qwen2.5-72b --gpus 64
     python -m megatron_meml.plan_scaling --config examples/scaling/llama3.1-8b.yaml --gpus 16 rollout.token_budget=131072
-    python -m megatron_meml.plan_scaling --readme          # the scaling table of README.md (every config at 8/16/64 GPUs)
+    python -m megatron_meml.plan_scaling --readme        # the scaling table of README.md (every config at 8/16/64 GPUs)
 
 The memory and step-time formulas, with units and assumptions, are in ``megatron_meml/planning.py``. Model shape,
 batch sizes, sequence length and rollout budget come from the run config (``--model`` names a config in

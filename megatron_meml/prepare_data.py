@@ -2,7 +2,7 @@
 """Write the layout ``data.path`` expects (GSM8K, MathQA, StrategyQA and the BPE tokenizer files) from the Hugging Face
 copies of the datasets: by hub name where this machine reaches the hub, or from a local download.
 
-    python -m megatron_meml.prepare_data --out data                                   # all three from the hub (`datasets`)
+    python -m megatron_meml.prepare_data --out data                                # all three from the hub (`datasets`)
     python -m megatron_meml.prepare_data --out data --gsm8k ~/dl/gsm8k --mathqa ~/dl/math_qa.parquet
     python -m megatron_meml.prepare_data --out data --hf-cache ~/.cache/huggingface/hub          # a machine's HF cache
     python -m megatron_meml.prepare_data --out data --datasets --tokenizer qwen2.5=/models/Qwen2.5-1.5B-Instruct

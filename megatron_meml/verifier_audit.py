@@ -3,7 +3,7 @@
 phrasings, scored correct (false negative = a correct phrasing scored 0) and perturbed (false positive = a wrong
 letter / wrong number / negated yes-no scored 1).
 
-    python -m megatron_meml.verifier_audit --data ../shared/data                  # full splits: gsm8k test, mathqa test,
+    python -m megatron_meml.verifier_audit --data ../shared/data                 # full splits: gsm8k test, mathqa test,
                                                                           #   strategyqa dev; exit 1 on any FN/FP
     python -m megatron_meml.verifier_audit --data data --every 10 --show 3        # every 10th record, 3 failures each
 

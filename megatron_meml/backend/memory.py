@@ -34,7 +34,8 @@ def reset_peak_rss() -> bool:
 
 
 def cpu_peak_rss_bytes() -> int:
-    """This process's peak resident set: VmHWM (which :func:`reset_peak_rss` resets), else ``ru_maxrss`` (since start)."""
+    """This process's peak resident set: VmHWM (which :func:`reset_peak_rss` resets), else ``ru_maxrss`` (since
+    the start)."""
     try:
         return proc_status_bytes("VmHWM")
     except (OSError, KeyError):
@@ -50,7 +51,8 @@ def reset_peak_memory() -> bool:
 
 
 def peak_memory_bytes() -> float:
-    """Peak bytes since the start (or the last :func:`reset_peak_memory`): tensors on CUDA, the resident set on the CPU."""
+    """Peak bytes since the start (or the last :func:`reset_peak_memory`): tensors on CUDA, the resident set on
+    the CPU."""
     if torch.cuda.is_available():
         return float(torch.cuda.max_memory_allocated())
     return float(cpu_peak_rss_bytes())

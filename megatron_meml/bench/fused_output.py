@@ -1,7 +1,7 @@
 """CPU memory of one MEF step with the fused output layer vs the logits path (``model.fused_output``), and the
 planner's prediction beside each measured number.
 
-    python -m megatron_meml.bench.fused_output                    # 2 layers, hidden 256, vocab 151936 rows (151665 real),
+    python -m megatron_meml.bench.fused_output                  # 2 layers, hidden 256, vocab 151936 rows (151665 real),
                                                           # 8192 tokens per microbatch (4 x 2048), fp32
     python -m megatron_meml.bench.fused_output --tokens 16384     # needs ~21 GiB free for the logits path in fp32
     python -m megatron_meml.bench.fused_output --json out.json
@@ -136,8 +136,8 @@ def mem_available() -> int:
 
 
 def run_child(a, variant: str) -> dict:
-    cmd = [sys.executable, "-m", "megatron_meml.bench.fused_output", "--child", variant, "--tokens", str(a.tokens), "--seq",
-           str(a.seq), "--layers", str(a.layers), "--hidden", str(a.hidden), "--ffn", str(a.ffn), "--heads",
+    cmd = [sys.executable, "-m", "megatron_meml.bench.fused_output", "--child", variant, "--tokens", str(a.tokens),
+           "--seq", str(a.seq), "--layers", str(a.layers), "--hidden", str(a.hidden), "--ffn", str(a.ffn), "--heads",
            str(a.heads), "--groups", str(a.groups), "--vocab", str(a.vocab), "--real-vocab", str(a.real_vocab),
            "--dtype", a.dtype]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")

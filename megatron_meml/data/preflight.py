@@ -40,9 +40,10 @@ def check_run_inputs(cfg) -> None:
                 raise ConfigError(f"config key `{key}`: {e}") from None
     if cfg.mef.enabled and cfg.mef.traces and d.loader != "dali" and not os.path.isfile(cfg.mef.traces):
         raise ConfigError(
-            f"config key `mef.traces`: file not found: {os.path.abspath(cfg.mef.traces)}; build it with `python "
-            f"python -m megatron_meml.build_mef_data --data {d.name} --data-path {d.path} --out {cfg.mef.traces}` (add --traces "
-            f"TEACHER.jsonl for teacher experts), or set mef.traces=null to fine-tune on the dataset rationale alone")
+            f"config key `mef.traces`: file not found: {os.path.abspath(cfg.mef.traces)}; build it with `python -m "
+            f"megatron_meml.build_mef_data --data {d.name} --data-path {d.path} --out {cfg.mef.traces}` (add "
+            f"--traces TEACHER.jsonl for teacher experts), or set mef.traces=null to fine-tune on the dataset "
+            f"rationale alone")
     if d.loader == "dali" and cfg.mef.enabled:
         from .dali_loader import import_dali
         from .shards import read_index

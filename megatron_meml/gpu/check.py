@@ -10,7 +10,7 @@ Order (the checks owed from earlier sessions first, then the rest by value per s
                    the planner beside each number                                                     scale_check.json
   rollout-check    megatron_meml.gpu.rollout_check: 256 x 512 decode, capture apart from decode, MBU with
                    the logits traffic, the decode kernel against its reference at the real shape  rollout_check.json
-  output-bench     megatron_meml.gpu.output_bench: the fused output forward vs Liger vs torch               output_bench.json
+  output-bench     megatron_meml.gpu.output_bench: the fused output forward vs Liger vs torch          output_bench.json
   gpu-tests        the other tests of tests/gpu (kernels, fused output, async, fp8)                   gpu_tests.json
 Before them an environment probe (versions, device, which megatron fallbacks are active: the "no Transformer
 Engine / no Apex, falling back" notes are recorded, not silenced) writes env.json; when megatron-core does not
@@ -72,7 +72,8 @@ def plan() -> List[Step]:
              "Qwen2.5-1.5B MEF MFU + RIEL split, planner beside each number"),
         Step("rollout-check", "rollout_check.json",
              ["{py}", *MOD, "megatron_meml.gpu.rollout_check", "--json", "{json}", "--deadline", "{deadline}"],
-             ["{py}", *MOD, "megatron_meml.gpu.rollout_check", "--tiny", "--json", "{json}", "--deadline", "{deadline}"], 60, 200,
+             ["{py}", *MOD, "megatron_meml.gpu.rollout_check", "--tiny", "--json", "{json}", "--deadline",
+              "{deadline}"], 60, 200,
              "decode tok/s, capture apart, MBU with logits, decode kernel vs reference, HF baseline"),
         Step("output-bench", "output_bench.json", ["{py}", *MOD, "megatron_meml.gpu.output_bench", "--json", "{json}"],
              ["{py}", *MOD, "megatron_meml.gpu.output_bench", "--tiny", "--json", "{json}"], 20, 90,

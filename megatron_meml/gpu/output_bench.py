@@ -2,7 +2,7 @@
 entropy and the plain torch logits path, in one run on one GPU (a step of tools/gpu_check.sh, ~1 minute).
 
     python -m megatron_meml.gpu.output_bench [--tokens 8192] [--hidden 1536] [--vocab 151936] [--json OUT.json]
-    python -m megatron_meml.gpu.output_bench --tiny       # CPU dry run (64 tokens, hidden 32, vocab 512, fp32; the Triton
+    python -m megatron_meml.gpu.output_bench --tiny     # CPU dry run (64 tokens, hidden 32, vocab 512, fp32; the Triton
                                                   # kernel in the interpreter, TRITON_INTERPRET=1)
 
 Shape (default): one MEF microbatch of Qwen2.5-1.5B, 4 x 2048 = 8192 tokens, hidden 1536, 151936 vocabulary rows,

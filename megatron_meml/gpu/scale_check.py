@@ -1,7 +1,7 @@
 """A Qwen2.5-1.5B-shaped MEF + RIEL step measured on one GPU, the planner's prediction beside every number.
 
-    python -m megatron_meml.gpu.scale_check                  # on a GPU (tools/gpu_check.sh runs it): ~3 minutes on an H200
-    python -m megatron_meml.gpu.scale_check --tiny           # the same script end to end on a tiny shape (CPU, ~1 minute)
+    python -m megatron_meml.gpu.scale_check               # on a GPU (tools/gpu_check.sh runs it): ~3 minutes on an H200
+    python -m megatron_meml.gpu.scale_check --tiny         # the same script end to end on a tiny shape (CPU, ~1 minute)
     python -m megatron_meml.gpu.scale_check --parts mef      # only some parts: ceilings, mef, riel
 
 Shape (default): 28 layers, hidden 1536, 12 heads, 2 KV groups (head dim 128), ffn 8960, vocab 151936, tied
