@@ -21,7 +21,8 @@ import subprocess
 import sys
 import time
 
-from megatron_meml.backend.memory import cpu_peak_rss_bytes, proc_status_bytes, reset_peak_rss
+from megatron_meml.backend.memory import (cpu_peak_rss_bytes, peak_memory_bytes, proc_status_bytes,
+                                          reset_peak_memory, reset_peak_rss)
 
 CPU_SHAPE = dict(T=8192, H=512, V=32768)
 
@@ -106,10 +107,10 @@ class GpuBench:
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
+        reset_peak_memory()
         fn()
         torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
+        peak = peak_memory_bytes() - base
         for x in grad_to_none:
             x.grad = None
         return peak

@@ -14,6 +14,7 @@ import sys
 import time
 
 from megatron_meml.backend import compat
+from megatron_meml.backend.memory import peak_memory_bytes
 from megatron_meml.config import load_config
 
 
@@ -56,7 +57,7 @@ def main() -> int:
     out.update(device=torch.cuda.get_device_name(), megatron_core=str(compat.megatron_version()),
                torch=torch.__version__, te=compat.have_te(), build_s=round(build_s, 2),
                train_s=round(train_s, 2), s_per_step=round(train_s / out["mef_steps"], 4), riel_s=round(riel_s, 2),
-               peak_mem_gb=round(torch.cuda.max_memory_allocated() / 2**30, 3),
+               peak_mem_gb=round(peak_memory_bytes() / 2**30, 3),
                ok=out["mef_loss_end"] < 0.5 * out["mef_loss_start"])
     trainer.finish(run)
     print(json.dumps(out))
