@@ -18,7 +18,7 @@ from megatron_meml.backend.memory import peak_memory_bytes
 from megatron_meml.config import load_config
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--hidden", type=int, default=512)
@@ -26,7 +26,7 @@ def main() -> int:
     ap.add_argument("--dtype", default="bf16")
     ap.add_argument("--riel-steps", type=int, default=3, help="RIEL steps after MEF (rollouts + GRPO/KL/SFT on GPU)")
     ap.add_argument("--run-dir", default=os.path.join(os.environ.get("OUT", "/tmp"), "gpu_train_run"))
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     import torch
 
     from megatron_meml import trainer
