@@ -30,6 +30,8 @@ from typing import List, Optional
 
 
 import torch  # noqa: E402
+from megatron_meml.backend import checkpoint_source, hf_convert, model, parallel
+from megatron_meml.backend.checkpoint_io import CheckpointError
 from megatron_meml.backend.parallel import free_port  # noqa: E402
 from megatron_meml.versions import require_supported
 
@@ -44,8 +46,6 @@ def _check_worker(rank: int, world: int, port: int, ckpts: List[str], tp: int, p
                       MASTER_PORT=str(port))
     if world > 1:
         torch.set_num_threads(1)
-    from megatron_meml.backend import checkpoint_source, hf_convert, model, parallel
-
     try:
         info = parallel.initialize(tp, pp)
         tokens, out = torch.load(tokens_path), []
@@ -75,7 +75,6 @@ def check(hf_dirs: List[str], tp: int, pp: int, ckpts: Optional[List[str]] = Non
     """Max abs logit difference (transformers vs ours at (tp, pp)) for each HF directory. Our side runs on tp*pp
     spawned gloo processes, started first so that their imports overlap the transformers forward here."""
     import torch.multiprocessing as mp
-    from megatron_meml.backend import checkpoint_source, hf_convert
 
     with tempfile.TemporaryDirectory() as d:
         if ckpts is None:
@@ -103,8 +102,6 @@ def check(hf_dirs: List[str], tp: int, pp: int, ckpts: Optional[List[str]] = Non
 
 
 def cmd_import(a) -> int:
-    from megatron_meml.backend import hf_convert
-
     t0 = time.time()
     meta = hf_convert.import_hf(a.hf_dir, a.out, a.tp, a.pp, DTYPES.get(a.dtype), log=print)
     print(f"imported {a.hf_dir} -> {a.out}: TP={meta.tp} PP={meta.pp} vocab {meta.vocab_size} padded to "
@@ -113,8 +110,6 @@ def cmd_import(a) -> int:
 
 
 def cmd_export(a) -> int:
-    from megatron_meml.backend import hf_convert
-
     t0 = time.time()
     files = hf_convert.export_hf(a.ckpt, a.out, int(a.max_shard_gb * 2 ** 30), log=print)
     print(f"exported {a.ckpt} -> {a.out}: {len(files)} safetensors file(s) + config.json in {time.time() - t0:.1f}s")
@@ -122,8 +117,6 @@ def cmd_export(a) -> int:
 
 
 def cmd_random(a) -> int:
-    from megatron_meml.backend import hf_convert
-
     t0 = time.time()
     n = hf_convert.write_random_hf(a.config, a.out, DTYPES[a.dtype], a.seed, int(a.max_shard_gb * 2 ** 30), log=print)
     print(f"wrote a random {n / 1e9:.3f}B-parameter model ({a.dtype}) of {a.config} to {a.out} in "
@@ -172,8 +165,6 @@ def main(argv=None) -> int:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--max-shard-gb", type=float, default=1.0)
     a = p.parse_args(argv)
-    from megatron_meml.backend.checkpoint_io import CheckpointError
-
     try:
         return {"import": cmd_import, "export": cmd_export, "check": cmd_check, "random": cmd_random}[a.cmd](a)
     except (CheckpointError, OSError) as err:

@@ -23,6 +23,7 @@ from typing import List, Optional
 from megatron_meml.config import ConfigError, load_config
 from megatron_meml.data import DataError, load_expert_prompts, render, tokenizer_from_config
 from megatron_meml.data.shards import run_meta, write_shards
+from megatron_meml.trainer import mef_rows
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -32,8 +33,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", required=True, help="shard folder to write (the run's data.shards)")
     p.add_argument("--rows-per-shard", type=int, default=65536)
     args = p.parse_args(argv)
-
-    from megatron_meml.trainer import mef_rows
 
     t0 = time.time()
     try:

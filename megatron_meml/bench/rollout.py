@@ -34,8 +34,13 @@ import time
 
 import torch
 
+from megatron_meml.backend import model as M, parallel
 from megatron_meml.bench.harness import headline_line, interleaved, set_threads
 from megatron_meml.config import load_config
+from megatron_meml.rollout.continuous_engine import ContinuousEngine
+from megatron_meml.rollout.engine import SamplingParams
+from megatron_meml.rollout.megatron_engine import MegatronEngine
+from megatron_meml.rollout.vllm_engine import VLLMEngine
 from megatron_meml.types import Request
 from megatron_meml.versions import require_supported
 
@@ -85,8 +90,6 @@ class _Tok:
 
 
 def build_ours(a):
-    from megatron_meml.backend import model as M, parallel
-
     cfg = load_config(None, [f"model.num_layers={a.layers}", f"model.hidden_size={a.hidden}",
                              f"model.ffn_hidden_size={a.ffn}", f"model.num_attention_heads={a.heads}",
                              f"model.num_query_groups={a.kv_heads}", f"model.vocab_size={a.vocab}",
@@ -121,10 +124,6 @@ def run(argv=None) -> float:
     a = parse_args(argv)
     require_supported()
     threads = set_threads(a.threads)
-    from megatron_meml.rollout.continuous_engine import ContinuousEngine
-    from megatron_meml.rollout.engine import SamplingParams
-    from megatron_meml.rollout.megatron_engine import MegatronEngine
-
     g = torch.Generator().manual_seed(a.seed)
     if a.batch % a.group:
         raise SystemExit("--batch must be a multiple of --group")
@@ -145,8 +144,6 @@ def run(argv=None) -> float:
     engines = {"continuous": ContinuousEngine(chunks, tok, token_budget=budget, stop_token_ids=[]),
                "static": MegatronEngine(chunks, tok, token_budget=budget, stop_token_ids=[])}
     if "vllm" in chosen:
-        from megatron_meml.rollout.vllm_engine import VLLMEngine
-
         cfg.rollout.token_budget = budget
         cfg.model.max_position_embeddings = max(1024, a.max_prompt + max(new))
         t0 = time.perf_counter()

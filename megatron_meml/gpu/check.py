@@ -38,6 +38,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from megatron_meml.backend import compat
+
 KILL_GRACE_S = 10.0
 MAX_FILES = 8                      # a device call brings back at most 8 files from $OUT
 DEFAULT_BUDGET_S = 540.0
@@ -122,8 +124,6 @@ def probe() -> dict:
             try:
                 for name in PROBE_MODULES:
                     importlib.import_module(name)
-                from megatron_meml.backend import compat
-
                 out["megatron_core"] = {"ok": True, "version": str(compat.megatron_version())}
             except Exception as exc:  # noqa: BLE001
                 out["megatron_core"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
@@ -143,8 +143,6 @@ def probe() -> dict:
             out.setdefault("import_errors", {})[mod] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
     if out["megatron_core"]["ok"]:
         try:
-            from megatron_meml.backend import compat
-
             out["transformer_engine_usable"] = compat.have_te()
         except Exception as exc:  # noqa: BLE001
             out["transformer_engine_usable"] = f"unknown: {type(exc).__name__}: {exc}"

@@ -38,7 +38,10 @@ import sys
 import time
 import traceback
 
+from megatron_meml.backend import model as M, parallel, slot_model
 from megatron_meml.config import load_config
+from megatron_meml.rollout.continuous_engine import ContinuousEngine
+from megatron_meml.rollout.engine import SamplingParams
 from megatron_meml.types import Request
 from megatron_meml.versions import require_supported
 
@@ -97,8 +100,6 @@ def logits_traffic_bytes(rows: int, vocab: int, elem: int) -> float:
 
 
 def build_ours(a):
-    from megatron_meml.backend import model as M, parallel
-
     dtype = "bf16" if not a.tiny else "fp32"
     cfg = load_config(None, [
         f"model.num_layers={a.layers}", f"model.hidden_size={a.hidden}", f"model.ffn_hidden_size={a.ffn}",
@@ -125,10 +126,6 @@ class _Tok:
 
 def run_ours(a, chunks, prompts, device) -> dict:
     """Part 2 (docstring): warm-up at the full length, then T_prefill and T_full; capture times apart."""
-    from megatron_meml.backend import slot_model
-    from megatron_meml.rollout.continuous_engine import ContinuousEngine
-    from megatron_meml.rollout.engine import SamplingParams
-
     captures = []
     original = slot_model.SlotModel._capture
 

@@ -40,6 +40,7 @@ import time
 import traceback
 from typing import Callable, Dict, List, Optional
 
+from megatron_meml import trainer
 from megatron_meml.algo.objective import RielObjective, sft_loss
 from megatron_meml.backend import model as bmodel, optimizer as boptim
 from megatron_meml.backend.memory import peak_memory_bytes, reset_peak_memory
@@ -47,6 +48,7 @@ from megatron_meml.backend.step import forward_backward
 from megatron_meml.config import load_config
 from megatron_meml.planning import Hardware, Layout, ModelShape, Workload, evaluate
 from megatron_meml.rollout.scheduler import build_riel_scheduler, verifier_reward
+from megatron_meml.trainer import load_records, riel_questions
 from megatron_meml.types import MicroBatch, TokenKind
 
 
@@ -223,8 +225,6 @@ def riel_part(run, dev: Device, s: dict, ceil: Dict[str, float], mem_gib: float,
     """RIEL steps (the trainer's loop body, timed in parts); one row per step."""
     import torch
 
-    from megatron_meml.trainer import load_records, riel_questions
-
     cfg = run.cfg
     reward = verifier_reward(cfg.data.name)
     score_s = [0.0]
@@ -365,8 +365,6 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="the result file (default OUT/scale_check.json)")
     a = ap.parse_args(argv)
     import torch
-
-    from megatron_meml import trainer
 
     dev = Device()
     s = dict(TINY if a.tiny or not dev.cuda else QWEN15)

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 
+from megatron_meml import trainer
 from megatron_meml.backend import compat
 from megatron_meml.backend.memory import peak_memory_bytes
 from megatron_meml.config import load_config
@@ -28,8 +29,6 @@ def main(argv=None) -> int:
     ap.add_argument("--run-dir", default=os.path.join(os.environ.get("OUT", "/tmp"), "gpu_train_run"))
     a = ap.parse_args(argv)
     import torch
-
-    from megatron_meml import trainer
 
     overrides = [
         f"model.num_layers={a.layers}", f"model.hidden_size={a.hidden}", f"model.ffn_hidden_size={a.hidden * 3}",
