@@ -49,7 +49,7 @@ extras = {
         "liger-kernel",          # benchmark comparison only
         # transformer-engine, apex and flash-attn come with the NGC image (see Dockerfile); optional imports.
     ],
-    "hf": [TRANSFORMERS, "safetensors"],  # tools/convert_hf.py and model.init_from_hf
+    "hf": [TRANSFORMERS, "safetensors"],  # python -m megatron_meml.convert_hf and model.init_from_hf
     "quickstart": ["tensorboard", "matplotlib"],  # the run directory's TensorBoard events and reward plot
     "logging": ["tensorboard", "matplotlib", "wandb"],
     # data.loader=dali (pre-tokenized MEF shards through an NVIDIA DALI pipeline); the CUDA 12 wheel also runs the
@@ -73,5 +73,12 @@ setup(
     package_dir={"meml_kernels": "kernels/meml_kernels"},
     install_requires=core,
     extras_require=extras,
-    entry_points={"console_scripts": ["meml-train=megatron_meml.train:main"]},
+    package_data={"megatron_meml": ["job.sbatch.in"]},  # the SLURM launcher's template (megatron_meml/launch.py)
+    entry_points={"console_scripts": [
+        "meml-train=megatron_meml.train:main",
+        "meml-convert-hf=megatron_meml.convert_hf:main",
+        "meml-plan=megatron_meml.plan_scaling:main",
+        "meml-ablate=megatron_meml.ablate:main",
+        "meml-launch=megatron_meml.launch:main",
+    ]},
 )

@@ -1,4 +1,4 @@
-"""Per-GPU memory and RIEL step-time model for choosing TP / PP / DP (used by ``tools/plan_scaling.py``).
+"""Per-GPU memory and RIEL step-time model for choosing TP / PP / DP (used by ``python -m megatron_meml.plan_scaling``).
 
 Plain Python on the config tree: no torch, no megatron. Units: bytes, seconds, FLOPs; tables print GiB (2^30 B).
 

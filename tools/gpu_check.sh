@@ -8,7 +8,7 @@
 # Environment: OUT (results; default /tmp/out, in the dry run ./gpu_check_out), GPU_CHECK_BUDGET_S (default 540:
 # the whole call, wheel install included, with margin under the 600 s a device call may run), GPU_CHECK_ONLY
 # (comma-separated step names), PYTHON (the dry run's interpreter; default .venv/bin/python).
-# What runs, in which order, under which limits, and the files it writes: tools/gpu_check.py's docstring.
+# What runs, in which order, under which limits, and the files it writes: megatron_meml.gpu.check's docstring.
 # Exit status: 0 all steps ok or skipped, 1 a step failed or timed out, 2 megatron-core does not import.
 set -u
 cd "$(dirname "$0")/.."
@@ -25,7 +25,8 @@ else
   unset TRITON_INTERPRET
   # The image lacks megatron-core (and liger-kernel, math-verify): install the carried wheels into /tmp/site. The
   # project runs from the checkout through two links there (megatron_meml, meml_kernels): the repo root itself stays
-  # off sys.path, where kernels/ would pass for the Hugging Face package `kernels` (pytest adds the root for tests/).
+  # off sys.path, where kernels/ would pass for the Hugging Face package `kernels` (pytest adds the root for tests/):
+  # hence `python -P -m` below and in every step (-P: no working directory on sys.path).
   if ls .whl/*.whl >/dev/null 2>&1; then
     mkdir -p "$OUT"
     if ! "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -41,4 +42,4 @@ else
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 mkdir -p "$OUT"
-exec "$PYTHON" tools/gpu_check.py --out "$OUT"
+exec "$PYTHON" -P -m megatron_meml.gpu.check --out "$OUT"

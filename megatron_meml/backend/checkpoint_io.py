@@ -1,5 +1,5 @@
-"""The on-disk format of converted checkpoints (``tools/convert_hf.py import``), a streaming safetensors writer,
-and the name-based TP sharding arithmetic that lets one process shard a model for any TP/PP layout.
+"""The on-disk format of converted checkpoints (``python -m megatron_meml.convert_hf import``), a streaming safetensors
+writer, and the name-based TP sharding arithmetic that lets one process shard a model for any TP/PP layout.
 
 Format (version 1), one directory::
 
@@ -399,9 +399,9 @@ def load_params(chunks, fetch_full, vocab: int, where: str, fetch_slice=None) ->
 
 
 def save_converted_checkpoint(chunks, cfg, ckpt_dir: str, source: Optional[Dict[str, object]] = None) -> None:
-    """Collective: write the live model in this format (e.g. a trained model, for ``tools/convert_hf.py export``).
-    DP rank 0 of every (TP, PP) position writes its own slices under global names; global rank 0 writes the meta
-    last. The tied ``output_layer`` copy on the last stage is not stored."""
+    """Collective: write the live model in this format (e.g. a trained model, for ``python -m megatron_meml.convert_hf
+    export``). DP rank 0 of every (TP, PP) position writes its own slices under global names; global rank 0 writes
+    the meta last. The tied ``output_layer`` copy on the last stage is not stored."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 

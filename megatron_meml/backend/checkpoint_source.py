@@ -1,7 +1,7 @@
 """Model weights from any checkpoint this project writes, behind the reader interface of :mod:`.checkpoint_io`, so
-that ``tools/convert_hf.py export`` and ``model.init_from`` take all of them:
+that ``python -m megatron_meml.convert_hf export`` and ``model.init_from`` take all of them:
 
-  * a converted checkpoint folder (``meml_ckpt.json`` + safetensors shards, ``tools/convert_hf.py import``);
+  * a converted checkpoint folder (``meml_ckpt.json`` + safetensors shards, ``python -m megatron_meml.convert_hf import``);
   * a training checkpoint folder (``meta.json`` + ``rank_XXXXX.pt``, :mod:`.checkpoint`), e.g.
     ``runs/x/checkpoints/step_00000450``;
   * a training checkpoint root (``runs/x/checkpoints``, or the run directory that holds it): its newest complete

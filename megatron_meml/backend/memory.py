@@ -33,17 +33,29 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def cpu_peak_rss_bytes() -> int:
+    """This process's peak resident set: VmHWM (which :func:`reset_peak_rss` resets), else ``ru_maxrss`` (since
+    the start)."""
+    try:
+        return proc_status_bytes("VmHWM")
+    except (OSError, KeyError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_memory() -> bool:
+    """Start a new peak window: CUDA's peak allocator stats, or the CPU's VmHWM; False where it cannot be reset."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return True
+    return reset_peak_rss()
+
+
 def peak_memory_bytes() -> float:
+    """Peak bytes since the start (or the last :func:`reset_peak_memory`): tensors on CUDA, the resident set on
+    the CPU."""
     if torch.cuda.is_available():
         return float(torch.cuda.max_memory_allocated())
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return float(int(line.split()[1]) * 1024)
-    except OSError:
-        pass
-    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return float(cpu_peak_rss_bytes())
 
 
 def peak_memory_gib() -> float:

@@ -16,7 +16,7 @@ a dense float mask and a GQA expansion, the rest module plumbing (the CPU runtim
     ``attention.sdpa`` (a mask with grouped KV heads: the memory-efficient CUDA kernel, never the math path);
   * on the local layer spec the linear layers are applied as ``F.linear`` on megatron's weight tensors (the
     row-parallel all-reduce done here), skipping megatron's autograd-function wrappers, and the CPU runtime's
-    ``TorchFunctionMode`` is bypassed inside the forward: together 1.7x tokens/s (tools/bench_rollout.py
+    ``TorchFunctionMode`` is bypassed inside the forward: together 1.7x tokens/s (megatron_meml.bench.rollout
     defaults, 16 rows, best of 5 under load).
 Under TP each rank holds its ``nh/TP`` query heads and ``ng/TP`` key/value groups (megatron's partition of
 ``linear_qkv``) and attends over them; ``linear_proj`` sums the heads across ranks. Under PP each stage caches its

@@ -235,7 +235,7 @@ class DataConfig:
         _check(self.on_bad_record in ("error", "skip"), "data.on_bad_record", "must be `error` or `skip`")
         _check(self.loader in ("default", "dali"), "data.loader", f"must be `default` or `dali`, got {self.loader!r}")
         _check(self.loader != "dali" or bool(self.shards), "data.shards",
-               "data.loader=dali reads pre-tokenized shards: set data.shards to the folder tools/pretokenize.py wrote")
+               "data.loader=dali reads pre-tokenized shards: set data.shards to the folder python -m megatron_meml.pretokenize wrote")
         _check(self.prefetch >= 1, "data.prefetch", f"must be >= 1, got {self.prefetch}")
         _check(self.seq_length > 0, "data.seq_length", "must be positive")
         _check(self.micro_batch_size > 0, "data.micro_batch_size", "must be positive")

@@ -1,4 +1,4 @@
-"""``data.loader=dali``: MEF batches from pre-tokenized shards (data/shards.py, tools/pretokenize.py) through an
+"""``data.loader=dali``: MEF batches from pre-tokenized shards (data/shards.py, python -m megatron_meml.pretokenize) through an
 NVIDIA DALI pipeline.
 
 The pipeline is one ``fn.external_source`` in parallel mode: a DALI worker process (started with ``spawn``, so it

@@ -6,12 +6,12 @@ Datasets and splits (file names under ``<data root>/<name>/``):
   * ``strategyqa`` train | dev                          (train.json, dev.json)
   * ``synthetic``  train | test, generated (``path`` is ignored; keyword arguments go to ``load_synthetic``)
 
-``path`` may be the data root (the folder ``tools/prepare_data.py`` writes), the dataset folder, or the split file
+``path`` may be the data root (the folder ``python -m megatron_meml.prepare_data`` writes), the dataset folder, or the split file
 itself. Splits are the files as published, in file order, so they are deterministic; shuffling is the consumer's
 business. ``path=None`` means :func:`default_data_root`: ``$MEML_DATA`` when set, else ``data`` under the working
 directory. A relative path is relative to the working directory, like every path of the config (see
 config/schema.py). A missing split file is a one-line :class:`DataError` that names ``data.path`` and
-``tools/prepare_data.py``.
+``python -m megatron_meml.prepare_data``.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ SPLIT_FILES: Dict[str, Dict[str, Union[str, Tuple[str, ...]]]] = {"gsm8k": gsm8k
                                           "strategyqa": strategyqa.SPLITS}
 DATASETS = tuple(LOADERS) + ("synthetic",)
 DEFAULT_DATA_DIR = "data"
-PREPARE_HINT = "python tools/prepare_data.py --out {root}"
+PREPARE_HINT = "python -m megatron_meml.prepare_data --out {root}"
 
 
 def default_data_root() -> str:

@@ -1,10 +1,11 @@
 """The expert registry: N system prompts from ``cfg.experts``; expert e answers under prompt P_e.
 
-Expert 0 is the dataset's own rationale style (its MEF traces are the gold solutions); experts 1..N-1 imitate
-teacher models (their MEF traces come from tools/collect_teacher_traces.py). Each ``experts.prompts[i]`` is either
-the prompt text or ``@path/to/file.txt``; a relative path is resolved against ``base_dir``, which the trainer and
-tools leave at None: the working directory, the one rule for every config path (config/schema.py). A file's text is used with surrounding whitespace stripped; a missing or empty file is a
-``ConfigError`` naming ``experts.prompts[i]``. With ``experts.single_expert`` only expert 0 is returned.
+Expert 0 is the dataset's own rationale style (its MEF traces are the gold solutions); experts 1..N-1 imitate teacher
+models (their MEF traces come from ``python -m megatron_meml.collect_teacher_traces``). Each ``experts.prompts[i]`` is
+either the prompt text or ``@path/to/file.txt``; a relative path is resolved against ``base_dir``, which the trainer and
+tools leave at None: the working directory, the one rule for every config path (config/schema.py). A file's text is used
+with surrounding whitespace stripped; a missing or empty file is a ``ConfigError`` naming ``experts.prompts[i]``. With
+``experts.single_expert`` only expert 0 is returned.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ File format: one JSON array of objects ``{"Problem", "Rationale", "options", "co
 accepted too. ``correct`` is a letter a-e.
 
 Splits: ``train`` (29,837, train.json), ``dev`` (4,475), ``test`` (2,985), ``challenge_test`` (604).
-tools/prepare_data.py writes train.json from the Hugging Face copy; an offline copy without it (the shared
+python -m megatron_meml.prepare_data writes train.json from the Hugging Face copy; an offline copy without it (the shared
 snapshot has none) loads ``dev`` for ``train`` (same records, same ids) and logs a warning saying so.
 
 Record produced:
@@ -110,6 +110,6 @@ def load_mathqa(path: str, split: str, on_bad_record: str = "error") -> Tuple[Li
     if split == "train" and os.path.basename(path) == "dev.json":
         log.warning("mathqa: no train.json next to %s; split 'train' loads dev.json (4,475 records, ids "
                     "mathqa-dev-*). Use split 'dev' to say so explicitly, or write train.json with "
-                    "tools/prepare_data.py.", path)
+                    "python -m megatron_meml.prepare_data.", path)
         split = "dev"
     return read_items(path, iter_json_array(path), lambda obj, i: convert(obj, i, split), on_bad_record)

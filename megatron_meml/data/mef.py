@@ -5,7 +5,7 @@ File format (JSONL, one object per line)::
     {"id": str, "question": str, "expert": int, "response": str, "answer": str}
 
 ``expert`` 0 is the dataset's own rationale (``record.solution``); experts >= 1 are teacher traces collected by
-tools/collect_teacher_traces.py, whose output rows carry at least ``id``, ``expert`` and ``response`` (other
+python -m megatron_meml.collect_teacher_traces, whose output rows carry at least ``id``, ``expert`` and ``response`` (other
 fields are ignored; ``question`` and ``answer`` are taken from the dataset record).
 
 :func:`build_mef_data` merges both: for every record, expert 0's row, then each expert's trace in file order. A
@@ -137,7 +137,7 @@ def describe_expert_counts(counts: Counter, num_experts: int) -> str:
     if empty:
         which = "expert" if len(empty) == 1 else "experts"
         note = (f"; {which} {', '.join(empty)} {'has' if len(empty) == 1 else 'have'} no MEF traces (their prompts are "
-                f"trained in RIEL only; add teacher traces with tools/build_mef_data.py --traces)")
+                f"trained in RIEL only; add teacher traces with python -m megatron_meml.build_mef_data --traces)")
     return f"{sum(counts.values())} traces ({parts}){note}"
 
 

@@ -7,7 +7,7 @@ order: row ``(s * B + i) mod N`` of the run's shuffled MEF rows, so the loss is 
   * ``default``  :class:`RenderedMEFBatches`: renders and tokenizes each row in the training process when its step
                  comes (chat template + expert prompt, data/templates.py).
   * ``dali``     :class:`megatron_meml.data.dali_loader.DaliMEFBatches`: reads the rows pre-tokenized by
-                 tools/pretokenize.py through an NVIDIA DALI pipeline that prepares ``data.prefetch`` batches ahead
+                 python -m megatron_meml.pretokenize through an NVIDIA DALI pipeline that prepares ``data.prefetch`` batches ahead
                  in a worker process.
 """
 from __future__ import annotations

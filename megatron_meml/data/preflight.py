@@ -5,9 +5,9 @@ A run reads the train split (MEF without traces, RIEL), the eval split (evaluati
 up minutes later as a traceback from inside a stage; here it is one :class:`ConfigError` line naming the config
 key and the tool that writes the file:
 
-  * a dataset split -> ``data.path`` and ``tools/prepare_data.py``
-  * ``mef.traces``  -> ``tools/build_mef_data.py``
-  * ``data.shards`` -> ``tools/pretokenize.py``
+  * a dataset split -> ``data.path`` and ``python -m megatron_meml.prepare_data``
+  * ``mef.traces``  -> ``python -m megatron_meml.build_mef_data``
+  * ``data.shards`` -> ``python -m megatron_meml.pretokenize``
 
 Relative paths are relative to the working directory (the one path rule, config/schema.py).
 """
@@ -42,9 +42,10 @@ def check_run_inputs(cfg) -> None:
                 raise ConfigError(f"config key `{key}`: {e}") from None
     if cfg.mef.enabled and cfg.mef.traces and d.loader != "dali" and not os.path.isfile(cfg.mef.traces):
         raise ConfigError(
-            f"config key `mef.traces`: file not found: {os.path.abspath(cfg.mef.traces)}; build it with `python "
-            f"tools/build_mef_data.py --data {d.name} --data-path {d.path} --out {cfg.mef.traces}` (add --traces "
-            f"TEACHER.jsonl for teacher experts), or set mef.traces=null to fine-tune on the dataset rationale alone")
+            f"config key `mef.traces`: file not found: {os.path.abspath(cfg.mef.traces)}; build it with `python -m "
+            f"megatron_meml.build_mef_data --data {d.name} --data-path {d.path} --out {cfg.mef.traces}` (add "
+            f"--traces TEACHER.jsonl for teacher experts), or set mef.traces=null to fine-tune on the dataset "
+            f"rationale alone")
     if d.loader == "dali" and cfg.mef.enabled:
         import_dali()          # one line naming data.loader when NVIDIA DALI is not installed
         read_index(d.shards)   # one line naming data.shards when the shards are missing or incomplete

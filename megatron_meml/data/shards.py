@@ -1,7 +1,7 @@
 """Pre-tokenized MEF shards: the rendered MEF rows of a run, in the run's order, as numpy files plus an index.
 
-Written by tools/pretokenize.py, read by the DALI loader (data/dali_loader.py, ``data.loader=dali``). Layout of a
-shard folder::
+Written by ``python -m megatron_meml.pretokenize``, read by the DALI loader (data/dali_loader.py,
+``data.loader=dali``). Layout of a shard folder::
 
     index.json                 {"format": 1, "rows": N, "shards": [{"tokens", "mask", "offsets", "rows"}, ...],
                                 "experts": {"0": n0, ...}, "meta": {...}}
@@ -116,7 +116,7 @@ def read_index(folder: str) -> Dict[str, object]:
             index = json.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config key `data.shards`: no {INDEX} in {os.path.abspath(folder)}; write the shards "
-                          f"with `python tools/pretokenize.py CONFIG.yaml --out {folder}`") from None
+                          f"with `python -m megatron_meml.pretokenize CONFIG.yaml --out {folder}`") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"config key `data.shards`: {path}:{e.lineno}: invalid JSON ({e.msg})") from None
     if index.get("format") != FORMAT or not index.get("rows"):
@@ -131,8 +131,8 @@ def check_meta(index: Dict[str, object], expected: Dict[str, object], folder: st
     for key in META_KEYS:
         if meta.get(key) != expected.get(key):
             raise ConfigError(f"config key `data.shards`: {os.path.abspath(folder)} was written for {key}="
-                              f"{meta.get(key)!r}, this run has {expected.get(key)!r}; rerun tools/pretokenize.py "
-                              f"with this config")
+                              f"{meta.get(key)!r}, this run has {expected.get(key)!r}; rerun python -m "
+                              f"megatron_meml.pretokenize with this config")
 
 
 class ShardReader:

@@ -151,13 +151,13 @@ def write_eval(results: Dict[str, Dict[str, object]], run_dir: str) -> None:
     single expert, oracle, each selection strategy, pairwise error overlap, then the same per problem family when
     there are families, for every evaluation including those during RIEL; pass@k / maj@k when sampled) and
     ``predictions_<stage>.jsonl`` (``{id, expert, correct}`` per question and expert, for stages evaluated in this
-    process: ``python tools/expert_overlap.py <run_dir>/predictions_after_mef.jsonl`` is the paper's Table 1)."""
+    process: ``python -m megatron_meml.expert_overlap <run_dir>/predictions_after_mef.jsonl`` is the paper's Table 1)."""
     os.makedirs(run_dir, exist_ok=True)
     slim = {stage: {k: v for k, v in res.items() if k not in ("per_question", "ids")}
             for stage, res in results.items()}
     with open(os.path.join(run_dir, "eval.json"), "w") as f:
         json.dump(slim, f, indent=2)
-    for stage, res in results.items():  # per-question correctness: input of tools/expert_overlap.py
+    for stage, res in results.items():  # per-question correctness: input of python -m megatron_meml.expert_overlap
         if res.get("per_question") and res.get("ids"):
             with open(os.path.join(run_dir, f"predictions_{stage}.jsonl"), "w") as f:
                 for qid, scores in zip(res["ids"], res["per_question"]):

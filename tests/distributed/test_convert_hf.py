@@ -1,7 +1,7 @@
 """HF checkpoints through our megatron model at TP=1, TP=2 and PP=2 (gloo, local processes) give transformers'
 logits (fp32, max abs diff <= 1e-4):
 
-* ``tools/convert_hf.py check`` (the CLI: convert, spawn tp*pp ranks, compare) for a Qwen2 model (qkv bias, tied
+* ``python -m megatron_meml.convert_hf check`` (the CLI: convert, spawn tp*pp ranks, compare) for a Qwen2 model (qkv bias, tied
   embeddings, GQA, vocab 251 -> padded 256 at TP=2) and a Llama model (llama3 rope scaling, untied);
 * the trainer's start paths through ``hf_convert.init_model_weights``: ``model.init_from`` with a checkpoint
   converted at another layout (re-shard + re-pad), and ``model.init_from_hf`` (on-the-fly conversion), followed by
@@ -21,7 +21,6 @@ from megatron_meml.backend import hf_convert as H
 from ..unit.convert import tiny_hf
 from .launcher import spawn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOL = 1e-4
 TOKENS = torch.randint(0, min(tiny_hf.VOCAB_QWEN, tiny_hf.VOCAB_LLAMA), (2, 16),
                        generator=torch.Generator().manual_seed(3))
@@ -39,7 +38,7 @@ def hf(tmp_path_factory):
 
 @pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (1, 2)], ids=["tp1", "tp2", "pp2"])
 def test_cli_check_passes(hf, tp, pp):
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "convert_hf.py"), "check", "--hf-dir", hf["qwen2"],
+    cmd = [sys.executable, "-m", "megatron_meml.convert_hf", "check", "--hf-dir", hf["qwen2"],
            hf["llama"], "--tp", str(tp), "--pp", str(pp)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     lines = r.stdout.strip().splitlines()

@@ -2,12 +2,11 @@
 
 1. MEF at TP=1 (DP=2) and at TP=2 from the same seed: the first loss is the same although the vocab pads to 320
    at TP=1 and 384 at TP=2 (``model.padded_vocab_size`` not pinned): padded ids get no probability mass.
-2. ``tools/convert_hf.py export --ckpt <the TP=2 run's checkpoint root>`` -> transformers loads it (also from an
+2. ``python -m megatron_meml.convert_hf export --ckpt <the TP=2 run's checkpoint root>`` -> transformers loads it (also from an
    older checkpoint whose meta.json lacks the model fields: the run's config.yaml supplies them); a new run at PP=2
    with ``model.init_from=<that root>`` starts from the same function (its logits, training and generation path,
    equal transformers' on the exported model; padded ids get no mass) and continues training from it.
 """
-import importlib.util
 import json
 import math
 import os
@@ -66,10 +65,9 @@ def train_and_continue(root):
 
 
 def _convert_hf_main(argv):
-    spec = importlib.util.spec_from_file_location("convert_hf_tool", os.path.join(ROOT, "tools", "convert_hf.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main(argv)
+    from megatron_meml import convert_hf
+
+    return convert_hf.main(argv)
 
 
 def test_train_export_to_hf_and_continue_at_another_layout(tmp_path):

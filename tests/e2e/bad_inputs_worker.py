@@ -10,7 +10,7 @@ case prints {relative path: sha1} of every file under ``argv[0]`` (to show later
 ``truncate`` case cuts the file ``argv[0]`` to half its size (a checkpoint shard torn by a crash).
 """
 import contextlib
-import importlib.util
+import importlib
 import io
 import json
 import os
@@ -21,10 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
+    return importlib.import_module(f"megatron_meml.{name}").main
 
 
 def snapshot(root):

@@ -7,7 +7,7 @@ eval again. The path is the one a user takes from a fresh checkout:
   * ``models/<name>`` (the configs' ``model.init_from_hf``) is a tiny random HF folder written here: its config.json
     is the real model's (vocabulary, RoPE, bias, tying) with a 2-layer, 32-wide shape, so the model shape comes
     from ``init_from_hf`` as documented and the weights go through the on-the-fly HF conversion;
-  * ``mef.traces`` (``runs/traces/<dataset>-mef.jsonl``) is written by tools/build_mef_data.py from the rationales;
+  * ``mef.traces`` (``runs/traces/<dataset>-mef.jsonl``) is written by python -m megatron_meml.build_mef_data from the rationales;
   * ``data.path`` is ../shared/data (tests/conftest.py DATA), passed explicitly.
 
 The runs share one process (the interpreter, torch, megatron and the BPE tables load once; ~6 s a config): this
@@ -18,6 +18,7 @@ checked. Runtime overrides keep the real 128k/152k vocabularies cheap: 256-token
 from __future__ import annotations
 
 import contextlib
+import importlib
 import glob
 import io
 import json
@@ -118,12 +119,7 @@ def _run_job(job):
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             if job["kind"] == "tool":
-                import importlib.util
-
-                spec = importlib.util.spec_from_file_location("meml_tool_" + job["name"], job["path"])
-                mod = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(mod)
-                rc = mod.main(job["argv"])
+                rc = importlib.import_module("megatron_meml." + job["name"]).main(job["argv"])
             else:
                 from megatron_meml import train
 
@@ -185,7 +181,6 @@ def user_runs(tmp_path_factory):
         datasets[tree["data"]["name"]] = (tree["data"]["train_split"], tree["mef"]["traces"])
     for name, (split, traces) in sorted(datasets.items()):
         jobs.append({"id": f"build-{name}", "kind": "tool", "name": "build_mef_data",
-                     "path": os.path.join(ROOT, "tools", "build_mef_data.py"),
                      "argv": ["--data", name, "--data-path", DATA, "--split", split, "--out", traces]})
     rel = lambda p: os.path.relpath(p, ROOT)  # noqa: E731  (the user types examples/paper/x.yaml)
     for path in PAPER:
@@ -277,7 +272,7 @@ def test_missing_dataset_is_one_line_naming_data_path_and_the_tool(user_runs):
     assert res["exception"] is None and res["rc"] == 2
     lines = res["stderr"].strip().splitlines()
     assert len(lines) == 1, res["stderr"]
-    assert "config key `data.path`" in lines[0] and "tools/prepare_data.py" in lines[0], lines[0]
+    assert "config key `data.path`" in lines[0] and "python -m megatron_meml.prepare_data" in lines[0], lines[0]
     assert "the gsm8k 'train' split not found" in lines[0]
 
 
@@ -287,4 +282,4 @@ def test_missing_traces_is_one_line_naming_mef_traces(user_runs):
     res = results["no-traces"]
     assert res["exception"] is None and res["rc"] == 2
     lines = res["stderr"].strip().splitlines()
-    assert len(lines) == 1 and "mef.traces" in lines[0] and "tools/build_mef_data.py" in lines[0], res["stderr"]
+    assert len(lines) == 1 and "mef.traces" in lines[0] and "python -m megatron_meml.build_mef_data" in lines[0], res["stderr"]

@@ -68,7 +68,7 @@ def test_two_node_scripts():
                    'echo "[launch] node $(hostname): torchrun node $SLURM_NODEID of $SLURM_NNODES"'):
         assert needle in text, needle
     assert subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True).returncode == 0
-    r = subprocess.run([sys.executable, "tools/slurm/launch.py", "examples/quickstart/config.yaml", "--cpu",
+    r = subprocess.run([sys.executable, "-m", "megatron_meml.launch", "examples/quickstart/config.yaml", "--cpu",
                         "--nodes", "2", "--nproc-per-node", "1", "--rollout-nodes", "1", "--dry-run"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -1,7 +1,6 @@
-"""The sbatch script tools/slurm/launch.py writes (no SLURM needed): torchrun per node with a c10d rendezvous on
+"""The sbatch script megatron_meml.launch writes (no SLURM needed): torchrun per node with a c10d rendezvous on
 the first node, GPU vs CPU resources, pyxis container flags, the preemption trap, valid bash, and errors that name
 the bad option."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -10,16 +9,14 @@ import pytest
 
 from tests.conftest import ROOT
 
-_spec = importlib.util.spec_from_file_location("meml_slurm_launch", os.path.join(ROOT, "tools", "slurm", "launch.py"))
-launch = sys.modules["meml_slurm_launch"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(launch)
+from megatron_meml import launch
 
 CFG = os.path.join(ROOT, "examples", "quickstart", "config.yaml")
 CLUSTER = os.path.join(ROOT, "examples", "slurm", "cluster.yaml")
 
 
 def dry_run(*args):
-    r = subprocess.run([sys.executable, "tools/slurm/launch.py", *args, "--dry-run"], cwd=ROOT, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "megatron_meml.launch", *args, "--dry-run"], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
     return r.returncode, r.stdout, r.stderr
 

@@ -1,7 +1,7 @@
-"""tools/scaling_study.py on a real SLURM (tests/slurm/cluster.py): one sbatch job per tiny size through
-tools/slurm/launch.py (CPU mode, gloo), --wait until both left the queue, then the aggregated table, CSV, JSON and
+"""python -m megatron_meml.scaling_study on a real SLURM (tests/slurm/cluster.py): one sbatch job per tiny size through
+megatron_meml.launch (CPU mode, gloo), --wait until both left the queue, then the aggregated table, CSV, JSON and
 plot. Marked slow (two training jobs after SLURM's start-up, ~1-2 minutes on 2 idle cores); its fast default-run twin
-is tests/unit/tools/test_scaling_study.py (--local)."""
+is tests/unit/commands/test_scaling_study.py (--local)."""
 import json
 import os
 import subprocess
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
-from tests.unit.tools.test_scaling_study import FAST
+from tests.unit.commands.test_scaling_study import FAST
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 def test_study_on_slurm(slurm_cluster, tmp_path):
     out = tmp_path / "study"
     slurm = f"--cpu --python {sys.executable} --time 00:10:00 --env PYTHONWARNINGS=ignore"
-    r = subprocess.run([sys.executable, "tools/scaling_study.py", "--family", "tiny", "--sizes", "tiny-s,tiny-m",
+    r = subprocess.run([sys.executable, "-m", "megatron_meml.scaling_study", "--family", "tiny", "--sizes", "tiny-s,tiny-m",
                         "--submit", "--wait", "--wait-timeout", "400", "--out", str(out), "--slurm", slurm, *FAST],
                        cwd=ROOT, env=slurm_cluster.env, capture_output=True, text=True, timeout=600)
     manifest = json.load(open(out / "manifest.json"))

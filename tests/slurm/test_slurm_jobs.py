@@ -1,4 +1,4 @@
-"""tools/slurm/launch.py on a real SLURM (one node, 2 CPUs): a generated CPU job (torchrun, 2 gloo ranks, DP=2)
+"""megatron_meml.launch on a real SLURM (one node, 2 CPUs): a generated CPU job (torchrun, 2 gloo ranks, DP=2)
 trains and checkpoints; a second, identical job is signalled mid-run the way ``--signal=B:USR1@secs`` does it
 (``scancel --batch --signal=USR1``), checkpoints, requeues itself and resumes to the same final step with per-step
 metrics identical to the uninterrupted first job.
@@ -30,7 +30,7 @@ DONE = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMO
 
 def submit(cluster, run_dir) -> int:
     """Generate and submit the job with the launcher's CLI (CPU mode, 2 ranks on one node)."""
-    cmd = [sys.executable, "tools/slurm/launch.py", *TRAIN, f"logging.run_dir={run_dir}", "--cpu",
+    cmd = [sys.executable, "-m", "megatron_meml.launch", *TRAIN, f"logging.run_dir={run_dir}", "--cpu",
            "--nproc-per-node", "2", "--python", sys.executable, "--rdzv-port", str(free_port()),
            "--time", "00:10:00", "--signal-seconds", "60", "--env", "PYTHONWARNINGS=ignore", "--submit"]
     r = subprocess.run(cmd, cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=120)

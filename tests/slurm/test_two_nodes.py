@@ -1,4 +1,4 @@
-"""tools/slurm/launch.py on a real two-node SLURM (two slurmd "hosts" in network namespaces, slurmctld in a third:
+"""megatron_meml.launch on a real two-node SLURM (two slurmd "hosts" in network namespaces, slurmctld in a third:
 tests/slurm/netns_cluster.py). Marked slow: each training job pays ~1-2 minutes of start-up on the 2 shared cores.
 
 1. ``--nodes 2 --nproc-per-node 2`` with TP=2 (inside a node) and DP=2 (across the nodes), MEF then RIEL: the
@@ -43,7 +43,7 @@ OMP = ["--env", "OMP_NUM_THREADS=1", "--env", "PYTHONWARNINGS=ignore"]
 
 def submit(cluster, run_dir, *args, nodes=2, nproc=2, overrides=SYNC, port=29400) -> int:
     """launch.py --submit from inside the controller's namespace (where sbatch reaches slurmctld)."""
-    cmd = cluster.client(sys.executable, "tools/slurm/launch.py", *overrides, f"logging.run_dir={run_dir}", "--cpu",
+    cmd = cluster.client(sys.executable, "-m", "megatron_meml.launch", *overrides, f"logging.run_dir={run_dir}", "--cpu",
                          "--nodes", str(nodes), "--nproc-per-node", str(nproc), "--python", sys.executable,
                          "--rdzv-port", str(port), "--time", "00:20:00", *OMP, *args, "--submit")
     r = subprocess.run(cmd, cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=120)

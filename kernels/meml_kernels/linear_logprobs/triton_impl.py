@@ -120,7 +120,7 @@ def _linear_dz_kernel(h_ptr, w_ptr, targets_ptr, valid_ptr, lse_ptr, ent_ptr, g_
 
 
 # Fixed tile configs (no autotune: it cannot run in the interpreter, and fixed configs keep GPU runs predictable).
-# tools/bench_kernels.py --gpu may swap GPU_CONFIG / GPU_BWD_CONFIG to compare candidates.
+# megatron_meml.bench.kernels --gpu may swap GPU_CONFIG / GPU_BWD_CONFIG to compare candidates.
 INTERPRETER_CONFIG = dict(BLOCK_T=16, BLOCK_V=32, BLOCK_H=16, GROUP_T=2, num_warps=4, num_stages=1)
 GPU_FP32_CONFIG = dict(BLOCK_T=64, BLOCK_V=64, BLOCK_H=32, GROUP_T=8, num_warps=8, num_stages=2)  # 4 warps: spills
 # No config may spill or exceed a target's shared memory (checked ahead of time for sm_90 and sm_80 at the real

@@ -1,5 +1,5 @@
 """Converting a random Qwen2.5-1.5B-shaped model (shapes from shared/data/tokenizers/qwen2.5/config.json, 1.54B
-parameters, 6.2 GB in fp32, written tensor by tensor as 6 HF shards + index) with ``tools/convert_hf.py import``
+parameters, 6.2 GB in fp32, written tensor by tensor as 6 HF shards + index) with ``python -m megatron_meml.convert_hf import``
 keeps the peak RSS of the converter process under 1.5x the model's fp32 size (measured ~1.1 GB, i.e. ~0.19x: the
 largest full tensor, the 151936 x 1536 embedding, is what stays resident). ~75 s and ~13 GB of disk."""
 import json
@@ -16,7 +16,6 @@ from megatron_meml.backend import hf_convert as H
 
 from ...conftest import DATA
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 CONFIG = os.path.join(DATA, "tokenizers", "qwen2.5", "config.json")
 MEASURE = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
            "print('peak_rss_kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
@@ -30,7 +29,7 @@ def test_import_of_qwen25_15b_streams(tmp_path):
     n_params = H.write_random_hf(CONFIG, hf_dir, torch.float32, seed=0)
     assert 1.5e9 < n_params < 1.6e9 and os.path.isfile(os.path.join(hf_dir, "model.safetensors.index.json"))
     fp32_bytes = 4 * n_params
-    r = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, os.path.join(ROOT, "tools", "convert_hf.py"),
+    r = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "megatron_meml.convert_hf",
                         "import", "--hf-dir", hf_dir, "--out", ckpt, "--tp", "1", "--pp", "1"],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -13,7 +13,6 @@ from megatron_meml.config.schema import ModelConfig
 
 from . import tiny_hf
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +82,7 @@ def test_checkpoint_must_fit_the_run_config(qwen, tmp_path):
 
 
 def test_cli_reports_one_line_error(tmp_path):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "convert_hf.py"), "import", "--hf-dir",
+    r = subprocess.run([sys.executable, "-m", "megatron_meml.convert_hf", "import", "--hf-dir",
                         str(tmp_path), "--out", str(tmp_path / "ckpt")], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == f"error: {tmp_path}/config.json: not found (an HF model directory " \

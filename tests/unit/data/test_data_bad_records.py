@@ -150,7 +150,7 @@ def test_load_dataset_finds_files_under_a_root(tmp_path):
     write_jsonl(tmp_path / "gsm8k" / "test.jsonl", gsm_lines(GSM_BAD["missing"]))
     records, summary = load_dataset_with_summary("gsm8k", str(tmp_path), "test", on_bad_record="skip")
     assert len(records) == 3 and summary.skipped == 1 and dict(summary.reasons) == {"missing field 'answer'": 1}
-    with pytest.raises(DataError, match=r"the gsm8k 'train' split not found .*set data\.path.*tools/prepare_data\.py"):
+    with pytest.raises(DataError, match=r"the gsm8k 'train' split not found .*set data\.path.*python -m megatron_meml\.prepare_data"):
         load_dataset_with_summary("gsm8k", str(tmp_path), "train")
     with pytest.raises(ValueError, match="unknown split"):
         load_dataset_with_summary("strategyqa", str(tmp_path), "test")

@@ -1,8 +1,7 @@
-"""data.loader=dali: tools/pretokenize.py writes the run's MEF rows as numpy shards in the trainer's order; the DALI
+"""data.loader=dali: python -m megatron_meml.pretokenize writes the run's MEF rows as numpy shards in the trainer's order; the DALI
 pipeline gives the default loader's batches, from any start step (a resumed run), and a run through it has the
 same MEF losses. The shard format, the staleness check and the missing-DALI error need no DALI and always run; the
 pipeline tests run where NVIDIA DALI is installed (pip install .[dali]) and skip with the reason elsewhere."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -23,9 +22,7 @@ except ImportError:
     HAVE_DALI = False
 needs_dali = pytest.mark.skipif(not HAVE_DALI, reason="NVIDIA DALI is not installed (pip install '.[dali]')")
 
-_spec = importlib.util.spec_from_file_location("meml_pretokenize", os.path.join(ROOT, "tools", "pretokenize.py"))
-pretokenize = sys.modules["meml_pretokenize"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(pretokenize)
+from megatron_meml import pretokenize
 
 TINY = ["model.num_layers=1", "model.hidden_size=32", "model.ffn_hidden_size=64", "data.synthetic.num_train=40",
         "data.synthetic.num_test=8", "data.seq_length=160", "data.micro_batch_size=4", "data.global_batch_size=8",
@@ -71,7 +68,7 @@ def test_stale_shards_are_one_line_naming_data_shards(shards):
     other = load_config("examples/quickstart/config.yaml", TINY + ["data.seed=7"])
     with pytest.raises(ConfigError, match=r"config key `data\.shards`: .* was written for seed=1234, this run has 7"):
         check_meta(read_index(folder), run_meta(other, tok, load_expert_prompts(other.experts)), folder)
-    with pytest.raises(ConfigError, match=r"data\.shards.*no index\.json.*tools/pretokenize\.py"):
+    with pytest.raises(ConfigError, match=r"data\.shards.*no index\.json.*python -m megatron_meml\.pretokenize"):
         read_index(os.path.join(folder, "missing"))
 
 

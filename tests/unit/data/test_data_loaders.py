@@ -69,7 +69,7 @@ def test_relative_data_path_resolves_against_the_working_directory(tmp_path, mon
 
 @needs_data
 def test_mathqa_train_prefers_train_json(tmp_path):
-    """tools/prepare_data.py writes mathqa/train.json; only without it does `train` fall back to dev.json."""
+    """python -m megatron_meml.prepare_data writes mathqa/train.json; only without it does `train` fall back to dev.json."""
     (tmp_path / "mathqa").mkdir()
     src = split_file("mathqa", DATA, "test")
     (tmp_path / "mathqa" / "train.json").write_bytes(open(src, "rb").read())

@@ -58,7 +58,7 @@ def test_paths_next_to_the_config_are_not_found(layout):
     """Moving the files next to the config (the other rule) is an error naming the key, not a silent fallback."""
     os.rename(layout / "traces", layout / "cfgs" / "traces")
     with pytest.raises(ConfigError, match=r"config key `mef\.traces`: file not found: .*/traces/mef\.jsonl.*"
-                                          r"tools/build_mef_data\.py"):
+                                          r"python -m megatron_meml\.build_mef_data"):
         check_run_inputs(load_config("cfgs/run.yaml"))
     os.rename(layout / "hf", layout / "cfgs" / "hf")
     with pytest.raises(ConfigError, match=r"model\.hf_config"):
@@ -70,7 +70,7 @@ def test_missing_dataset_names_data_path_and_the_tool(layout):
     with pytest.raises(ConfigError) as e:
         check_run_inputs(cfg)
     msg = str(e.value)
-    assert msg.startswith("config key `data.path`") and "tools/prepare_data.py --out" in msg and "\n" not in msg
+    assert msg.startswith("config key `data.path`") and "python -m megatron_meml.prepare_data --out" in msg and "\n" not in msg
 
 
 def test_shape_from_init_from_hf_config_json(layout):
@@ -89,7 +89,7 @@ def test_help_config_shows_the_data_default(monkeypatch):
 
     monkeypatch.delenv("MEML_DATA", raising=False)
     line = next(x for x in describe() if x.startswith("data.path "))
-    assert line.startswith("data.path (str) = 'data'") and "tools/prepare_data.py" in line and "MEML_DATA" in line
+    assert line.startswith("data.path (str) = 'data'") and "python -m megatron_meml.prepare_data" in line and "MEML_DATA" in line
 
 
 def test_examples_hold_no_machine_specific_paths():

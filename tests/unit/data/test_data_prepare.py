@@ -1,10 +1,9 @@
-"""tools/prepare_data.py on small local fixtures in the Hugging Face formats (no network): a `huggingface-cli download`
+"""python -m megatron_meml.prepare_data on small local fixtures in the Hugging Face formats (no network): a `huggingface-cli download`
 folder of openai/gsm8k (main/ and socratic/ configs), allenai/math_qa exported as JSON lines, ChilleD/StrategyQA with
 string answers and string facts, a hub cache snapshot, the hub path through a stand-in `datasets` module, parquet
 where pyarrow or pandas is installed, the one-line errors, and the tokenizer conversion from a HF tokenizer.json."""
 import base64
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -14,11 +13,9 @@ import types
 import pytest
 
 from megatron_meml.data import load_dataset, load_tokenizer
-from tests.conftest import DATA, ROOT
+from tests.conftest import DATA
 
-_spec = importlib.util.spec_from_file_location("meml_prepare_data", os.path.join(ROOT, "tools", "prepare_data.py"))
-prep = sys.modules["meml_prepare_data"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(prep)
+from megatron_meml import prepare_data as prep
 
 GSM = [{"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i:,}"} for i in range(1, 4)]
 MQA = [{"Problem": f"what is {i} * 2 ?", "Rationale": f"\"{i} * 2 = {2 * i} answer b\"",

@@ -2,7 +2,7 @@
 
 * the Hugging Face package ``kernels`` (transformers imports it) is not shadowed by our top-level ``kernels/``
   folder: from the root, ``import kernels`` finds the installed package and ``transformers.integrations.hub_kernels``
-  imports; a tiny HF model converts with ``tools/convert_hf.py`` and ``python -m megatron_meml.train`` starts from it
+  imports; a tiny HF model converts with ``python -m megatron_meml.convert_hf`` and ``python -m megatron_meml.train`` starts from it
   with ``model.init_from_hf`` (one MEF step);
 * the lock pins every package (``==``) and agrees with setup.py's ranges, which agree with the start-up check;
 * an installed version outside the supported range stops an entry point with one line and exit code 2.
@@ -41,7 +41,8 @@ def test_hf_kernels_package_is_not_shadowed_from_the_root():
 def test_convert_and_train_from_hf_at_the_root(tmp_path):
     hf = tmp_path / "hf"
     tiny_hf.qwen2(str(hf), vocab_size=259, max_position_embeddings=256)  # the byte tokenizer's vocabulary
-    r = _run([sys.executable, "tools/convert_hf.py", "import", "--hf-dir", str(hf), "--out", str(tmp_path / "ckpt")])
+    r = _run([sys.executable, "-m", "megatron_meml.convert_hf", "import", "--hf-dir", str(hf), "--out",
+              str(tmp_path / "ckpt")])
     assert r.returncode == 0, r.stderr
     assert os.path.exists(tmp_path / "ckpt" / "meml_ckpt.json")
     run_dir = tmp_path / "run"
@@ -103,8 +104,8 @@ def test_unsupported_version_is_one_line_with_the_fix():
     assert re.match(r"megatron-core is not installed", problems(found={"megatron-core": None, "torch": "2.13"})[0])
 
 
-@pytest.mark.parametrize("entry", [["-m", "megatron_meml.train", QUICKSTART], ["tools/convert_hf.py", "random",
-                                                                               "--config", "x", "--out", "y"]])
+@pytest.mark.parametrize("entry", [["-m", "megatron_meml.train", QUICKSTART],
+                                   ["-m", "megatron_meml.convert_hf", "random", "--config", "x", "--out", "y"]])
 def test_entry_points_stop_on_an_unsupported_version(entry, tmp_path):
     """A fake newer transformers (a dist-info with version 6.0.0 first on the path) stops the entry in one line."""
     fake = tmp_path / "site"

@@ -13,7 +13,7 @@ Every dense GPT / Llama row of those H100 tables without context parallelism or 
 neither CP nor FSDP, so LLAMA3-8B/70B of [N] (CP 2), LLAMA3.1-405B (CP 2) and the FSDP LLAMA3_8B of [B] are left
 out; MoE rows are out of its scope; the Nemotron rows of [N] use a squared-ReLU MLP and shapes this file does not
 pin down). All of them are FP8 (TE, delayed / current scaling): NeMo publishes no BF16 dense H100 pre-training
-table; the BF16 side rests on the owed GPU check (tools/gpu_scale_check.py's planner ratio).
+table; the BF16 side rests on the owed GPU check (megatron_meml.gpu.scale_check's planner ratio).
 
 How a published run maps onto the planner (``published_plan``): shape from the model's public config (GPT-3's
 GeLU MLP 2·h·4h is written as the SwiGLU-equivalent ffn 8h/3, which has the same matmul FLOPs; its output layer is

@@ -1,7 +1,7 @@
 """examples/scaling: every config loads, its layout is valid for its shape and fits an 80 GB H100 in the planner at
 the GPU count it is written for; shapes match the published HF configs (parameter counts, and the 1.5B / 1B
-config.json files in shared/data); tools/plan_scaling.py prints a plan; the table in docs/scaling.md is the tool's output."""
-import importlib.util
+config.json files in shared/data); python -m megatron_meml.plan_scaling prints a plan; the table in docs/scaling.md is
+the tool's output."""
 import os
 import subprocess
 import sys
@@ -12,9 +12,7 @@ from megatron_meml.config import load_config
 from megatron_meml.planning import GiB, Hardware, Layout, ModelShape, Workload, evaluate
 from tests.conftest import DATA, ROOT
 
-_spec = importlib.util.spec_from_file_location("meml_plan_scaling", os.path.join(ROOT, "tools", "plan_scaling.py"))
-plan_scaling = sys.modules["meml_plan_scaling"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(plan_scaling)
+from megatron_meml import plan_scaling
 
 # published parameter counts (HF model cards / safetensors index totals)
 PARAMS = {"qwen2.5-1.5b": 1_543_714_304, "qwen2.5-7b": 7_615_616_512, "qwen2.5-14b": 14_770_033_664,
@@ -65,8 +63,8 @@ def test_explicit_shape_matches_the_hf_config(name, hf):
 
 
 def test_plan_scaling_cli_prints_a_plan_for_72b_on_64_gpus():
-    r = subprocess.run([sys.executable, "tools/plan_scaling.py", "--model", "qwen2.5-72b", "--gpus", "64"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "megatron_meml.plan_scaling", "--model", "qwen2.5-72b", "--gpus", "64"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "model qwen2.5-72b: 72.71B params" in r.stdout
     assert "recommended: TP=8 PP=2 DP=4" in r.stdout and "*cfg" in r.stdout
@@ -76,4 +74,4 @@ def test_plan_scaling_cli_prints_a_plan_for_72b_on_64_gpus():
 def test_docs_scaling_table_is_the_tools_output():
     table = plan_scaling.readme_table(Hardware())
     page = open(os.path.join(ROOT, "docs", "scaling.md")).read()
-    assert table in page, "docs/scaling.md's table is stale: regenerate with python tools/plan_scaling.py --readme"
+    assert table in page, "docs/scaling.md's table is stale: regenerate with python -m megatron_meml.plan_scaling --readme"

@@ -1,10 +1,8 @@
-"""The verifiers read what models write: tools/verifier_audit.py's phrasing corpus (>= 15 phrasings per dataset, each
+"""The verifiers read what models write: python -m megatron_meml.verifier_audit's phrasing corpus (>= 15 phrasings per dataset, each
 filled with the gold answer and with a perturbed one) scores 0 false negatives and 0 false positives. The default
 run audits every 15th record of the three evaluation splits; the full splits (gsm8k test 1319, mathqa test 2985,
 strategyqa dev 229) are the `slow` twin. Plus the precise rules of rewards/answers.py and rewards/mathqa.py."""
-import importlib.util
 import os
-import sys
 
 import pytest
 
@@ -12,11 +10,9 @@ from megatron_meml.data import load_dataset
 from megatron_meml.rewards import verify, verify_detailed
 from megatron_meml.rewards.answers import BARE_POLARITY, read_letter, read_polarity, statements
 from megatron_meml.types import Record
-from tests.conftest import DATA, ROOT
+from tests.conftest import DATA
 
-_spec = importlib.util.spec_from_file_location("meml_verifier_audit", os.path.join(ROOT, "tools", "verifier_audit.py"))
-audit_tool = sys.modules["meml_verifier_audit"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(audit_tool)
+from megatron_meml import verifier_audit as audit_tool
 
 needs_data = pytest.mark.skipif(not os.path.isdir(os.path.join(DATA, "gsm8k")),
                                 reason=f"offline datasets not found at {DATA} (set MEML_DATA)")
