@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.distributed as dist
 
-from .backend import checkpoint as ckpt
-from .backend.checkpoint_source import HF_CONFIG, hf_config_source
+from .backend.ckpt import checkpoint as ckpt
+from .backend.ckpt.checkpoint_source import HF_CONFIG, hf_config_source
 
 STAGES = ("mef", "riel")
 

@@ -1,5 +1,6 @@
-"""HF <-> megatron_meml checkpoints for Qwen2/Qwen2.5 and Llama-3/3.2 (format: megatron_meml/backend/checkpoint_io.py,
-name mapping: megatron_meml/backend/hf_convert.py).
+"""HF <-> megatron_meml checkpoints for Qwen2/Qwen2.5 and Llama-3/3.2 (format:
+megatron_meml/backend/ckpt/checkpoint_io.py,
+name mapping: megatron_meml/backend/ckpt/hf_convert.py).
 
   python -m megatron_meml.convert_hf import --hf-dir HF_DIR --out CKPT --tp 2 --pp 1 [--dtype bf16]
   python -m megatron_meml.convert_hf export --ckpt CKPT --out HF_OUT [--max-shard-gb 5]
@@ -30,9 +31,11 @@ from typing import List, Optional
 
 
 import torch  # noqa: E402
-from megatron_meml.backend import checkpoint_source, hf_convert, model, parallel
-from megatron_meml.backend.checkpoint_io import CheckpointError
-from megatron_meml.backend.parallel import free_port  # noqa: E402
+from megatron_meml.backend.ckpt import checkpoint_source, hf_convert
+from megatron_meml.backend.train import model
+from megatron_meml.backend.runtime import parallel
+from megatron_meml.backend.ckpt.checkpoint_io import CheckpointError
+from megatron_meml.backend.runtime.parallel import free_port  # noqa: E402
 from megatron_meml.versions import require_supported
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -85,7 +85,8 @@ from typing import Iterable, List, Optional
 
 GiB = float(2 ** 30)
 
-#: The models of ``examples/scaling/`` and the GPU count each is planned at (docs/scaling.md's table, the scaling study).
+#: The models of ``examples/scaling/`` and the GPU count each is planned at (docs/scaling.md's table, the scaling
+#: study).
 SCALING_RUNS = {
     "llama3.2-1b": 8, "qwen2.5-1.5b": 8, "llama3.2-3b": 8, "qwen2.5-7b": 8, "llama3.1-8b": 8,
     "qwen2.5-14b": 16, "qwen2.5-32b": 32, "llama3.1-70b": 64, "qwen2.5-72b": 64,
@@ -156,7 +157,7 @@ class ModelShape:
 
 def padded_vocab(cfg, tp: int = 1) -> int:
     """Embedding rows: ``model.padded_vocab_size`` or vocab rounded up to make_vocab_size_divisible_by · TP (the
-    rule of ``backend.model.padded_vocab_size``, repeated here so planning needs neither torch nor megatron)."""
+    rule of ``backend.train.model.padded_vocab_size``, repeated here so planning needs neither torch nor megatron)."""
     m = cfg.model
     if m.padded_vocab_size is not None:
         return m.padded_vocab_size

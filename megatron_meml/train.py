@@ -19,7 +19,7 @@ def main(argv=None) -> int:
     from .versions import require_supported
 
     require_supported()  # one line and exit 2 when torch / megatron-core / triton / transformers are out of range
-    from .backend.compat import quiet_library_notes
+    from .backend.runtime.compat import quiet_library_notes
 
     quiet_library_notes()
     from .config import ConfigError, describe, load_config
@@ -36,9 +36,9 @@ def main(argv=None) -> int:
     except ConfigError as e:  # the same on every rank: said once
         return _error(e, 2, every_rank=False)
 
-    from .backend.checkpoint_io import CheckpointError
-    from .backend.hosts import lost_node_note
-    from .backend.parallel import is_comm_failure
+    from .backend.ckpt.checkpoint_io import CheckpointError
+    from .backend.runtime.hosts import lost_node_note
+    from .backend.runtime.parallel import is_comm_failure
     from .checkpointing import Preempted
     from .data.errors import DataError
     from .stages.async_bridge import AsyncRolloutError

@@ -15,13 +15,13 @@ Two ways to evaluate an objective, same result (``tests/distributed/test_fused_o
   * ``objective(logp, mb) -> (loss, metrics)``: from per-token log-probs [B, S] (the logits path, and any caller
     that already has log-probs).
   * ``objective.loss_inputs(mb)`` -> ``TokenLossInputs``, handed to the log-prob kernel, which runs the token loss
-    as its epilogue (``backend/output_layer.py``: straight from hidden states, no logits), then
+    as its epilogue (``backend/train/output_layer.py``: straight from hidden states, no logits), then
     ``objective.reduce(per_token_loss, clipped, mb) -> (loss, metrics)``.
-``backend.step.forward_backward`` takes the second way for any loss function that has ``loss_inputs``
+``backend.train.step.forward_backward`` takes the second way for any loss function that has ``loss_inputs``
 (:class:`TokenObjective`), the first for plain callables.
 
 Scale of the terms (the paper fixes λ1 = λ2 = 1 but not the normalisers; decided here, measured with the per-term
-gradient norms of ``backend/term_grads.py`` on the quickstart, grad_norm/{grpo,kl,sft} in metrics.jsonl):
+gradient norms of ``backend/train/term_grads.py`` on the quickstart, grad_norm/{grpo,kl,sft} in metrics.jsonl):
   * The GRPO gradient is small by construction: advantages sum to zero in every group, so the per-token pushes
     largely cancel (quickstart: 0.1-0.5). The k1 KL gradient is −∇log π(O+ | P−), supervised learning on E+'s
     answers, with no cancellation; the SFT gradient likewise.

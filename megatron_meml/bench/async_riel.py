@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 
-from megatron_meml.backend.parallel import free_port
+from megatron_meml.backend.runtime.parallel import free_port
 from megatron_meml.bench.harness import median_paired
 from megatron_meml.eval.plots import read_metrics
 from megatron_meml.paths import REPO

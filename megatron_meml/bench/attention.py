@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from megatron_meml.backend import attention as A
+from megatron_meml.backend.train import attention as A
 from megatron_meml.bench.harness import interleaved, set_threads
 
 

@@ -7,8 +7,9 @@ planner's prediction beside each measured number.
     python -m megatron_meml.bench.fused_output --json out.json
 
 What one variant does, in its own fresh subprocess (so each peak RSS is clean): build the model and the Adam
-optimizer through ``backend.model`` / ``backend.optimizer`` exactly as a run does, then one MEF step -- zero grads,
-``backend.step.forward_backward`` with the SFT objective over one microbatch, ``optimizer_step``. Recorded:
+optimizer through ``backend.train.model`` / ``backend.train.optimizer`` exactly as a run does, then one MEF step --
+zero grads,
+``backend.train.step.forward_backward`` with the SFT objective over one microbatch, ``optimizer_step``. Recorded:
   * peak RSS (VmHWM) of the whole process, and per phase the peak RSS growth over the RSS before it (the kernel's
     peak counter is reset with ``echo 5 > /proc/self/clear_refs`` between phases);
   * the bytes of every distinct non-parameter tensor storage autograd saves for the backward during the forward (a
@@ -32,10 +33,11 @@ import sys
 import time
 
 from megatron_meml.algo.objective import SFTObjective
-from megatron_meml.backend import model as M, optimizer as O, parallel
-from megatron_meml.backend.memory import cpu_peak_rss_bytes as _peak, proc_status_bytes as _status, \
-    reset_peak_rss as _reset_peak
-from megatron_meml.backend.step import forward_backward
+from megatron_meml.backend.train import model as M, optimizer as O
+from megatron_meml.backend.runtime import parallel
+from megatron_meml.backend.runtime.memory import (cpu_peak_rss_bytes as _peak, proc_status_bytes as _status,
+                                                  reset_peak_rss as _reset_peak)
+from megatron_meml.backend.train.step import forward_backward
 from megatron_meml.config import load_config
 from megatron_meml.planning import Layout, ModelShape, Workload, activation_bytes, logits_bytes, state_bytes
 from megatron_meml.types import MicroBatch, TokenKind

@@ -9,7 +9,8 @@ How every comparison is timed:
   tokens, steps, or 1 for "one call"); its paired ratio is that rate over the baseline's rate *in the same round*.
 * **headline**: the median over rounds of the paired ratio, at torch's default thread count (``set_threads(0)``).
   Best-over-best ratios and pinned one-thread figures may be printed beside it, always labelled.
-* **peak memory**: :func:`reset_peak` / :func:`peak_bytes` (``backend/memory.py``: ``max_memory_allocated`` on CUDA,
+* **peak memory**: :func:`reset_peak` / :func:`peak_bytes` (``backend/runtime/memory.py``: ``max_memory_allocated`` on
+CUDA,
   the process's VmHWM on the CPU) -- no benchmark reads ``/proc`` or ``ru_maxrss`` itself.
 
 API::
@@ -29,7 +30,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-from megatron_meml.backend.memory import peak_memory_bytes, reset_peak_memory
+from megatron_meml.backend.runtime.memory import peak_memory_bytes, reset_peak_memory
 
 __all__ = ["Rounds", "interleaved", "timed", "set_threads", "headline_line", "median_paired", "peak_bytes",
            "reset_peak"]

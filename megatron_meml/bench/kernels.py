@@ -21,8 +21,8 @@ import subprocess
 import sys
 import time
 
-from megatron_meml.backend.memory import (cpu_peak_rss_bytes, peak_memory_bytes, proc_status_bytes,
-                                          reset_peak_memory, reset_peak_rss)
+from megatron_meml.backend.runtime.memory import (cpu_peak_rss_bytes, peak_memory_bytes, proc_status_bytes,
+                                                  reset_peak_memory, reset_peak_rss)
 
 CPU_SHAPE = dict(T=8192, H=512, V=32768)
 

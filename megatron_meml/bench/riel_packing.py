@@ -8,7 +8,8 @@ on the same model and the same step, in one run.
 A step is ``questions × experts`` prompts of about ``--prompt`` tokens, each with ``--group`` responses of 1..2×
 ``--response`` tokens (lengths drawn per response) and one advantage per response; a ``--zero-groups`` fraction of
 the groups has all-equal rewards (advantage 0). Every variant packs the same sequences (token-mean weights) into
-microbatches of ``--micro-tokens`` padded tokens and runs one ``backend.step.forward_backward`` with the RIEL loss.
+microbatches of ``--micro-tokens`` padded tokens and runs one ``backend.train.step.forward_backward`` with the RIEL
+loss.
 Variants run in interleaved rounds after one warm-up round (megatron_meml.bench.harness); the headline is the
 median paired ratio flat time / variant time at torch's default threads; best-over-best time ratios close the output.
 The loss of every variant is printed: sharing must not change it, skipping must not change it either (the skipped
@@ -24,8 +25,9 @@ from functools import partial
 import torch
 
 from megatron_meml.algo.objective import riel_loss
-from megatron_meml.backend import model as M, optimizer as O, parallel
-from megatron_meml.backend.step import forward_backward
+from megatron_meml.backend.train import model as M, optimizer as O
+from megatron_meml.backend.runtime import parallel
+from megatron_meml.backend.train.step import forward_backward
 from megatron_meml.bench.harness import headline_line, interleaved, set_threads
 from megatron_meml.config import load_config
 from megatron_meml.rollout.packing import TrainSequence, assign_weights, plan_microbatches

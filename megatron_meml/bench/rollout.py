@@ -34,7 +34,8 @@ import time
 
 import torch
 
-from megatron_meml.backend import model as M, parallel
+from megatron_meml.backend.train import model as M
+from megatron_meml.backend.runtime import parallel
 from megatron_meml.bench.harness import headline_line, interleaved, set_threads
 from megatron_meml.config import load_config
 from megatron_meml.rollout.continuous_engine import ContinuousEngine

@@ -45,8 +45,9 @@ import time
 import zlib
 
 from megatron_meml.algo.objective import riel_loss
-from megatron_meml.backend import model as M, optimizer as O, parallel
-from megatron_meml.backend.step import forward_backward
+from megatron_meml.backend.train import model as M, optimizer as O
+from megatron_meml.backend.runtime import parallel
+from megatron_meml.backend.train.step import forward_backward
 from megatron_meml.bench.harness import median_paired
 from megatron_meml.config import load_config
 from megatron_meml.data.tokenizer import ByteTokenizer

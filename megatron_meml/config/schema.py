@@ -376,7 +376,7 @@ class RIELConfig:
                                   "/kl, /sft): the terms run as separate forward-backward passes whose DP-reduced "
                                   "gradients are summed into the same update, no extra forward or backward; costs a "
                                   "grad-buffer copy and a DP reduction per term and the prompt sharing across terms "
-                                  "(backend/term_grads.py). 0 = off. Synchronous RIEL only.")
+                                  "(backend/train/term_grads.py). 0 = off. Synchronous RIEL only.")
 
     def __post_init__(self):
         _at_least(self, "riel", 1, "steps", "questions_per_step", "group_size", "max_kl_responses",

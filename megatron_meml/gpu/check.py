@@ -38,7 +38,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from megatron_meml.backend import compat
+from megatron_meml.backend.runtime import compat
 
 KILL_GRACE_S = 10.0
 MAX_FILES = 8                      # a device call brings back at most 8 files from $OUT

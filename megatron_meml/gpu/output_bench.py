@@ -27,7 +27,7 @@ import sys
 import time
 import traceback
 
-from megatron_meml.backend.memory import peak_memory_bytes, reset_peak_memory
+from megatron_meml.backend.runtime.memory import peak_memory_bytes, reset_peak_memory
 
 
 def parse_args(argv=None):

@@ -38,7 +38,9 @@ import sys
 import time
 import traceback
 
-from megatron_meml.backend import model as M, parallel, slot_model
+from megatron_meml.backend.train import model as M
+from megatron_meml.backend.runtime import parallel
+from megatron_meml.backend.infer import slot_model
 from megatron_meml.config import load_config
 from megatron_meml.rollout.continuous_engine import ContinuousEngine
 from megatron_meml.rollout.api import SamplingParams

@@ -13,8 +13,8 @@ import os
 import sys
 import time
 
-from megatron_meml.backend import compat
-from megatron_meml.backend.memory import peak_memory_bytes
+from megatron_meml.backend.runtime import compat
+from megatron_meml.backend.runtime.memory import peak_memory_bytes
 from megatron_meml.config import load_config
 from megatron_meml.stages.common import finish
 from megatron_meml.stages.mef import run_mef

@@ -11,7 +11,7 @@ returns one :class:`~megatron_meml.types.Rollout` per request, in request order,
 * ``logprobs[j]``: **log-prob of ``response_ids[j]`` under the temperature-scaled distribution over the real
   vocabulary**, ``log_softmax(logits[:vocab_size] / temperature)[id]`` -- the embedding's padded rows (ids >=
   the real vocabulary) take no probability mass -- *not* under the top-k / top-p truncation that the sample was
-  drawn from. This is the distribution the training forward (``backend.step.forward_logprobs`` /
+  drawn from. This is the distribution the training forward (``backend.train.step.forward_logprobs`` /
   ``forward_backward`` with the same temperature, ``vocab_limit = model.vocab_size``) computes, so the GRPO ratio
   ``exp(logp_train - logp_rollout)`` starts at exactly 1 (up to fp32 rounding, ≤ 1e-4 tested) on-policy. With
   truncation on (top_p < 1 or top_k > 0), the sampling distribution differs from the one the ratio uses; this is

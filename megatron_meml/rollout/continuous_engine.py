@@ -5,7 +5,7 @@
 
 Contract (log-prob convention, finish reasons, reproducibility): ``engine.py`` -- the same as the static engine,
 and for the same requests and seeds the same tokens and log-probs (tested greedy and sampled at TP=1, TP=2, PP=2).
-The model side (our own KV cache, attention, RoPE, CUDA graphs) is ``backend/slot_model.py``; this file is the
+The model side (our own KV cache, attention, RoPE, CUDA graphs) is ``backend/infer/slot_model.py``; this file is the
 scheduler.
 
 The pool: ``N = min(#requests, token_budget // C, max_slots)`` slots of capacity ``C = max(prompt + max_new)``
@@ -44,8 +44,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ..backend import inference
-from ..backend.slot_model import SlotModel, plain_torch, unsupported_reason
+from ..backend.infer import inference
+from ..backend.infer.slot_model import SlotModel, plain_torch, unsupported_reason
 from ..types import Request, Rollout
 from .api import SamplingParams
 from .sampling import request_uniforms, sample
@@ -77,7 +77,7 @@ class ContinuousEngine:
         prefill_tokens: prompt tokens per prefill forward (``rollout.prefill_tokens``); longer prompts are chunked.
         cuda_graphs: capture the decode step per batch bucket (CUDA only; ``rollout.cuda_graphs``).
         attention_impl: ``meml_kernels.decode_attention`` impl (``auto``: Triton on CUDA, torch on the CPU).
-        comm: pipeline hand-off (``backend.slot_model.StageComm``; default: megatron's parallel state).
+        comm: pipeline hand-off (``backend.infer.slot_model.StageComm``; default: megatron's parallel state).
         keep_cache: keep the KV pool (and its CUDA graphs) between calls (``rollout.keep_cache``); by default it is
             freed when ``generate`` returns, so training gets the memory back.
         fp32_logprobs: the sampled tokens' log-probs from the hidden states in fp32, as training computes them

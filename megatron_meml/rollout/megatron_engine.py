@@ -4,7 +4,7 @@
     rollouts = engine.generate(requests, SamplingParams.from_config(cfg.rollout))
 
 Contract (log-prob convention, reproducibility, finish reasons): ``engine.py``. Sampling: ``sampling.py``.
-Megatron specifics (cache, masks, pipeline hand-off, TP gather): ``backend/inference.py``.
+Megatron specifics (cache, masks, pipeline hand-off, TP gather): ``backend/infer/inference.py``.
 
 Batching: requests are sorted by prompt length and cut greedily into generation batches whose KV cache,
 ``rows × max(prompt_len + max_new)`` token slots, fits ``token_budget`` (:func:`plan_batches`).
@@ -38,7 +38,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ..backend import inference
+from ..backend.infer import inference
 from ..types import Request, Rollout
 from .api import SamplingParams
 from .sampling import request_uniforms, sample
@@ -74,7 +74,7 @@ class MegatronEngine:
     """:class:`~megatron_meml.rollout.api.GenerationEngine` on megatron-core model chunks.
 
     Args:
-        chunks: this rank's model chunks (``backend.model.build_model``), used in place.
+        chunks: this rank's model chunks (``backend.train.model.build_model``), used in place.
         tokenizer: ``decode(ids) -> str`` (stop strings, rollout text) and ``eos_id`` / ``vocab_size``.
         token_budget: cache slots per generation batch (``rollout.token_budget``).
         stop_token_ids: ids that end a response (default: ``tokenizer.eos_id``; pass the template's end-of-turn).

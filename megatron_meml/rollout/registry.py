@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 
-from ..backend.slot_model import unsupported_reason
+from ..backend.infer.slot_model import unsupported_reason
 from .api import GenerationEngine
 from .continuous_engine import ContinuousEngine
 from .megatron_engine import MegatronEngine

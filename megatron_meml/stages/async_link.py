@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..backend import state as bstate
+from ..backend.train import state as bstate
 from ..types import Rollout
 from .async_bridge import AsyncRolloutError, Bridge, Control, Heartbeat, Split
 

@@ -13,12 +13,12 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from ..backend import checkpoint as bckpt
-from ..backend import model as bmodel
-from ..backend import optimizer as boptim
-from ..backend import parallel
-from ..backend import state as bstate
-from ..backend.step import forward_logprobs
+from ..backend.ckpt import checkpoint as bckpt
+from ..backend.train import model as bmodel
+from ..backend.train import optimizer as boptim
+from ..backend.runtime import parallel
+from ..backend.train import state as bstate
+from ..backend.train.step import forward_logprobs
 from ..checkpointing import Checkpointer
 from ..config import Config
 from ..data import load_dataset

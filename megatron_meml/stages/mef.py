@@ -9,10 +9,10 @@ import time
 from typing import Dict, List
 
 from ..algo.objective import sft_loss  # Σ_t weight_t · mask_t · (−log p_t), fusable into the log-prob kernel
-from ..backend import optimizer as boptim
-from ..backend.memory import peak_memory_gib
-from ..backend.parallel import reduce_metrics
-from ..backend.step import forward_backward
+from ..backend.train import optimizer as boptim
+from ..backend.runtime.memory import peak_memory_gib
+from ..backend.runtime.parallel import reduce_metrics
+from ..backend.train.step import forward_backward
 from ..config import Config, ConfigError
 from ..data import read_mef, synthetic_mef_rows
 from ..data.collate import count_loss_tokens, sft_microbatches

@@ -35,8 +35,9 @@ from typing import Dict, Optional
 import torch
 
 from ..algo.async_objective import decoupled_riel_loss
-from ..backend import inference, parallel
-from ..backend import model as bmodel
+from ..backend.infer import inference
+from ..backend.runtime import parallel
+from ..backend.train import model as bmodel
 from ..checkpointing import Preempted
 from ..config import Config, ConfigError
 from ..data import load_expert_prompts, tokenizer_from_config

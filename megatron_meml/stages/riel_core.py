@@ -22,11 +22,11 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from ..backend import optimizer as boptim
-from ..backend.memory import peak_memory_gib
-from ..backend.parallel import reduce_metrics
-from ..backend.step import forward_backward
-from ..backend.term_grads import forward_backward_by_term
+from ..backend.train import optimizer as boptim
+from ..backend.runtime.memory import peak_memory_gib
+from ..backend.runtime.parallel import reduce_metrics
+from ..backend.train.step import forward_backward
+from ..backend.train.term_grads import forward_backward_by_term
 from ..eval.ensemble import flat_metrics
 from ..eval.plots import read_metrics
 from ..types import Record

@@ -49,8 +49,8 @@ def sync_phase(tmp: str) -> Dict[str, Any]:
     bit for bit, and never starts the async machinery (no rollout link, no async metrics)."""
     from megatron_meml.stages import common, riel, run as stages_run
     from megatron_meml.algo.objective import RielObjective
-    from megatron_meml.backend import optimizer as boptim, state
-    from megatron_meml.backend.step import forward_backward
+    from megatron_meml.backend.train import optimizer as boptim, state
+    from megatron_meml.backend.train.step import forward_backward
     from megatron_meml.rollout import scheduler as S
 
     _use_parity_reward()
@@ -65,8 +65,9 @@ def sync_phase(tmp: str) -> Dict[str, Any]:
         if int(os.environ["RANK"]) == 0 else [run.link is not None]
 
     # today's loop, written out, on a fresh model in the same process groups (the init is seeded by name)
-    from megatron_meml.backend import model as bmodel, parallel
-    from megatron_meml.backend.parallel import reduce_metrics
+    from megatron_meml.backend.train import model as bmodel
+    from megatron_meml.backend.runtime import parallel
+    from megatron_meml.backend.runtime.parallel import reduce_metrics
     from megatron_meml.data import load_expert_prompts, tokenizer_from_config
 
     cfg = _cfg(os.path.join(tmp, "plain"), "riel.steps=2", "riel.grad_norm_interval=0")
@@ -102,7 +103,7 @@ def handoff_phase(tmp: str, train_tp: int, rollout_tp: int, rollout_ranks: int) 
     """Training weights (perturbed away from the layout-invariant init) go to rollout ranks with another TP layout;
     both sides' full state dicts and the rollouts both sides generate from them are returned for comparison."""
     from megatron_meml.stages import common, run as stages_run
-    from megatron_meml.backend import state
+    from megatron_meml.backend.train import state
     from megatron_meml.rollout.scheduler import build_riel_scheduler, verifier_reward
 
     cfg = _cfg(os.path.join(tmp, f"handoff{train_tp}{rollout_tp}"), "riel.async_rollout=true",
@@ -135,8 +136,8 @@ def handoff_phase(tmp: str, train_tp: int, rollout_tp: int, rollout_ranks: int) 
 def _capture_step(store: Dict[str, Any], run, want_step: int):
     """Wrap the async loop's forward-backward and scheduler so that step ``want_step`` is recomputed by hand."""
     from megatron_meml.stages import riel_core
-    from megatron_meml.backend import model as bmodel, state
-    from megatron_meml.backend.step import forward_logprobs
+    from megatron_meml.backend.train import model as bmodel, state
+    from megatron_meml.backend.train.step import forward_logprobs
     from megatron_meml.rollout import scheduler as S
     from megatron_meml.rollout.packing import TrainSequence, collate
     from megatron_meml.types import TokenKind

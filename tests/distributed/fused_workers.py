@@ -17,8 +17,8 @@ def _run(chunks, optimizer, cfg, mbs, loss_fn, temperature, fused: bool, score: 
     """One forward-backward with the output path switched to ``fused``; the summed loss (broadcast from the last
     stage), per-microbatch metrics, full gradients, and forward-only log-probs of the same microbatches."""
     from megatron.core import parallel_state as ps
-    from megatron_meml.backend import optimizer as O, state, step as S
-    from megatron_meml.backend.output_layer import OutputOptions, set_options
+    from megatron_meml.backend.train import optimizer as O, state, step as S
+    from megatron_meml.backend.train.output_layer import OutputOptions, set_options
 
     for c in chunks:
         set_options(c, OutputOptions(fused=fused, vocab_limit=cfg.model.vocab_size, impl=impl))
@@ -36,7 +36,7 @@ def _run(chunks, optimizer, cfg, mbs, loss_fn, temperature, fused: bool, score: 
     gather_dp_grad_buffers(chunks)
     grads = state.full_state_dict(chunks, cfg.model.num_layers, value=lambda n, p: p.main_grad)
     # the raw output-layer gradient rows of this rank's vocabulary shard (padding rows must stay exactly 0)
-    from megatron_meml.backend.model import unwrap
+    from megatron_meml.backend.train.model import unwrap
     padded = torch.zeros((), dtype=torch.float64, device=dev)
     gpt = unwrap(chunks[0])
     if ps.is_pipeline_last_stage():
@@ -65,7 +65,8 @@ def fused_vs_logits(models: Sequence[Sequence[str]] = ((),), plan: Dict[str, Seq
     (``auto`` = Triton on CUDA). Returned on rank 0 as
     {model index: {workload: {run: result}}}."""
     from megatron_meml.algo.objective import RielObjective, SFTObjective, riel_loss
-    from megatron_meml.backend import model as M, optimizer as O, parallel
+    from megatron_meml.backend.train import model as M, optimizer as O
+    from megatron_meml.backend.runtime import parallel
     from megatron_meml.config import load_config
     from megatron_meml.rollout.packing import assign_weights, plan_microbatches
     from megatron_meml.types import MicroBatch, TokenKind

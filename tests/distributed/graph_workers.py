@@ -11,8 +11,8 @@ def decode_step_sync_ops(tp: int = 2) -> Dict[str, Any]:
     """Prefill two prompts into a 4-slot pool, then run ``SlotModel._graph_body`` -- exactly what ``_capture``
     records into the graph (embedding, layers with decode attention, logits) -- once with megatron's embedding and
     once with the sync-free one, recording the sync-forcing ops of each; both outputs are returned to compare."""
-    from megatron_meml.backend.inference import generation_mode
-    from megatron_meml.backend.slot_model import SlotModel
+    from megatron_meml.backend.infer.inference import generation_mode
+    from megatron_meml.backend.infer.slot_model import SlotModel
     from tests.distributed.sync_ops import SyncOpRecorder
     from tests.unit.rollout.engine_workers import _setup
 

@@ -10,7 +10,7 @@ from typing import Any, Dict, List
 
 import torch
 import torch.multiprocessing as mp
-from megatron_meml.backend.parallel import free_port
+from megatron_meml.backend.runtime.parallel import free_port
 
 
 
@@ -27,7 +27,7 @@ def _child(rank: int, world: int, port: int, target: str, kwargs: Dict[str, Any]
         torch.save({"ok": False, "error": traceback.format_exc()}, os.path.join(outdir, f"{rank}.pt"))
         raise
     finally:
-        from megatron_meml.backend import parallel
+        from megatron_meml.backend.runtime import parallel
 
         parallel.destroy()
 

@@ -1,7 +1,8 @@
 """HF checkpoints through our megatron model at TP=1, TP=2 and PP=2 (gloo, local processes) give transformers'
 logits (fp32, max abs diff <= 1e-4):
 
-* ``python -m megatron_meml.convert_hf check`` (the CLI: convert, spawn tp*pp ranks, compare) for a Qwen2 model (qkv bias, tied
+* ``python -m megatron_meml.convert_hf check`` (the CLI: convert, spawn tp*pp ranks, compare) for a Qwen2 model (qkv
+bias, tied
   embeddings, GQA, vocab 251 -> padded 256 at TP=2) and a Llama model (llama3 rope scaling, untied);
 * the trainer's start paths through ``hf_convert.init_model_weights``: ``model.init_from`` with a checkpoint
   converted at another layout (re-shard + re-pad), and ``model.init_from_hf`` (on-the-fly conversion), followed by
@@ -16,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from megatron_meml.backend import hf_convert as H
+from megatron_meml.backend.ckpt import hf_convert as H
 
 from ..unit.convert import tiny_hf
 from .launcher import spawn
@@ -52,7 +53,9 @@ def start_and_logits(cases):
     """Worker: for each case build the model at its (tp, pp) from ``overrides``, call init_model_weights (what
     the trainer does after build_model), return the full logits of TOKENS; optionally save the model in the
     converted format. Per-case result on the rank holding the logits (last stage, TP rank 0), None elsewhere."""
-    from megatron_meml.backend import checkpoint_io, model, parallel
+    from megatron_meml.backend.ckpt import checkpoint_io
+    from megatron_meml.backend.train import model
+    from megatron_meml.backend.runtime import parallel
     from megatron_meml.config import load_config
 
     out = []

@@ -1,6 +1,6 @@
 """The RIEL objective's normalisation is exact for the global batch: one global batch of 8 mixed GRPO / KL / SFT
 sequences gives the same gradients (<= 1e-6, fp32) cut as 1x8, 4x2 microbatches, over DP=2, and as one pass per
-term (the per-term gradient norms of backend/term_grads.py)."""
+term (the per-term gradient norms of backend/train/term_grads.py)."""
 import pytest
 
 from .launcher import spawn

@@ -2,7 +2,8 @@
 
 1. MEF at TP=1 (DP=2) and at TP=2 from the same seed: the first loss is the same although the vocab pads to 320
    at TP=1 and 384 at TP=2 (``model.padded_vocab_size`` not pinned): padded ids get no probability mass.
-2. ``python -m megatron_meml.convert_hf export --ckpt <the TP=2 run's checkpoint root>`` -> transformers loads it (also from an
+2. ``python -m megatron_meml.convert_hf export --ckpt <the TP=2 run's checkpoint root>`` -> transformers loads it (also
+from an
    older checkpoint whose meta.json lacks the model fields: the run's config.yaml supplies them); a new run at PP=2
    with ``model.init_from=<that root>`` starts from the same function (its logits, training and generation path,
    equal transformers' on the exported model; padded ids get no mass) and continues training from it.
@@ -28,7 +29,7 @@ TOKENS = torch.randint(0, 259, (2, 16), generator=torch.Generator().manual_seed(
 
 def _generation_logits(chunks):
     """Last-position logits [B, V_padded] of the generation path (KV cache, TP-gathered), last stage only."""
-    from megatron_meml.backend import inference
+    from megatron_meml.backend.infer import inference
 
     with inference.generation_mode(chunks):
         runner = inference.PipelineForward(chunks, TOKENS.shape[0], TOKENS.shape[1] + 1)
@@ -39,7 +40,7 @@ def _generation_logits(chunks):
 
 def _train(run_dir, overrides, logits_before=False):
     from megatron_meml.stages import common, mef, riel, run as stages_run
-    from megatron_meml.backend.hf_convert import full_logits
+    from megatron_meml.backend.ckpt.hf_convert import full_logits
     from megatron_meml.config import load_config
 
     cfg = load_config(QUICKSTART, BASE + [f"logging.run_dir={run_dir}"] + list(overrides))

@@ -16,7 +16,7 @@ import traceback
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from megatron_meml.backend.parallel import free_port
+from megatron_meml.backend.runtime.parallel import free_port
 
 WORLD = 2
 T, V_LOCAL, H = 24, 70, 16
@@ -91,7 +91,7 @@ def _megatron_checks(rank: int, tp: int) -> dict:
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
-    from megatron_meml.backend.logprobs import token_logprobs
+    from megatron_meml.backend.train.logprobs import token_logprobs
 
     ps.initialize_model_parallel(tensor_model_parallel_size=tp)
     try:

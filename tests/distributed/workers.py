@@ -41,7 +41,8 @@ def train_steps(overrides: Sequence[str], steps: int = 3, num_microbatches: int 
     """Train ``steps`` optimizer steps on :func:`global_batch` with token-mean NLL over the global batch.
     Returns losses, full grads per step and full params at the end (on rank 0; {} elsewhere)."""
     from megatron.core import parallel_state as ps
-    from megatron_meml.backend import model as M, optimizer as O, parallel, state, step as S
+    from megatron_meml.backend.train import model as M, optimizer as O, state, step as S
+    from megatron_meml.backend.runtime import parallel
     from megatron_meml.config import load_config
     from megatron_meml.types import MicroBatch, TokenKind
 
@@ -106,13 +107,14 @@ def riel_grads(max_tokens: int, overrides: Sequence[str] = (), sequences: str = 
     sequences (``riel_sequences`` or ``shared_prompt_sequences``) packed with ``max_tokens`` per microbatch, flat or
     into prompt-sharing rows, and split over DP. On rank 0: summed loss and per-kind token counts, full grads, the
     microbatch count, padded slots and how many microbatches hold shared rows. ``by_term``: one pass per term
-    (``backend.term_grads``); also returns its per-term norms and, as their reference, the norm of each term's
+    (``backend.train.term_grads``); also returns its per-term norms and, as their reference, the norm of each term's
     gradient computed from that term's rows alone (full grads gathered, plain torch norm)."""
     from functools import partial
 
     from megatron.core import parallel_state as ps
     from megatron_meml.algo.objective import riel_loss
-    from megatron_meml.backend import model as M, optimizer as O, parallel, state, step as S
+    from megatron_meml.backend.train import model as M, optimizer as O, state, step as S
+    from megatron_meml.backend.runtime import parallel
     from megatron_meml.config import load_config
     from megatron_meml.rollout.packing import assign_weights, plan_microbatches
 
@@ -128,7 +130,7 @@ def riel_grads(max_tokens: int, overrides: Sequence[str] = (), sequences: str = 
     loss_fn = partial(riel_loss, riel_cfg=cfg.riel, impl="torch")
     extra: Dict[str, Any] = {}
     if by_term:
-        from megatron_meml.backend.term_grads import forward_backward_by_term
+        from megatron_meml.backend.train.term_grads import forward_backward_by_term
         from megatron_meml.types import TokenKind
 
         reference = {}

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from megatron_meml.backend.parallel import free_port
+from megatron_meml.backend.runtime.parallel import free_port
 from tests.conftest import ROOT
 
 ARGS = ["examples/quickstart/config.yaml", "mef.max_steps=4", "model.num_layers=1", "data.global_batch_size=16",

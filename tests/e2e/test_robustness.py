@@ -19,8 +19,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from megatron_meml.backend import checkpoint as C
-from megatron_meml.backend.parallel import free_port
+from megatron_meml.backend.ckpt import checkpoint as C
+from megatron_meml.backend.runtime.parallel import free_port
 from tests.conftest import ROOT
 
 QUICKSTART = os.path.join(ROOT, "examples", "quickstart", "config.yaml")

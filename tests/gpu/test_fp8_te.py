@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from megatron_meml.backend import compat
+from megatron_meml.backend.runtime import compat
 from tests.distributed.launcher import spawn
 
 pytestmark = [
@@ -19,8 +19,9 @@ pytestmark = [
 
 def fp8_steps(recipe: str, steps: int = 6):
     """Worker (one process): ``steps`` SFT optimizer steps in FP8 on one fixed batch."""
-    from megatron_meml.backend import model as M, optimizer as O, parallel
-    from megatron_meml.backend.step import forward_backward
+    from megatron_meml.backend.train import model as M, optimizer as O
+    from megatron_meml.backend.runtime import parallel
+    from megatron_meml.backend.train.step import forward_backward
     from megatron_meml.config import load_config
     from megatron_meml.types import MicroBatch
 

@@ -128,7 +128,7 @@ def test_vocab_shard_stats_with_targets_outside_the_shard():
 def test_vocab_limit_leaves_padded_ids_out(dtype):
     """vocab_limit=77 of 101 rows (the limit inside an interpreter tile): log-probs, entropy and gradients equal
     the float64 formula on the first 77 rows alone; the padded rows get exactly zero gradient; and the result is
-    the logits path with the padded logits set to a large negative value (how backend/model.py masks them)."""
+    the logits path with the padded logits set to a large negative value (how backend/train/model.py masks them)."""
     dtype = DTYPES[dtype]
     gen = torch.Generator().manual_seed(12)
     t, h, v, limit, temperature = 29, 24, 101, 77, 0.9

@@ -19,7 +19,7 @@ import subprocess
 import time
 from typing import Dict, List, Optional
 
-from megatron_meml.backend.parallel import free_port as _parallel_free_port
+from megatron_meml.backend.runtime.parallel import free_port as _parallel_free_port
 
 PACKAGES = ["slurm-wlm", "slurmctld", "slurmd", "slurm-client", "munge"]
 BINARIES = ["munged", "mungekey", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "scancel"]

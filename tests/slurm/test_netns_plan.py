@@ -1,10 +1,10 @@
 """The fast twin of tests/slurm/test_two_nodes.py: what the two-node cluster would create (namespaces, veth pairs,
 addresses, hostnames, slurm.conf) and the two-node job scripts, checked without starting anything; plus the
-lost-node note of backend/hosts.py on the error texts gloo gives. Runs in seconds."""
+lost-node note of backend/runtime/hosts.py on the error texts gloo gives. Runs in seconds."""
 import subprocess
 import sys
 
-from megatron_meml.backend.hosts import lost_node_note
+from megatron_meml.backend.runtime.hosts import lost_node_note
 from tests.conftest import ROOT
 from tests.slurm.netns_cluster import SUBNET, plan, render_conf
 from tests.slurm.test_render import CFG, launch

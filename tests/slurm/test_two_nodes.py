@@ -24,7 +24,7 @@ import time
 import pytest
 import torch
 
-from megatron_meml.backend import checkpoint as C
+from megatron_meml.backend.ckpt import checkpoint as C
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
@@ -127,7 +127,7 @@ def test_two_node_checkpoint_resumes_at_another_layout(two_node_cluster, one_nod
     """The final checkpoint of the 2x2 job (rank files 0-1 written on meml-n1, 2-3 on meml-n2) is complete, holds
     bit for bit the weights of the one-node run's, and a new job at another layout (2 nodes x 1 rank: TP=1, DP=2)
     starts from it (``model.init_from``: exact resume needs the saved layout, ``checkpoint.py``)."""
-    from megatron_meml.backend.checkpoint_source import read_training_checkpoint
+    from megatron_meml.backend.ckpt.checkpoint_source import read_training_checkpoint
 
     (ref_dir, _), (src, _) = one_node, two_node
     ckpt = C.latest(os.path.join(src, "checkpoints"))

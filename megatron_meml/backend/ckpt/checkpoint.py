@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 
 from .checkpoint_io import CheckpointError, model_fields
-from .model import padded_vocab_size
+from ..train.model import padded_vocab_size
 
 FORMAT = "meml-train-ckpt-v1"
 

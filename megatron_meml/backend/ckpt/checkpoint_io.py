@@ -41,9 +41,9 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from . import state
-from .model import padded_vocab_size
-from .state import unwrap
+from ..train import state
+from ..train.model import padded_vocab_size
+from ..train.state import unwrap
 
 FORMAT, VERSION, META = "meml-ckpt", 1, "meml_ckpt.json"
 

@@ -1,7 +1,8 @@
 """Model weights from any checkpoint this project writes, behind the reader interface of :mod:`.checkpoint_io`, so
 that ``python -m megatron_meml.convert_hf export`` and ``model.init_from`` take all of them:
 
-  * a converted checkpoint folder (``meml_ckpt.json`` + safetensors shards, ``python -m megatron_meml.convert_hf import``);
+  * a converted checkpoint folder (``meml_ckpt.json`` + safetensors shards, ``python -m megatron_meml.convert_hf
+  import``);
   * a training checkpoint folder (``meta.json`` + ``rank_XXXXX.pt``, :mod:`.checkpoint`), e.g.
     ``runs/x/checkpoints/step_00000450``;
   * a training checkpoint root (``runs/x/checkpoints``, or the run directory that holds it): its newest complete
@@ -23,12 +24,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from ..config import ConfigError, load_config
+from ...config import ConfigError, load_config
 from . import checkpoint as tckpt
 from . import checkpoint_io as io
 from .checkpoint_io import CheckpointError
-from .model import padded_vocab_size
-from .state import global_name
+from ..train.model import padded_vocab_size
+from ..train.state import global_name
 
 HF_CONFIG = "hf_config.json"  # the HF config.json a run's model came from, copied into its checkpoints
 

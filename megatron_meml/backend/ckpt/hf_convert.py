@@ -40,13 +40,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..config.loader import model_fields_from_hf
-from ..config.schema import Config, ConfigError, ModelConfig, ParallelConfig
-from ..planning import ModelShape
+from ...config.loader import model_fields_from_hf
+from ...config.schema import Config, ConfigError, ModelConfig, ParallelConfig
+from ...planning import ModelShape
 from . import checkpoint_io as io
 from .checkpoint_io import CheckpointError
 from .checkpoint_source import find, load_checkpoint_weights, open_checkpoint
-from .step import model_logits
+from ..train.step import model_logits
 
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 # megatron per-layer suffix -> HF per-layer suffixes (concatenated / grouped by the transform of the suffix)

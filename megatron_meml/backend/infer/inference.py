@@ -34,7 +34,7 @@ from typing import Any, Iterator, List, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from .state import unwrap
+from ..train.state import unwrap
 
 
 @contextlib.contextmanager

@@ -44,12 +44,13 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from .attention import sdpa
-from .model import unwrap
+from ..train.attention import sdpa
+from ..train.model import unwrap
 
 
 def plain_torch():
-    """Run the body without the CPU runtime's ``TorchFunctionMode`` (``backend/cpu_runtime.py``): the slot model and
+    """Run the body without the CPU runtime's ``TorchFunctionMode`` (``backend/runtime/cpu_runtime.py``): the slot
+    model and
     the continuous engine's scheduler never ask for a CUDA device, and the mode's per-op Python hook (~8 us a call)
     was ~10% of a CPU decode step. A no-op on CUDA (no mode is installed there)."""
     if torch.cuda.is_available():

@@ -20,10 +20,10 @@ from typing import List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from ..planning import ModelShape
-from . import checkpoint_io as io
-from .hf_convert import export_config, to_hf
-from .state import full_state_dict
+from ...planning import ModelShape
+from ..ckpt import checkpoint_io as io
+from ..ckpt.hf_convert import export_config, to_hf
+from ..train.state import full_state_dict
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 

@@ -14,7 +14,7 @@ from typing import Dict, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from ..versions import require_supported
+from ...versions import require_supported
 from . import compat, cpu_runtime, hosts
 
 
@@ -101,7 +101,7 @@ def initialize(tp: int = 1, pp: int = 1, seed: int = 1234, backend: Optional[str
             os.environ["MASTER_PORT"] = str(free_port())
         dist.init_process_group(backend=backend, rank=rank, world_size=world,
                                 timeout=datetime.timedelta(minutes=timeout_minutes))
-    hosts.record()  # rank -> host, so that a lost-rank error can name the lost node (backend/hosts.py)
+    hosts.record()  # rank -> host, so that a lost-rank error can name the lost node (backend/runtime/hosts.py)
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,

@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from .attention import attention_backend
+from ..train.attention import attention_backend
 
 
 def library(name: str, dist_name: Optional[str] = None) -> str:
@@ -29,7 +29,7 @@ def library(name: str, dist_name: Optional[str] = None) -> str:
 
 
 def optimizer_class(cfg) -> str:
-    """The optimizer ``backend.optimizer.build_optimizer`` gets from megatron-core for ``cfg``: the wrapper
+    """The optimizer ``backend.train.optimizer.build_optimizer`` gets from megatron-core for ``cfg``: the wrapper
     (distributed / mixed-precision / fp32) around the Adam class megatron imported (TE FusedAdam, apex FusedAdam, or
     torch's AdamW when neither imports)."""
     from megatron.core import optimizer as mopt

@@ -16,7 +16,7 @@ tensors cross ranks; [T, V] is never gathered. On CUDA the Triton kernels run, o
 ``token_logprobs_and_loss`` is the fused variant: the per-token RL/SFT loss (``meml_kernels.token_loss``) and its
 dL/dlogp are computed in the same forward, so the backward is one pass from the loss straight to the logits.
 ``vocab_limit`` (the real vocabulary size) leaves the padded embedding columns out of the softmax. The training
-forward's fused path (hidden x W, no logits) is ``backend/output_layer.py``.
+forward's fused path (hidden x W, no logits) is ``backend/train/output_layer.py``.
 """
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ Architecture mapping (HF name -> megatron-core):
                                        padded_vocab_size, e.g. Qwen2.5's 151936); the logits of padded ids are
                                        masked at the output layer (:func:`mask_padded_vocab`), so they carry no
                                        probability mass: the model is the same function at any TP
-Layer spec: megatron's local spec on CPU (torch norms; core attention through torch SDPA, ``backend/attention.py``,
+Layer spec: megatron's local spec on CPU (torch norms; core attention through torch SDPA,
+``backend/train/attention.py``,
 unless ``model.attention_impl=megatron``); the Transformer Engine spec when TE is importable and CUDA is present
 (required for FP8).
 """
@@ -25,8 +26,9 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
-from ..config.schema import Config, ConfigError
-from . import compat, state
+from ...config.schema import Config, ConfigError
+from ..runtime import compat
+from . import state
 from .attention import SDPAttention, enable_explicit_positions
 from .output_layer import OutputOptions, set_options
 from .state import unwrap  # noqa: F401  (re-exported: callers use backend.model.unwrap)

@@ -6,8 +6,8 @@ from typing import List, Optional
 
 import torch
 
-from ..config.schema import Config
-from . import compat
+from ...config.schema import Config
+from ..runtime import compat
 from .model import params_dtype
 
 

@@ -21,7 +21,8 @@ shards (backward: reduce-scatter of dhidden, as ``ColumnParallelLinear`` does); 
 its partial dhidden over the TP group in its backward (``allreduce_dhidden``; the all-reduce that
 ``ColumnParallelLinear`` does for its input). Not megatron's ``copy_to_tensor_model_parallel_region``: in 0.16 its
 backward all-reduces a ``.contiguous()`` copy and returns the unreduced input when the gradient is not contiguous
--- here it is a transposed view -- so TP>1 gradients came out wrong. The fused kernel (``meml_kernels.linear_logprobs``) then sees this rank's vocabulary shard of the weight, its global offset
+-- here it is a transposed view -- so TP>1 gradients came out wrong. The fused kernel
+(``meml_kernels.linear_logprobs``) then sees this rank's vocabulary shard of the weight, its global offset
 ``tp_rank * V_local`` and ``vocab_limit = model.vocab_size`` (padded embedding rows take no probability mass,
 like the masked logits of the logits path), and needs only two [T] all-reduces.
 
@@ -64,7 +65,7 @@ def _gpt(chunk: torch.nn.Module) -> torch.nn.Module:
 
 
 def set_options(chunk: torch.nn.Module, options: OutputOptions) -> None:
-    """Attach ``options`` to the GPTModel inside ``chunk`` (done by ``backend.model.build_gpt``)."""
+    """Attach ``options`` to the GPTModel inside ``chunk`` (done by ``backend.train.model.build_gpt``)."""
     object.__setattr__(_gpt(chunk), ATTR, options)
 
 

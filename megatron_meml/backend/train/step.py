@@ -7,7 +7,8 @@ microbatches and DP ranks. megatron's schedule divides each microbatch loss by t
 divides gradients by the DP size, so we multiply by ``num_microbatches * dp_size`` before handing the loss back:
 gradients are then identical however the global batch is cut (the equivalence tests check 1e-6).
 
-Output layer (``model.fused_output``, read from the model chunk: ``backend/output_layer.py``): fused (default), the
+Output layer (``model.fused_output``, read from the model chunk: ``backend/train/output_layer.py``): fused (default),
+the
 last stage returns final-norm hidden states and the log-probs come from hidden x W in the fused kernel -- no
 [tokens, vocab] logits in the forward or the backward; a loss function with ``loss_inputs`` (``algo.objective``'s
 ``TokenObjective``: RIEL, SFT) has its per-token loss and dL/dlogp computed as that kernel's epilogue, and its
@@ -21,7 +22,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from ..types import MicroBatch
+from ...types import MicroBatch
 from .attention import rope_positions, segment_attention_mask
 from .logprobs import token_logprobs
 from .output_layer import OutputOptions, final_hidden_states, fused_logprobs, options_of

@@ -27,7 +27,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
-from ..types import MicroBatch, TokenKind
+from ...types import MicroBatch, TokenKind
 from .step import LossFn, forward_backward
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch.distributed as dist
 
 from megatron_meml.stages import async_bridge as B
-from megatron_meml.backend.parallel import free_port
+from megatron_meml.backend.runtime.parallel import free_port
 
 
 @pytest.fixture

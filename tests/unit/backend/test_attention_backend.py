@@ -1,11 +1,11 @@
-"""Masked attention with grouped KV heads through ``backend.attention.sdpa``: the GPU formulation (KV groups
+"""Masked attention with grouped KV heads through ``backend.train.attention.sdpa``: the GPU formulation (KV groups
 expanded so the memory-efficient CUDA kernel takes the mask, instead of SDPA's math fallback) computes the same
 values and gradients as the earlier ``enable_gqa`` + mask call -- checked here on the CPU by forcing the expansion
 (``EXPAND_KV = ["always"]``): prompt-sharing segment attention (training) and a dense padding mask."""
 import pytest
 import torch
 
-from megatron_meml.backend import attention as A
+from megatron_meml.backend.train import attention as A
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_startup_lines_name_attention_accelerators_and_optimizer():
     from tests.distributed.launcher import spawn
 
     lines = spawn("tests.unit.backend.workers:startup_report", 1)[0]
-    assert lines[0].startswith("attention: megatron_meml.backend.attention.SDPAttention [SDPA on the CPU"), lines
+    assert lines[0].startswith("attention: megatron_meml.backend.train.attention.SDPAttention [SDPA on the CPU"), lines
     assert lines[1].startswith("accelerators: transformer_engine ") and " apex " in lines[1], lines
     assert "flash_attn " in lines[1], lines
     # the CPU lock has neither Transformer Engine nor apex: megatron's Adam is torch's AdamW, sharded (the default
@@ -99,7 +99,7 @@ def test_startup_lines_name_attention_accelerators_and_optimizer():
 
 
 def test_library_probe():
-    from megatron_meml.backend.runtime_info import library
+    from megatron_meml.backend.runtime.runtime_info import library
 
     assert library("json") == "yes" or library("json").startswith("yes")
     assert library("surely_not_an_installed_module_xyz") == "no"

@@ -28,7 +28,7 @@ def test_cpu_runtime_is_off_with_cuda(monkeypatch):
     """On a CUDA machine activate() must change nothing."""
     import torch
 
-    from megatron_meml.backend import cpu_runtime
+    from megatron_meml.backend.runtime import cpu_runtime
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(cpu_runtime, "_ACTIVE", False)

@@ -1,11 +1,12 @@
-"""Which training checkpoint a resume uses (``backend/checkpoint.py``: verify / candidates / resolve), on checkpoint
+"""Which training checkpoint a resume uses (``backend/ckpt/checkpoint.py``: verify / candidates / resolve), on
+checkpoint
 folders laid out on disk as ``save`` writes them: the newest one that is complete, with a one-line warning for
 each newer one that is not (truncated shard, missing shard, corrupt bytes, garbled ``latest``)."""
 import json
 import os
 import zlib
 
-from megatron_meml.backend import checkpoint as C
+from megatron_meml.backend.ckpt import checkpoint as C
 
 
 def _write(root, step, payloads=(b"rank zero bytes" * 10, b"rank one bytes" * 10)):

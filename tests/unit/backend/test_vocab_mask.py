@@ -1,10 +1,10 @@
-"""Padded vocabulary ids carry no probability mass (``backend.model.mask_padded_vocab_``, the output-layer hook):
+"""Padded vocabulary ids carry no probability mass (``backend.train.model.mask_padded_vocab_``, the output-layer hook):
 the masked logits give exactly the real-vocabulary distribution, exactly zero gradient to the padded rows of the
 output weight, finite entropies, and a sampler that never picks them and reports the real-vocabulary log-prob."""
 import pytest
 import torch
 
-from megatron_meml.backend.model import mask_padded_vocab_, padded_logit_value
+from megatron_meml.backend.train.model import mask_padded_vocab_, padded_logit_value
 from megatron_meml.rollout.sampling import sample
 
 REAL, PADDED, H = 259, 384, 16

@@ -8,7 +8,7 @@ def cpu_runtime_changes():
     """Activate the CPU runtime and report what each listed change does."""
     import torch
 
-    from megatron_meml.backend import cpu_runtime
+    from megatron_meml.backend.runtime import cpu_runtime
 
     before_type = torch.zeros(1).type()
     assert cpu_runtime.activate() is True
@@ -53,7 +53,8 @@ def cpu_runtime_changes():
 
 def count_params(hf_config: str):
     """Parameter count of a model built (on the meta device) from a HF config.json."""
-    from megatron_meml.backend import model as M, parallel
+    from megatron_meml.backend.train import model as M
+    from megatron_meml.backend.runtime import parallel
     from megatron_meml.config import load_config
 
     cfg = load_config(None, [f"model.hf_config={hf_config}"])
@@ -70,7 +71,8 @@ def llama3_rope(factor: float, low: float, high: float, orig: int):
 
     import torch
 
-    from megatron_meml.backend import model as M, parallel
+    from megatron_meml.backend.train import model as M
+    from megatron_meml.backend.runtime import parallel
     from megatron_meml.config import load_config
 
     cfg = load_config(None, ["model.rope_scaling=llama3", f"model.rope_scaling_factor={factor}",
@@ -99,7 +101,8 @@ def nonfinite_guard():
     """A NaN loss makes grads_finite False; a finite one True (the trainer then skips / takes the step)."""
     import torch
 
-    from megatron_meml.backend import model as M, optimizer as O, parallel, step as S
+    from megatron_meml.backend.train import model as M, optimizer as O, step as S
+    from megatron_meml.backend.runtime import parallel
     from megatron_meml.config import load_config
     from megatron_meml.types import MicroBatch
 
@@ -149,7 +152,7 @@ def finished_stage_weights(run_dir: str):
     import torch
 
     from megatron_meml.stages import common, mef, riel, run as stages_run
-    from megatron_meml.backend import model as M, state
+    from megatron_meml.backend.train import model as M, state
     from megatron_meml.config import load_config
 
     cfg = load_config(None, ["model.num_layers=1", "model.hidden_size=32", "model.ffn_hidden_size=64",
@@ -174,9 +177,10 @@ def sdpa_matches_megatron_attention():
     from megatron.core.transformer.dot_product_attention import DotProductAttention
     from megatron.core.transformer.enums import AttnMaskType
 
-    from megatron_meml.backend import model as M, parallel
-    from megatron_meml.backend.attention import SDPAttention
-    from megatron_meml.backend.step import model_logits
+    from megatron_meml.backend.train import model as M
+    from megatron_meml.backend.runtime import parallel
+    from megatron_meml.backend.train.attention import SDPAttention
+    from megatron_meml.backend.train.step import model_logits
     from megatron_meml.config import load_config
 
     parallel.initialize(1, 1, seed=3)
@@ -232,7 +236,7 @@ def sdpa_matches_megatron_attention():
 
 def startup_report():
     """``runtime_info.startup_lines`` for the tiny test model (local layer spec, CPU)."""
-    from megatron_meml.backend.runtime_info import startup_lines
+    from megatron_meml.backend.runtime.runtime_info import startup_lines
     from tests.unit.rollout.engine_workers import _setup
 
     cfg, info, chunks = _setup()

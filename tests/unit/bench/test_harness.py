@@ -1,9 +1,9 @@
 """megatron_meml.bench.harness: the interleaving order, warm-up rounds left out, the work count, per-round paired
-ratios and their median, the pooled ratio; and the one peak-memory reader it uses (backend/memory.py)."""
+ratios and their median, the pooled ratio; and the one peak-memory reader it uses (backend/runtime/memory.py)."""
 import pytest
 import torch
 
-from megatron_meml.backend import memory
+from megatron_meml.backend.runtime import memory
 from megatron_meml.bench import harness
 from megatron_meml.bench.harness import Rounds, interleaved
 

@@ -1,5 +1,6 @@
 """Converting a random Qwen2.5-1.5B-shaped model (shapes from shared/data/tokenizers/qwen2.5/config.json, 1.54B
-parameters, 6.2 GB in fp32, written tensor by tensor as 6 HF shards + index) with ``python -m megatron_meml.convert_hf import``
+parameters, 6.2 GB in fp32, written tensor by tensor as 6 HF shards + index) with ``python -m megatron_meml.convert_hf
+import``
 keeps the peak RSS of the converter process under 1.5x the model's fp32 size (measured ~1.1 GB, i.e. ~0.19x: the
 largest full tensor, the 151936 x 1536 embedding, is what stays resident). ~75 s and ~13 GB of disk."""
 import json
@@ -11,8 +12,8 @@ import sys
 import pytest
 import torch
 
-from megatron_meml.backend import checkpoint_io as io
-from megatron_meml.backend import hf_convert as H
+from megatron_meml.backend.ckpt import checkpoint_io as io
+from megatron_meml.backend.ckpt import hf_convert as H
 
 from ...conftest import DATA
 

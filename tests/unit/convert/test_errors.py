@@ -7,8 +7,8 @@ import sys
 import pytest
 from safetensors.torch import load_file, save_file
 
-from megatron_meml.backend import checkpoint_io as io
-from megatron_meml.backend import hf_convert as H
+from megatron_meml.backend.ckpt import checkpoint_io as io
+from megatron_meml.backend.ckpt import hf_convert as H
 from megatron_meml.config.schema import ModelConfig
 
 from . import tiny_hf

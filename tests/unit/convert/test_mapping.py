@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from megatron_meml.backend import checkpoint_io as io
-from megatron_meml.backend import hf_convert as H
+from megatron_meml.backend.ckpt import checkpoint_io as io
+from megatron_meml.backend.ckpt import hf_convert as H
 
 S = H.Shape(layers=4, hidden=3, ffn=4, heads=4, groups=2, head_dim=1, vocab=10, qkv_bias=True, tied=True)
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from megatron_meml.backend import checkpoint_io as io
-from megatron_meml.backend import hf_convert as H
+from megatron_meml.backend.ckpt import checkpoint_io as io
+from megatron_meml.backend.ckpt import hf_convert as H
 
 from . import tiny_hf
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from megatron_meml.backend import compat
+from megatron_meml.backend.runtime import compat
 from megatron_meml.config import ConfigError, load_config
 from tests.conftest import ROOT
 
@@ -35,7 +35,7 @@ def test_fp8_off_adds_nothing():
 @pytest.mark.parametrize("recipe", ["hybrid", "e4m3"])
 def test_megatron_transformer_config_accepts_the_fp8_fields(recipe):
     """The TransformerConfig we build carries the FP8 settings (megatron-core validates them in __post_init__)."""
-    from megatron_meml.backend.model import transformer_config
+    from megatron_meml.backend.train.model import transformer_config
 
     t = transformer_config(cfg("precision.dtype=bf16", f"precision.fp8={recipe}", "precision.fp8_margin=2",
                                "precision.fp8_amax_history_len=32"))
@@ -66,7 +66,7 @@ def test_unknown_fp8_recipe_is_named():
 
 @WITHOUT_TE
 def test_layer_spec_without_te_names_precision_fp8(monkeypatch):
-    from megatron_meml.backend import model as M
+    from megatron_meml.backend.train import model as M
 
     c = cfg("precision.dtype=bf16", "precision.fp8=hybrid")
     with pytest.raises(ConfigError, match=r"config key `precision\.fp8`: FP8 needs Transformer Engine"):
@@ -77,7 +77,7 @@ def test_layer_spec_without_te_names_precision_fp8(monkeypatch):
 
 def test_layer_spec_when_te_reports_missing(monkeypatch):
     """Same error wherever TE does not import, forced here through compat.have_te."""
-    from megatron_meml.backend import model as M
+    from megatron_meml.backend.train import model as M
 
     monkeypatch.setattr(compat, "have_te", lambda: False)
     with pytest.raises(ConfigError, match=r"precision\.fp8"):

@@ -1,6 +1,7 @@
 """The planner's parameter / gradient / optimizer memory against what megatron-core actually allocates on the CPU.
 
-Each case builds a small model with ``backend.model.build_model`` + ``backend.optimizer.build_optimizer`` in fresh
+Each case builds a small model with ``backend.train.model.build_model`` + ``backend.train.optimizer.build_optimizer``
+in fresh
 processes (tests/distributed/launcher.spawn), takes one optimizer step and sums the storage bytes of (a) the
 parameters, (b) the DDP grad buffers, (c) the optimizer's own tensors (fp32 main params, Adam moments), and (d) every
 live tensor storage the garbage collector can reach (the whole static state after the step, activations freed).

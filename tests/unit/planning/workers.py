@@ -34,8 +34,9 @@ def measure_state_bytes(overrides: List[str]) -> Dict[str, float]:
     built (the whole static training state; leftovers of an earlier case in this process are excluded)."""
     import torch
 
-    from megatron_meml.backend import model as M, optimizer as O, parallel
-    from megatron_meml.backend.step import forward_backward
+    from megatron_meml.backend.train import model as M, optimizer as O
+    from megatron_meml.backend.runtime import parallel
+    from megatron_meml.backend.train.step import forward_backward
     from megatron_meml.config import load_config
     from megatron_meml.types import MicroBatch
 
@@ -102,8 +103,8 @@ def saved_and_flops(overrides: List[str], b: int, s: int) -> Dict[str, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from megatron_meml.algo.objective import SFTObjective
-    from megatron_meml.backend import model as M
-    from megatron_meml.backend.step import forward_backward
+    from megatron_meml.backend.train import model as M
+    from megatron_meml.backend.train.step import forward_backward
     from megatron_meml.config import load_config
 
     cfg = load_config(None, ACT_SHAPE + list(overrides))
@@ -131,7 +132,7 @@ def saved_and_flops(overrides: List[str], b: int, s: int) -> Dict[str, float]:
 
 def measure_activations(cases: Dict[str, List[str]], b: int, s: int) -> Dict[str, Dict[str, float]]:
     """:func:`saved_and_flops` for each named override list, in this process."""
-    from megatron_meml.backend import parallel
+    from megatron_meml.backend.runtime import parallel
 
     parallel.initialize(1, 1, seed=1)
     return {k: saved_and_flops(v, b, s) for k, v in cases.items()}

@@ -25,7 +25,8 @@ def make_requests(lens: Sequence[int] = PROMPT_LENS, seed: int = 0, seed_offset:
 
 
 def _setup(overrides: Sequence[str] = ()):
-    from megatron_meml.backend import model as M, parallel
+    from megatron_meml.backend.train import model as M
+    from megatron_meml.backend.runtime import parallel
     from megatron_meml.config import load_config
 
     cfg = load_config(None, list(TINY) + list(overrides))
@@ -72,7 +73,7 @@ def parallel_generation(overrides: Sequence[str] = ()) -> Dict[str, Any]:
 
 
 def _snapshot(chunks):
-    from megatron_meml.backend.model import unwrap
+    from megatron_meml.backend.train.model import unwrap
 
     return {"params": {n: p.detach().clone() for n, p in chunks[0].named_parameters()},
             "training": [m.training for m in chunks[0].modules()],
@@ -82,7 +83,7 @@ def _snapshot(chunks):
 
 def single_process_checks() -> Dict[str, Any]:
     """Everything the single-process engine tests assert on, computed in one process (one model build)."""
-    from megatron_meml.backend import step as S
+    from megatron_meml.backend.train import step as S
     from megatron_meml.config import load_config
     from megatron_meml.data.synthetic import generate
     from megatron_meml.data.tokenizer import ByteTokenizer
@@ -230,7 +231,7 @@ def rollout_vs_training_logprob_gap(dtype: str = "bf16") -> Dict[str, Any]:
     default) and from the model-dtype logits (the earlier behaviour), both as GRPO's old_logp
     (``rollout.mismatch_interval=0``); and with old_logp re-scored by the training forward (``rescored``, the
     ``rollout.mismatch_interval=1``; the default in bf16). Same requests, seeds and tokens in all three."""
-    from megatron_meml.backend import step as S
+    from megatron_meml.backend.train import step as S
     from megatron_meml.config import load_config
     from megatron_meml.data.synthetic import generate
     from megatron_meml.data.tokenizer import ByteTokenizer

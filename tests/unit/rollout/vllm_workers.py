@@ -28,7 +28,7 @@ SEQS = ["Equations.\nQ: 37 + 48 = ?\nA: 85", "Parts.\nQ: 3 m in cm?\nA: 300 cm",
 
 def _megatron_logprobs(chunks, seqs: Sequence[List[int]], vocab: int):
     """log p(x_{t+1} | x_<=t) [L-1] per sequence from the Megatron forward (fp32 logits), on the last stage."""
-    from megatron_meml.backend.hf_convert import full_logits
+    from megatron_meml.backend.ckpt.hf_convert import full_logits
 
     out = []
     for s in seqs:  # collective through the pipeline: every stage runs every sequence
