@@ -10,7 +10,7 @@ EXCLUDES := requirements/excludes.txt
 LOCK_HASH := $(shell cat setup.py $(LOCK) $(EXCLUDES) | sha1sum | cut -c1-12)
 STAMP_CORE := $(VENV)/.core-$(LOCK_HASH)
 STAMP := $(VENV)/.installed-$(LOCK_HASH)
-PYTEST_ARGS ?= -m "not slow"
+PYTEST_ARGS ?= -m "not slow" --durations=30
 UV_VERSION := $(shell sed -n 's/^uv==\([^ ]*\).*/\1/p' $(LOCK))
 # The CPU build of torch (torch==2.13.0+cpu): this workplace keeps it in /opt/wheels; elsewhere it comes from
 # PyTorch's CPU index (TORCH_INDEX). uv reads neither pip.conf nor PIP_* variables, so both are passed explicitly.
