@@ -15,7 +15,7 @@ the same for every seed) plus the row's overrides; extra ``key=value`` arguments
   all (MEML-GRPO)                ... + both
   all, λ1 = x                    the λ1 sweep (all components)
   all, k3                        the KL's k3 estimator instead of k1
-  all, KL over its own tokens    riel.kl_normalizer=own: the first release's KL scale
+  all, KL over its own tokens    riel.kl_normalizer=own: the KL averaged over its own tokens
   beyond the paper (only with --rows; algo/complementarity.py, rollout/dynamic_sampling.py):
   gate     all + riel.kl_gate=wrong_right         KL only where E- is wrong and E+ right (m_E- < 0.5 <= m_E+)
   cw       all + riel.complement_weight=1         per-expert question weighting of the advantages
@@ -81,7 +81,7 @@ def rows_for(lambdas: Sequence[float], k3: bool, own: bool) -> List[Tuple[str, s
     if k3:
         out.append(("all, k3 estimator", "k3", all_on + ["riel.kl_estimator=k3"]))
     if own:
-        out.append(("all, KL averaged over its own tokens (first release)", "klown",
+        out.append(("all, KL averaged over its own tokens", "klown",
                     all_on + ["riel.kl_normalizer=own"]))
     return out
 

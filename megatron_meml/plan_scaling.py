@@ -2,7 +2,7 @@
 
     python -m megatron_meml.plan_scaling --model qwen2.5-72b --gpus 64
     python -m megatron_meml.plan_scaling --config examples/scaling/llama3.1-8b.yaml --gpus 16 rollout.token_budget=131072
-    python -m megatron_meml.plan_scaling --readme        # the scaling table of README.md (every config at 8/16/64 GPUs)
+    python -m megatron_meml.plan_scaling --readme        # the scaling table of docs/scaling.md (every config at 8/16/64 GPUs)
 
 The memory and step-time formulas, with units and assumptions, are in ``megatron_meml/planning.py``. Model shape,
 batch sizes, sequence length and rollout budget come from the run config (``--model`` names a config in
@@ -135,7 +135,7 @@ def parse_args(argv=None):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help=f"a scaling config: {', '.join(SCALING_RUNS)}")
     src.add_argument("--config", help="any run config YAML")
-    src.add_argument("--readme", action="store_true", help="print the README scaling table")
+    src.add_argument("--readme", action="store_true", help="print the scaling table of docs/scaling.md")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides of the run config")
     p.add_argument("--gpus", type=int, help="total GPUs (default: what the scaling config is written for)")
     p.add_argument("--all", action="store_true", help="also list layouts that do not fit")

@@ -1,16 +1,18 @@
 """One RIEL step of ours (single-expert and MEML modes) against TRL's ``GRPOTrainer`` on the same model shape, prompt
 length and completion budget, in one run, steps interleaved (ours single, ours MEML, TRL, ours single, ...).
 
-    python -m megatron_meml.bench.vs_trl [--steps 5] [--warmup 1] [--skip-trl] [--trl-python PATH]
+    python -m megatron_meml.bench.vs_trl [--steps 5] [--warmup 1] [--engines continuous,vllm] [--skip-trl]
 
-Shape (issue 13): Qwen2, 4 layers, hidden 128, FFN 352, 4 heads, 2 KV groups, vocab 512, random weights, fp32, CPU,
-one torch thread on every side. A step: 8 prompts of ~100 tokens, G = 8 completions each of at most 64 tokens,
-temperature 1, no top-k/top-p, the same cheap verifiable reward on both sides (``crc32(text) & 1``: 0/1 with
-variance inside groups), no reference model (beta = 0), one optimizer step (Adam, lr 1e-6, grad clip 1.0).
-  * ours, single expert: N = 1 -> 64 completions; ``RielScheduler.step`` (generate with ``rollout.engine``,
-    score, advantages, pack) + ``forward_backward`` + optimizer step, exactly the trainer's RIEL loop body;
-  * ours, MEML: N = 3 expert prompts -> 192 completions, inter-expert KL and the hard-example buffer on (paper
-    defaults K = 6, B = 64); reported as time per completion token relative to single-expert;
+Shape: Qwen2, 4 layers, hidden 128, FFN 352, 4 heads, 2 KV groups, vocab 512, random weights, fp32, CPU, torch's
+default thread count on every side (``--threads N`` pins N). A step: 8 prompts of ~100 tokens, G = 8 completions
+each of at most 64 tokens, temperature 1, no top-k/top-p, the same cheap verifiable reward on both sides
+(``crc32(text) & 1``: 0/1 with variance inside groups), no reference model (beta = 0), one optimizer step (Adam,
+lr 1e-6, grad clip 1.0).
+  * ours, single expert, one side per ``--engines`` entry: N = 1 -> 64 completions; ``RielScheduler.step``
+    (generate with that ``rollout.engine``, score, advantages, pack) + ``forward_backward`` + optimizer step (+ the
+    vLLM refit), the RIEL stage's step body;
+  * ours, MEML (first engine): N = 3 expert prompts -> 192 completions, inter-expert KL and the hard-example buffer
+    on (paper defaults K = 6, B = 64); reported as time per completion token relative to single-expert;
   * TRL 1.16 ``GRPOTrainer``: ``per_device_train_batch_size=64, num_generations=8, max_completion_length=64,
     gradient_checkpointing=False`` (TRL's default is True, which would recompute the forward), ``bf16=False``,
     ``use_cpu=True``, loss ``dapo`` (token-level, its default), ``beta=0``, ``num_iterations=1`` (on-policy: no
@@ -21,17 +23,13 @@ TRL runs in its own virtual environment (``.venv-trl``, created on first use: a 
 not a test dependency. It is driven as a subprocess that runs one ``trainer.train()`` and blocks before each step
 until this process says go, so the steps interleave with ours under the same machine load.
 
-Ours trains in microbatches of ``--micro-batch`` x 256 padded tokens (default 16 -> 4096). On this 2-core CPU the
-forward-backward of one single-expert step (~5.6k padded tokens) took, best of 9 interleaved repeats on the same
-rollouts: 1 microbatch of 8192 tokens 1.29 s, 2 of <= 4096 1.07 s, 3 of <= 2048 1.12 s, 4 of <= 1536 1.06 s (smaller
-microbatches keep activations and logits in cache and pad less; 16384-token microbatches ran ~25% slower per
-token than 8192). Reported per side: completion tokens / step time (best and median over ``--steps`` timed
-steps after ``--warmup``), the generate+score and train split; for MEML also the per-phase ratios to
-single-expert, the padded forward tokens per completion token and the loss tokens of each term (GRPO, inter-expert
-KL, hard-example SFT). Also the ratio of each interleaved round (our step and TRL's step run back to back, so a slow
-phase of a shared machine hits both) with its median, min and max. Last line: ``ours single-expert / TRL completion
-tokens per second: <ratio>`` (best over best). Measure on a quiet machine when you can; the numbers are as noisy as
-the machine.
+Ours trains in microbatches of ``--micro-batch`` x 256 padded tokens (default 16 -> 4096: smaller microbatches keep
+activations and logits in cache and pad less). Reported per side: completion tokens / step time (best and median
+over ``--steps`` timed steps after ``--warmup``), the generate+score and train split; for MEML also the per-phase
+ratios to single-expert, the padded forward tokens per completion token and the loss tokens of each term (GRPO,
+inter-expert KL, hard-example SFT). The headline, per engine: the **median over the interleaved rounds of the
+paired ratio** (our step and TRL's run back to back, so a slow phase of a shared machine hits both), with its min
+and max; best over best is printed beside it, labelled.
 """
 from __future__ import annotations
 
@@ -75,8 +73,11 @@ def parse_args(argv=None):
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--vocab", type=int, default=512)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--engine", default="continuous", help="rollout.engine for ours")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads on every side (0 = torch's default, what a user gets: the headline)")
+    p.add_argument("--engines", default="continuous",
+                   help="comma list of rollout.engine values: one single-expert side of ours per engine (MEML: the "
+                        "first)")
     p.add_argument("--micro-batch", type=int, default=16,
                    help="ours: data.micro_batch_size (x seq_length 256 = padded tokens per microbatch)")
     p.add_argument("--skip-trl", action="store_true")
@@ -96,7 +97,7 @@ def reward_bit(text: str) -> float:
 class Ours:
     """One of our RIEL setups (single-expert or MEML) with its own model, optimizer and scheduler."""
 
-    def __init__(self, a, experts: int):
+    def __init__(self, a, experts: int, engine: str):
         from functools import partial
 
         prompts = ["You are expert zero; answer briefly.", "You are expert one; reason step by step.",
@@ -109,7 +110,7 @@ class Ours:
             f"model.padded_vocab_size={a.vocab}", "model.max_position_embeddings=1024", "data.tokenizer=byte",
             "data.seq_length=256", f"data.micro_batch_size={a.micro_batch}", "data.global_batch_size=64",
             f"rollout.max_new_tokens={a.max_new}",
-            f"rollout.engine={a.engine}", "rollout.token_budget=65536", "rollout.temperature=1.0",
+            f"rollout.engine={engine}", "rollout.token_budget=65536", "rollout.temperature=1.0",
             f"riel.questions_per_step={a.questions}", f"riel.group_size={a.group}", "riel.lr=1e-6",
             "optimizer.lr_warmup_steps=0", f"seed={a.seed}"])
         self.chunks = M.build_model(cfg)
@@ -142,6 +143,9 @@ class Ours:
         self.O.zero_grads(self.chunks, self.opt)
         forward_backward(self.chunks, out.microbatches, self.loss_fn, temperature=self.cfg.rollout.temperature)
         self.O.optimizer_step(self.opt, self.sched_lr)
+        refit = getattr(self.sched.engine, "refit", None)  # rollout.engine=vllm: its own weights copy, as in a run
+        if refit is not None:
+            refit()
         t2 = time.perf_counter()
         self.step_no += 1
         completions = [ro for g in out.groups for ro in g.rollouts]
@@ -189,7 +193,8 @@ def trl_worker(a) -> None:
     warnings.filterwarnings("ignore")
     import torch
 
-    torch.set_num_threads(a.threads)
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
     from datasets import Dataset
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, TrainerCallback
@@ -258,7 +263,9 @@ def trl_worker(a) -> None:
 
 class TRLSide:
     def __init__(self, a):
-        env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), TOKENIZERS_PARALLELISM="false")
+        env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+        if a.threads > 0:
+            env["OMP_NUM_THREADS"] = str(a.threads)
         # -m from the checkout: the TRL environment sees this .venv's packages, not its editable install of ours
         args = [trl_python(a), "-m", "megatron_meml.bench.vs_trl", "--trl-worker"] + [
             f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items()
@@ -326,11 +333,15 @@ def main(argv=None) -> int:
         return 0
     import torch
 
-    torch.set_num_threads(a.threads)
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    threads = torch.get_num_threads()
     parallel.initialize(1, 1, seed=a.seed)
-    sides = {"ours single-expert": Ours(a, 1)}
+    engines = [e for e in a.engines.split(",") if e]
+    single = {e: f"ours single-expert ({e})" for e in engines}
+    sides = {single[e]: Ours(a, 1, e) for e in engines}
     if not a.skip_meml:
-        sides[f"ours MEML N={a.experts}"] = Ours(a, a.experts)
+        sides[f"ours MEML N={a.experts}"] = Ours(a, a.experts, engines[0])
     trl = None
     if not a.skip_trl:
         trl = TRLSide(a)
@@ -345,26 +356,27 @@ def main(argv=None) -> int:
     if trl is not None:
         trl.close()
     print(f"shape: Qwen2 {a.layers} layers, hidden {a.hidden}, ffn {a.ffn}, heads {a.heads}/{a.kv_heads}, vocab "
-          f"{a.vocab}; {a.questions} prompts x G={a.group}, <= {a.max_new} new tokens, fp32, {a.threads} thread(s), "
-          f"{a.steps} timed steps after {a.warmup} warm-up, interleaved; ours: rollout.engine={a.engine}")
+          f"{a.vocab}; {a.questions} prompts x G={a.group}, <= {a.max_new} new tokens, fp32, {threads} torch "
+          f"thread(s) ({'pinned' if a.threads > 0 else 'torch default'}), {a.steps} timed steps after {a.warmup} "
+          f"warm-up, interleaved; ours: rollout.engine {', '.join(engines)}")
     res = {k: _summary(k, v) for k, v in runs.items()}
-    single = res["ours single-expert"]
+    base = single[engines[0]]
     meml = res.get(f"ours MEML N={a.experts}")
     if meml is not None:
-        _meml_breakdown(runs["ours single-expert"], runs[f"ours MEML N={a.experts}"])
-        print(f"MEML / single-expert time per completion token: best {meml[2] / single[2]:.3f}  "
-              f"median {meml[3] / single[3]:.3f}")
+        _meml_breakdown(runs[base], runs[f"ours MEML N={a.experts}"])
+        print(f"MEML / single-expert time per completion token: best {meml[2] / res[base][2]:.3f}  "
+              f"median {meml[3] / res[base][3]:.3f}")
     parallel.destroy()
     if trl is not None:
         t = res["TRL GRPOTrainer"]
-        print(f"median ratio ours single-expert / TRL: {single[1] / t[1]:.3f}")
-        pairs = [(o["completion_tokens"] / o["seconds"], t_["completion_tokens"] / t_["seconds"])
-                 for o, t_ in zip(runs["ours single-expert"], runs["TRL GRPOTrainer"])]
-        paired = sorted(x / y for x, y in pairs)
-        print(f"headline (torch threads {a.threads}, pinned: --threads; median paired ratio over {len(pairs)} "
-              f"interleaved rounds), ours single-expert / TRL: {median_paired(pairs):.3f} (min {paired[0]:.3f}, "
-              f"max {paired[-1]:.3f})")
-        print(f"ours single-expert / TRL completion tokens per second (best over best): {single[0] / t[0]:.3f}")
+        for e in engines:
+            pairs = [(o["completion_tokens"] / o["seconds"], t_["completion_tokens"] / t_["seconds"])
+                     for o, t_ in zip(runs[single[e]], runs["TRL GRPOTrainer"])]
+            paired = sorted(x / y for x, y in pairs)
+            print(f"headline ({threads} torch threads, {'pinned' if a.threads > 0 else 'torch default'}; median "
+                  f"paired ratio over {len(pairs)} interleaved rounds), {single[e]} / TRL: "
+                  f"{median_paired(pairs):.3f} (min {paired[0]:.3f}, max {paired[-1]:.3f})")
+            print(f"{single[e]} / TRL completion tokens per second (best over best): {res[single[e]][0] / t[0]:.3f}")
     return 0
 
 

@@ -4,7 +4,7 @@
     GPU_CHECK_DRY_RUN=1 bash tools/gpu_check.sh      # the same steps on the CPU at a tiny shape (< 3 minutes)
     python -m megatron_meml.gpu.check --out DIR [--dry-run] [--budget S] [--only step,step]   # what the script runs
 
-Order (the checks owed from earlier sessions first, then the rest by value per second):
+Order (the checks no GPU run has passed yet first, then the rest by value per second):
   cuda-graph-test  tests/gpu/test_rollout_gpu.py: CUDA-graph decode == eager == static engine      cuda_graph_test.json
   scale-check      megatron_meml.gpu.scale_check: Qwen2.5-1.5B MEF MFU (spec and measured peak), RIEL split,
                    the planner beside each number                                                     scale_check.json
@@ -63,7 +63,7 @@ class Step:
 
 
 def plan() -> List[Step]:
-    """The steps, owed checks first (module docstring)."""
+    """The steps, in the order of the module docstring."""
     pytest = ["{py}", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "--junitxml={junit}", "-rs"]
     graph_test = "tests/gpu/test_rollout_gpu.py"
     return [
