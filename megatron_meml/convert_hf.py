@@ -29,13 +29,13 @@ import tempfile
 import time
 from typing import List, Optional
 
-
 import torch  # noqa: E402
+
 from megatron_meml.backend.ckpt import checkpoint_source, hf_convert
-from megatron_meml.backend.train import model
-from megatron_meml.backend.runtime import parallel
 from megatron_meml.backend.ckpt.checkpoint_io import CheckpointError
+from megatron_meml.backend.runtime import parallel
 from megatron_meml.backend.runtime.parallel import free_port  # noqa: E402
+from megatron_meml.backend.train import model
 from megatron_meml.versions import require_supported
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

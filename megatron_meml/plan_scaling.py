@@ -15,7 +15,6 @@ import argparse
 import os
 import sys
 
-
 from megatron_meml.config import ConfigError, load_config
 from megatron_meml.paths import EXAMPLES
 from megatron_meml.planning import SCALING_RUNS, GiB, Hardware, Layout, ModelShape, Workload, evaluate, rank_plans  # noqa: E402

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Dict, List, Sequence
 
 import torch
-
 from meml_kernels.group_advantages import group_advantages
 
 from ..types import ScoredGroup

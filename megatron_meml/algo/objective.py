@@ -47,7 +47,6 @@ from __future__ import annotations
 from typing import Dict, Protocol, Tuple, runtime_checkable
 
 import torch
-
 from meml_kernels.token_loss import TokenLossInputs, token_loss
 
 from ..types import MicroBatch, TokenKind

@@ -35,7 +35,6 @@ from megatron_meml.bench.harness import median_paired
 from megatron_meml.eval.plots import read_metrics
 from megatron_meml.paths import REPO
 
-
 WORKLOAD = ["mef.enabled=false", "eval.enabled=false", "logging.progress_bar=false", "logging.tensorboard=false",
             "riel.questions_per_step=4", "riel.group_size=8", "rollout.max_new_tokens=32",
             "riel.skip_zero_advantage=false", "riel.lr=1e-4", "checkpoint.save_interval=0"]

@@ -33,10 +33,12 @@ import sys
 import time
 
 from megatron_meml.algo.objective import SFTObjective
-from megatron_meml.backend.train import model as M, optimizer as O
 from megatron_meml.backend.runtime import parallel
-from megatron_meml.backend.runtime.memory import (cpu_peak_rss_bytes as _peak, proc_status_bytes as _status,
-                                                  reset_peak_rss as _reset_peak)
+from megatron_meml.backend.runtime.memory import cpu_peak_rss_bytes as _peak
+from megatron_meml.backend.runtime.memory import proc_status_bytes as _status
+from megatron_meml.backend.runtime.memory import reset_peak_rss as _reset_peak
+from megatron_meml.backend.train import model as M
+from megatron_meml.backend.train import optimizer as O
 from megatron_meml.backend.train.step import forward_backward
 from megatron_meml.config import load_config
 from megatron_meml.planning import Layout, ModelShape, Workload, activation_bytes, logits_bytes, state_bytes

@@ -21,8 +21,13 @@ import subprocess
 import sys
 import time
 
-from megatron_meml.backend.runtime.memory import (cpu_peak_rss_bytes, peak_memory_bytes, proc_status_bytes,
-                                                  reset_peak_memory, reset_peak_rss)
+from megatron_meml.backend.runtime.memory import (
+    cpu_peak_rss_bytes,
+    peak_memory_bytes,
+    proc_status_bytes,
+    reset_peak_memory,
+    reset_peak_rss,
+)
 
 CPU_SHAPE = dict(T=8192, H=512, V=32768)
 
@@ -33,7 +38,6 @@ CPU_SHAPE = dict(T=8192, H=512, V=32768)
 def cpu_memory_child(variant: str, t: int, h: int, v: int) -> dict:
     """One fwd+bwd of ``variant`` ("fused" or "naive") in this process; returns the memory record."""
     import torch
-
     from meml_kernels.linear_logprobs import linear_token_logprobs
 
     torch.manual_seed(0)

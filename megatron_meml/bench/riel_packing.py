@@ -25,8 +25,9 @@ from functools import partial
 import torch
 
 from megatron_meml.algo.objective import riel_loss
-from megatron_meml.backend.train import model as M, optimizer as O
 from megatron_meml.backend.runtime import parallel
+from megatron_meml.backend.train import model as M
+from megatron_meml.backend.train import optimizer as O
 from megatron_meml.backend.train.step import forward_backward
 from megatron_meml.bench.harness import headline_line, interleaved, set_threads
 from megatron_meml.config import load_config

@@ -34,12 +34,12 @@ import time
 
 import torch
 
-from megatron_meml.backend.train import model as M
 from megatron_meml.backend.runtime import parallel
+from megatron_meml.backend.train import model as M
 from megatron_meml.bench.harness import headline_line, interleaved, set_threads
 from megatron_meml.config import load_config
-from megatron_meml.rollout.continuous_engine import ContinuousEngine
 from megatron_meml.rollout.api import SamplingParams
+from megatron_meml.rollout.continuous_engine import ContinuousEngine
 from megatron_meml.rollout.megatron_engine import MegatronEngine
 from megatron_meml.rollout.vllm_engine import VLLMEngine
 from megatron_meml.types import Request

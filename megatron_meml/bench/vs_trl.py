@@ -43,8 +43,9 @@ import time
 import zlib
 
 from megatron_meml.algo.objective import riel_loss
-from megatron_meml.backend.train import model as M, optimizer as O
 from megatron_meml.backend.runtime import parallel
+from megatron_meml.backend.train import model as M
+from megatron_meml.backend.train import optimizer as O
 from megatron_meml.backend.train.step import forward_backward
 from megatron_meml.bench.harness import median_paired
 from megatron_meml.config import load_config
@@ -52,7 +53,6 @@ from megatron_meml.data.tokenizer import ByteTokenizer
 from megatron_meml.paths import REPO
 from megatron_meml.rollout.scheduler import build_riel_scheduler
 from megatron_meml.types import Record
-
 
 TRL_VERSION = "1.16.0"
 TAG = "@@bench "  # prefix of the TRL worker's result lines (the trainer prints its own dicts to stdout)

@@ -5,8 +5,15 @@
     tok = load_tokenizer("qwen2.5")                                     # | "byte" | "llama3" | path/tokenizer.json
     ids, loss_mask = render(None, tok, system=prompts[e], user=records[0].question, assistant=records[0].solution)
 """
-from .dataset import (DATASETS, default_data_root, load_dataset, load_dataset_with_summary, resolve_data_path,
-                      shard, split_file)
+from .dataset import (
+                      DATASETS,
+                      default_data_root,
+                      load_dataset,
+                      load_dataset_with_summary,
+                      resolve_data_path,
+                      shard,
+                      split_file,
+)
 from .errors import DataError, LoadSummary
 from .experts import load_expert_prompts
 from .hf_tokenizer import HFTokenizer

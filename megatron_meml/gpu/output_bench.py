@@ -71,7 +71,6 @@ def timer(device):
 def main(argv=None) -> int:
     a = parse_args(argv)
     import torch
-
     from meml_kernels.linear_logprobs import linear_token_logprobs
 
     cuda = torch.cuda.is_available()

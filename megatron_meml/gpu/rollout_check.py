@@ -38,12 +38,12 @@ import sys
 import time
 import traceback
 
-from megatron_meml.backend.train import model as M
-from megatron_meml.backend.runtime import parallel
 from megatron_meml.backend.infer import slot_model
+from megatron_meml.backend.runtime import parallel
+from megatron_meml.backend.train import model as M
 from megatron_meml.config import load_config
-from megatron_meml.rollout.continuous_engine import ContinuousEngine
 from megatron_meml.rollout.api import SamplingParams
+from megatron_meml.rollout.continuous_engine import ContinuousEngine
 from megatron_meml.types import Request
 from megatron_meml.versions import require_supported
 
@@ -172,7 +172,6 @@ def run_ours(a, chunks, prompts, device) -> dict:
 def decode_kernel_check(a, device, bw: float) -> dict:
     """Part 4 (docstring): the Triton decode kernel against its reference at the run's shape."""
     import torch
-
     from meml_kernels.decode_attention import decode_attention
 
     g = torch.Generator(device="cpu").manual_seed(1)

@@ -41,9 +41,9 @@ import traceback
 from typing import Callable, Dict, List, Optional
 
 from megatron_meml.algo.objective import RielObjective, sft_loss
+from megatron_meml.backend.runtime.memory import peak_memory_bytes, reset_peak_memory
 from megatron_meml.backend.train import model as bmodel
 from megatron_meml.backend.train import optimizer as boptim
-from megatron_meml.backend.runtime.memory import peak_memory_bytes, reset_peak_memory
 from megatron_meml.backend.train.step import forward_backward
 from megatron_meml.config import load_config
 from megatron_meml.planning import Hardware, Layout, ModelShape, Workload, evaluate

@@ -8,8 +8,17 @@ Registered: gsm8k, mathqa, strategyqa, synthetic. Add a family with ``@register_
 ``(response, record) -> Verdict``; see registry.py for the contract and the reason codes.
 """
 from . import gsm8k, mathqa, strategyqa, synthetic  # noqa: F401  (registers the verifiers)
-from .registry import (MAX_CHARS, REASONS, Verdict, Verifier, get_verifier, register_verifier, verifier_names,
-                       verify, verify_detailed)
+from .registry import (
+                       MAX_CHARS,
+                       REASONS,
+                       Verdict,
+                       Verifier,
+                       get_verifier,
+                       register_verifier,
+                       verifier_names,
+                       verify,
+                       verify_detailed,
+)
 from .symbolic import symbolic_equal
 
 __all__ = ["MAX_CHARS", "REASONS", "Verdict", "Verifier", "get_verifier", "register_verifier", "verifier_names",

@@ -14,9 +14,9 @@ import torch
 from tqdm import tqdm
 
 from ..backend.ckpt import checkpoint as bckpt
+from ..backend.runtime import parallel
 from ..backend.train import model as bmodel
 from ..backend.train import optimizer as boptim
-from ..backend.runtime import parallel
 from ..backend.train import state as bstate
 from ..backend.train.step import forward_logprobs
 from ..checkpointing import Checkpointer

@@ -9,9 +9,9 @@ import time
 from typing import Dict, List
 
 from ..algo.objective import sft_loss  # Σ_t weight_t · mask_t · (−log p_t), fusable into the log-prob kernel
-from ..backend.train import optimizer as boptim
 from ..backend.runtime.memory import peak_memory_gib
 from ..backend.runtime.parallel import reduce_metrics
+from ..backend.train import optimizer as boptim
 from ..backend.train.step import forward_backward
 from ..config import Config, ConfigError
 from ..data import read_mef, synthetic_mef_rows

@@ -22,9 +22,9 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from ..backend.train import optimizer as boptim
 from ..backend.runtime.memory import peak_memory_gib
 from ..backend.runtime.parallel import reduce_metrics
+from ..backend.train import optimizer as boptim
 from ..backend.train.step import forward_backward
 from ..backend.train.term_grads import forward_backward_by_term
 from ..eval.ensemble import flat_metrics

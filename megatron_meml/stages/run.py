@@ -11,10 +11,10 @@ import json
 import os
 from typing import Dict, Optional
 
-from ..backend.train import model as bmodel
-from ..backend.runtime import parallel
 from ..backend.ckpt.hf_convert import init_model_weights
+from ..backend.runtime import parallel
 from ..backend.runtime.runtime_info import startup_lines
+from ..backend.train import model as bmodel
 from ..checkpointing import Checkpointer
 from ..config import Config, ConfigError, save_config, to_dict
 from ..data import load_expert_prompts, tokenizer_from_config

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint_io import CheckpointError, model_fields
 from ..train.model import padded_vocab_size
+from .checkpoint_io import CheckpointError, model_fields
 
 FORMAT = "meml-train-ckpt-v1"
 

@@ -25,11 +25,11 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from ...config import ConfigError, load_config
+from ..train.model import padded_vocab_size
+from ..train.state import global_name
 from . import checkpoint as tckpt
 from . import checkpoint_io as io
 from .checkpoint_io import CheckpointError
-from ..train.model import padded_vocab_size
-from ..train.state import global_name
 
 HF_CONFIG = "hf_config.json"  # the HF config.json a run's model came from, copied into its checkpoints
 

@@ -43,10 +43,10 @@ import torch
 from ...config.loader import model_fields_from_hf
 from ...config.schema import Config, ConfigError, ModelConfig, ParallelConfig
 from ...planning import ModelShape
+from ..train.step import model_logits
 from . import checkpoint_io as io
 from .checkpoint_io import CheckpointError
 from .checkpoint_source import find, load_checkpoint_weights, open_checkpoint
-from ..train.step import model_logits
 
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 # megatron per-layer suffix -> HF per-layer suffixes (concatenated / grouped by the transform of the suffix)

@@ -9,7 +9,6 @@ import warnings
 
 from packaging.version import Version
 
-
 LIBRARY_NOTES = (r".*Apex is not installed.*", r".*Transformer Engine.*not installed.*",
                  r".*is deprecated\. Please use `torch\.distributed\..*", r".*full scope is deprecated.*")
 

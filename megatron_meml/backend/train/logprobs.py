@@ -24,7 +24,6 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
-
 from meml_kernels.logprobs import LogprobsOutput
 from meml_kernels.logprobs import token_logprobs as _kernel_token_logprobs
 from meml_kernels.token_loss import TokenLossInputs

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import torch
-
 from meml_kernels.linear_logprobs import linear_token_logprobs
 from meml_kernels.logprobs import LogprobsOutput
 from meml_kernels.token_loss import TokenLossInputs
