@@ -29,6 +29,10 @@ import tempfile
 import time
 from typing import List, Optional
 
+from megatron_meml.backend.runtime.compat import quiet_library_notes
+
+quiet_library_notes()  # before megatron-core loads below: its TE / apex notes would precede the version check's line
+
 import torch  # noqa: E402
 
 from megatron_meml.backend.ckpt import checkpoint_source, hf_convert

@@ -32,6 +32,10 @@ import statistics
 import sys
 import time
 
+from megatron_meml.backend.runtime.compat import quiet_library_notes
+
+quiet_library_notes()  # before megatron-core loads below: its TE / apex notes would precede the version check's line
+
 import torch
 
 from megatron_meml.backend.runtime import parallel

@@ -209,8 +209,8 @@ class DataConfig:
     name: str = doc("synthetic", "Dataset: synthetic | gsm8k | mathqa | strategyqa.")
     path: str = field(default_factory=lambda: os.environ.get("MEML_DATA") or "data", metadata={"doc": (
         "Root folder of the datasets and tokenizer files (not used by `synthetic`): <path>/gsm8k/, mathqa/, "
-        "strategyqa/, tokenizers/, as megatron_meml.prepare_data writes them. Default: $MEML_DATA, else "
-        "`data` under the working directory.")})
+        "strategyqa/, tokenizers/, as `python -m megatron_meml.prepare_data` writes them. Default: $MEML_DATA, "
+        "else `data` under the working directory.")})
     train_split: str = doc("train", "Split used for training.")
     eval_split: str = doc("test", "Held-out split used for evaluation.")
     tokenizer: str = doc("byte", "byte | qwen2.5 | llama3 | a path to a HF tokenizer.json.")

@@ -38,6 +38,10 @@ import sys
 import time
 import traceback
 
+from megatron_meml.backend.runtime.compat import quiet_library_notes
+
+quiet_library_notes()  # before megatron-core loads below: its TE / apex notes would precede the version check's line
+
 from megatron_meml.backend.infer import slot_model
 from megatron_meml.backend.runtime import parallel
 from megatron_meml.backend.train import model as M
