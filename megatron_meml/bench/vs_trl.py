@@ -185,6 +185,83 @@ def trl_python(a) -> str:
     return py
 
 
+def trl_worker(a) -> None:
+    """Runs inside the TRL environment: one GRPOTrainer.train(); before each step it reads a line from stdin, after
+    it prints one JSON line (step seconds, generate+score seconds, completion tokens)."""
+    import tempfile
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import torch
+
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    from datasets import Dataset
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    vocab = {f"w{i}": i for i in range(a.vocab - 2)}
+    vocab.update({"<pad>": a.vocab - 2, "<eos>": a.vocab - 1})
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tk.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", unk_token="w0")
+    tok.padding_side = "left"
+    torch.manual_seed(a.seed)
+    model = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.ffn, num_hidden_layers=a.layers,
+        num_attention_heads=a.heads, num_key_value_heads=a.kv_heads, max_position_embeddings=1024,
+        tie_word_embeddings=True, rms_norm_eps=1e-6, rope_theta=10000.0, pad_token_id=a.vocab - 2,
+        eos_token_id=a.vocab - 1, bos_token_id=None, torch_dtype="float32"))
+    g = torch.Generator().manual_seed(a.seed)
+    n_prompts = a.questions * (a.warmup + a.steps + 1)
+    prompts = [" ".join(f"w{int(i)}" for i in torch.randint(0, a.vocab - 2, (a.prompt,), generator=g))
+               for _ in range(n_prompts)]
+    count = {"tokens": 0, "gen": 0.0}
+
+    def reward(completions, completion_ids=None, **_):
+        count["tokens"] += sum(len(c) for c in completion_ids)
+        return [reward_bit(c) for c in completions]
+
+    cfg = GRPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=a.questions * a.group,
+                     num_generations=a.group, max_completion_length=a.max_new, gradient_checkpointing=False,
+                     bf16=False, use_cpu=True, learning_rate=1e-6, logging_steps=1, report_to="none",
+                     save_strategy="no", max_steps=a.warmup + a.steps, shuffle_dataset=False, seed=a.seed,
+                     temperature=1.0, beta=0.0, num_iterations=1, disable_tqdm=True)
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=cfg,
+                          train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=tok)
+    inner = trainer._generate_and_score_completions
+
+    def timed(*args, **kw):
+        t = time.perf_counter()
+        try:
+            return inner(*args, **kw)
+        finally:
+            count["gen"] += time.perf_counter() - t
+
+    trainer._generate_and_score_completions = timed
+
+    class Sync(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            sys.stdin.readline()
+            count.update(tokens=0, gen=0.0, t0=time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):
+            dt = time.perf_counter() - count["t0"]
+            print(TAG + json.dumps({"seconds": dt, "gen_seconds": count["gen"], "train_seconds": dt - count["gen"],
+                              "completion_tokens": count["tokens"], "completions": a.questions * a.group,
+                              "prompt_tokens": a.prompt}), flush=True)
+
+    trainer.add_callback(Sync())
+    print(TAG + json.dumps({"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                      "config": {k: getattr(cfg, k) for k in ("per_device_train_batch_size", "num_generations",
+                                                              "max_completion_length", "loss_type", "beta",
+                                                              "gradient_checkpointing", "optim", "use_vllm",
+                                                              "num_iterations", "scale_rewards")}}), flush=True)
+    trainer.train()
+
+
 class TRLSide:
     def __init__(self, a):
         env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
