@@ -57,7 +57,7 @@ def riel_then_compare(run_dir: str, overrides: Sequence[str] = (), greedy: bool 
     out: Dict[str, Any] = {"rank": run.info.rank, "leader": eng.is_leader, "last_stage": run.info.is_last_stage,
                            "vllm": eng.prompt_logprobs(seqs), "megatron": _megatron_logprobs(run.chunks, seqs, 259)}
     path = os.path.join(run_dir, "metrics.jsonl")
-    if os.path.exists(path):
+    if run.info.is_logging_rank and os.path.exists(path):  # one file for the run: reported once
         out["metrics"] = [json.loads(line) for line in open(path)]
     if greedy:
         from megatron_meml.rollout.continuous_engine import ContinuousEngine
