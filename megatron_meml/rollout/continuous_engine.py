@@ -32,8 +32,9 @@ function of (its logits, its seed) and independent of which requests share its s
 fused hidden x W kernel in fp32 on the final-norm hidden states of the sampled rows
 (``SlotModel.sampled_logprobs``), not the log-softmax of the model-dtype logits the sampler reads -- in bf16 those
 differ from training's by ~1e-2 (benchmarks/gpu_readiness_cpu_20261207.md), so the GRPO ratio would not start at 1.
-In an fp32 model the logits are fp32 already and their log-softmax is that distribution to rounding, so the second
-pass over the vocabulary is skipped (at vocabulary 32000 it cost ~15% of a decode step on the CPU).
+In an fp32 model (fp32 hidden states) the logits are that distribution to rounding, so the second
+pass over the vocabulary is skipped (at vocabulary 32000 it was ~17% of a decode step on the CPU,
+benchmarks/rollout_engines_cpu_20261207.md).
 Under PP the last stage samples and broadcasts (tokens, log-probs) to every stage; every rank runs the same schedule
 (it depends only on the requests and the broadcast tokens), so all ranks agree without further communication.
 """
@@ -291,7 +292,7 @@ class _Run:
             u = None if self.uni is None else self.uni[r, self.n_gen[r].clamp_max(self.uni.shape[1] - 1)]
             tok, lp = sample(logits, self.params.temperature, self.params.top_k, self.params.top_p, u,
                              self.eng.vocab_size)
-            if self.eng.fp32_logprobs and hidden is not None and logits.dtype != torch.float32:
+            if self.eng.fp32_logprobs and hidden is not None and hidden.dtype != torch.float32:
                 lp = self.m.sampled_logprobs(hidden, tok, self.params.temperature, self.eng.vocab_size).float()
         if self.m.comm.pp_size > 1:
             packed = torch.stack([tok.double(), lp.double()]) if logits is not None else \
